@@ -1,0 +1,1 @@
+"""The embedded autoscaler: read demand from the GCS, plan, act through the backend."""

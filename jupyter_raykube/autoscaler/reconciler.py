@@ -1,0 +1,249 @@
+"""One loop per cluster: observe (backend + GCS), plan (pure), act (launch, drain, remove).
+
+Observation joins the backend's nodes (processes or Pods) with the GCS's Ray nodes through the
+instance id each node was started with. Starting nodes count as capacity, so a node is never
+launched twice for the same demand. Scale-down is always drain-first: Ray's raylet refuses to
+drain a node that runs work or holds primary object copies, and a node is removed only after
+Ray accepted the drain and reports it dead. Every decision becomes an event; an error in one
+round is recorded and the loop goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import anyio
+
+from ..backends.base import Backend, BackendNode, ClusterHandle, ClusterNotFound
+from ..events import EventLog
+from ..spec import ClusterSpec
+from .demand import ClusterState, GcsReader, RayNode
+from .planner import NodeGroup, NodeView, PendingStatus, PlanReply, PlanRequest, format_shape, plan
+
+NodeState = Literal["starting", "running", "draining", "failed"]
+
+
+@dataclass(frozen=True)
+class AutoscalerSettings:
+    interval_s: float = 1.0  # how often the GCS is read; demand shows up there within ~0.25 s
+    max_launch_in_flight: int = 8  # nodes starting at once, per cluster
+    join_timeout_s: float = 120.0  # a node that has not joined Ray by then is removed
+    backoff_s: float = 60.0  # a group whose node failed to join launches nothing for this long
+    drain_timeout_s: float = 30.0  # an accepted drain that never ends in DEAD is removed anyway
+
+
+@dataclass(frozen=True)
+class ObservedNode:
+    """A node as shown to users: the backend's view joined with Ray's."""
+
+    name: str
+    group: str
+    state: NodeState
+    created_at: float
+    ray: RayNode | None = None
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class Observation:
+    at: float
+    nodes: tuple[ObservedNode, ...]
+    ray: ClusterState
+    pending: tuple[PendingStatus, ...]
+
+
+@dataclass
+class _Backoff:
+    until: float
+    reason: str
+
+
+@dataclass
+class _Drain:
+    requested_at: float
+    reason: str
+
+
+@dataclass
+class Reconciler:
+    """Keeps one cluster's workers matched to its demand. `act=False` observes and explains
+    (for a process that is attached to a cluster another process autoscales)."""
+
+    handle: ClusterHandle
+    backend: Backend
+    reader: GcsReader
+    events: EventLog
+    spec: ClusterSpec
+    settings: AutoscalerSettings = field(default_factory=AutoscalerSettings)
+    act: bool = True
+    clock: Callable[[], float] = time.time
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("jupyter_raykube"))
+    observation: Observation | None = None
+    _backoff: dict[str, _Backoff] = field(default_factory=dict)
+    _draining: dict[str, _Drain] = field(default_factory=dict)
+    _wake: anyio.Event = field(default_factory=anyio.Event)
+    _rounds: int = 0
+
+    def wake(self) -> None:
+        """Run the next round now (after a scale request) instead of at the next tick."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            await self.step()
+            with anyio.move_on_after(self.settings.interval_s):
+                await self._wake.wait()
+            self._wake = anyio.Event()
+
+    async def step(self) -> Observation | None:
+        """One round. Never raises (except cancellation): failures become events."""
+        try:
+            return await self._step()
+        except ClusterNotFound:
+            raise
+        except Exception as exc:  # one bad round must not stop autoscaling
+            self.log.exception("autoscaler round failed for %s", self.handle.name)
+            self.events.add(self.clock(), "error", f"autoscaler round failed: {exc}")
+            return None
+
+    async def _step(self) -> Observation:
+        self._rounds += 1
+        backend_nodes = await self.backend.list_nodes(self.handle)
+        state = await anyio.to_thread.run_sync(self.reader.read)
+        now = self.clock()
+        nodes = await self._observe(backend_nodes, state, now)
+        reply = plan(self._plan_request(nodes, state, now))
+        if self.act:
+            await self._launch(reply, nodes)
+            await self._drain(reply, nodes, now)
+        self.observation = Observation(at=now, nodes=nodes, ray=state, pending=reply.pending)
+        return self.observation
+
+    # --- observe -----------------------------------------------------------------------------
+
+    async def _observe(self, backend_nodes: list[BackendNode], state: ClusterState,
+                       now: float) -> tuple[ObservedNode, ...]:
+        ray_by_instance = {n.instance_id: n for n in state.nodes if n.status != "dead"}
+        dead = {n.instance_id for n in state.nodes if n.status == "dead"}
+        observed: list[ObservedNode] = []
+        to_remove: list[tuple[str, str]] = []
+        for node in backend_nodes:
+            ray_node = ray_by_instance.get(node.name)
+            if node.is_head:
+                observed.append(ObservedNode(node.name, node.group, "running" if ray_node else "starting",
+                                             node.created_at, ray_node, node.message))
+                continue
+            drain = self._draining.get(node.name)
+            if drain is not None:
+                if ray_node is None or now - drain.requested_at > self.settings.drain_timeout_s:
+                    to_remove.append((node.name, f"removed idle {node.group} node {node.name}: {drain.reason}"))
+                    continue
+                observed.append(ObservedNode(node.name, node.group, "draining", node.created_at, ray_node))
+            elif node.phase == "exited" or node.name in dead:
+                why = node.message or "its Ray node died"
+                to_remove.append((node.name, f"{node.group} node {node.name} failed: {why}"))
+            elif ray_node is not None:
+                observed.append(ObservedNode(node.name, node.group, "running", node.created_at, ray_node))
+            elif now - node.created_at > self.settings.join_timeout_s:
+                reason = (f"{node.group} node {node.name} did not join Ray within "
+                          f"{self.settings.join_timeout_s:.0f} s{': ' + node.message if node.message else ''}")
+                to_remove.append((node.name, reason))
+                self._back_off(node.group, reason, now)
+            else:
+                observed.append(ObservedNode(node.name, node.group, "starting", node.created_at,
+                                             None, node.message))
+        if self.act and to_remove:
+            await self._remove(to_remove)
+        return tuple(observed)
+
+    async def _remove(self, nodes: list[tuple[str, str]]) -> None:
+        async def remove(name: str, message: str) -> None:
+            await self.backend.remove_node(self.handle, name)
+            self._draining.pop(name, None)
+            kind = "scale_down" if message.startswith("removed idle") else "node_failed"
+            self.events.add(self.clock(), kind, message)
+
+        async with anyio.create_task_group() as tg:
+            for name, message in nodes:
+                tg.start_soon(remove, name, message)
+
+    def _back_off(self, group: str, reason: str, now: float) -> None:
+        self._backoff[group] = _Backoff(now + self.settings.backoff_s, reason)
+        self.events.add(now, "backoff",
+                        f"backing off the {group} group for {self.settings.backoff_s:.0f} s: {reason}")
+
+    # --- plan --------------------------------------------------------------------------------
+
+    def _plan_request(self, nodes: tuple[ObservedNode, ...], state: ClusterState, now: float) -> PlanRequest:
+        spec = self.spec
+        groups = tuple(
+            NodeGroup(name=g.name, resources=self.backend.node_resources(spec, g), min_nodes=g.min,
+                      max_nodes=g.max, cost=g.cost, idle_timeout_s=spec.idle_timeout_for(g))
+            for g in spec.groups)
+        views = tuple(_view(n, dict(self.backend.node_resources(spec, spec.group(n.group))))
+                      for n in nodes if n.group in {g.name for g in spec.groups})
+        self._backoff = {g: b for g, b in self._backoff.items() if b.until > now}
+        return PlanRequest(groups=groups, nodes=views, demand=state.demand, gangs=state.gangs,
+                           constraints=state.constraints, max_workers=spec.max_workers,
+                           blocked_groups={g: b.reason for g, b in self._backoff.items()})
+
+    # --- act ---------------------------------------------------------------------------------
+
+    async def _launch(self, reply: PlanReply, nodes: tuple[ObservedNode, ...]) -> None:
+        starting = sum(1 for n in nodes if n.state == "starting" and n.group != "head")
+        budget = max(0, self.settings.max_launch_in_flight - starting)
+        launched: Counter[str] = Counter()
+
+        async def launch(group_name: str) -> None:
+            await self.backend.create_worker(self.handle, self.spec.group(group_name))
+            launched[group_name] += 1
+
+        async with anyio.create_task_group() as tg:
+            for group_name, count in sorted(reply.launch.items()):
+                for _ in range(min(count, budget)):
+                    budget -= 1
+                    tg.start_soon(launch, group_name)
+        for group_name, count in sorted(launched.items()):
+            why = reply.launch_reasons.get(group_name, "")
+            noun = "node" if count == 1 else "nodes"
+            self.events.add(self.clock(), "scale_up",
+                            f"launched {count} {group_name} {noun}" + (f" for {why}" if why else ""))
+
+    async def _drain(self, reply: PlanReply, nodes: tuple[ObservedNode, ...], now: float) -> None:
+        by_name = {n.name: n for n in nodes}
+        for termination in reply.terminate:
+            node = by_name.get(termination.node_id)
+            if node is None or node.ray is None or node.name in self._draining:
+                continue
+            accepted, why_not = await anyio.to_thread.run_sync(
+                self.reader.drain_idle_node, node.ray.node_id, termination.reason)
+            if accepted:
+                self._draining[node.name] = _Drain(now, termination.reason)
+                self.events.add(now, "scale_down", f"draining {node.group} node {node.name}: {termination.reason}")
+            else:
+                self.log.debug("drain of %s refused by Ray: %s", node.name, why_not)
+
+
+def _view(node: ObservedNode, configured: dict[str, float]) -> NodeView:
+    """The planner's view: a starting node offers its whole configured capacity."""
+    if node.ray is None:
+        return NodeView(node_id=node.name, group=node.group, state="starting", total=configured,
+                        available=configured, idle_s=0.0)
+    state = "draining" if node.state == "draining" else "running"
+    return NodeView(node_id=node.name, group=node.group, state=state, total=dict(node.ray.total),
+                    available=dict(node.ray.available), idle_s=node.ray.idle_s)
+
+
+def describe_pending(pending: PendingStatus) -> dict[str, object]:
+    """The snapshot's `demand` entry for one pending shape."""
+    entry: dict[str, object] = {"kind": pending.kind, "shape": dict(pending.shape), "count": pending.count,
+                                "status": pending.status, "reason": pending.reason}
+    if pending.bundles:
+        entry["bundles"] = [dict(b) for b in pending.bundles]
+    entry["label"] = format_shape(pending.shape)
+    return entry

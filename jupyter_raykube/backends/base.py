@@ -1,0 +1,113 @@
+"""The contract every backend keeps: start a head, add and remove worker nodes, list what
+runs, find clusters again, delete everything.
+
+Backends know nothing about Ray's scheduling; they place processes or Pods. The manager and
+the autoscaler decide *what* runs, a backend only makes it so. All methods are coroutines:
+a backend runs blocking work (process spawns, Kubernetes calls) through `anyio.to_thread`
+so the Jupyter server's event loop never blocks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from abc import ABCMeta, abstractmethod
+
+from traitlets import MetaHasTraits
+from traitlets.config import LoggingConfigurable
+
+from ..spec import ClusterSpec, WorkerGroup
+
+HEAD_GROUP = "head"
+NodePhase = Literal["pending", "running", "exited"]
+
+
+class BackendError(RuntimeError):
+    """The backend could not do what was asked (start failed, permission missing, ...)."""
+
+
+class ClusterNotFound(LookupError):
+    """No cluster of that name exists in this backend."""
+
+
+@dataclass(frozen=True)
+class BackendNode:
+    """One node as the backend sees it: a process or a Pod, not (yet) a Ray node.
+
+    `name` is also the node's `RAY_CLOUD_INSTANCE_ID`, which is how a Ray node found in the
+    GCS is matched back to the process or Pod that runs it.
+    """
+
+    name: str
+    group: str
+    phase: NodePhase
+    created_at: float  # epoch seconds
+    message: str = ""  # why it is pending or how it exited
+
+    @property
+    @abstractmethod
+    def is_head(self) -> bool:
+        return self.group == HEAD_GROUP
+
+
+@dataclass(frozen=True)
+class ClusterHandle:
+    """Everything needed to reach a running cluster again, from any process."""
+
+    name: str
+    backend: str
+    spec: ClusterSpec
+    address: str  # GCS "host:port", for ray.init(address=...)
+    dashboard_address: str  # "host:port" of the Ray dashboard (HTTP)
+    client_address: str  # "host:port" of the Ray Client server (ray://)
+    owner: str  # the Jupyter/Hub user
+    created_at: float
+    details: Mapping[str, Any] = field(default_factory=dict)  # backend-private bookkeeping
+
+
+class _AbstractTraitsMeta(MetaHasTraits, ABCMeta):
+    """Lets a traitlets-configurable class declare abstract methods."""
+
+
+class Backend(LoggingConfigurable, metaclass=_AbstractTraitsMeta):
+    """Base class; subclasses are chosen by the `backend_class` trait and configured by traitlets."""
+
+    name: ClassVar[str] = ""
+
+    @abstractmethod
+    def node_resources(self, spec: ClusterSpec, group: WorkerGroup) -> dict[str, float]:
+        """The Ray resources a node of `group` will advertise, backend defaults included."""
+
+    @abstractmethod
+    async def create_cluster(self, spec: ClusterSpec, *, owner: str, token: str,
+                             owner_pid: int | None = None) -> ClusterHandle:
+        """Start the head and record the cluster so `discover()` finds it. On failure, leave nothing.
+
+        `owner_pid`: the cluster must not outlive that process (the local backend reaps it at
+        the next `discover()`; other backends tie the cluster to their own owner object)."""
+
+    @abstractmethod
+    async def create_worker(self, handle: ClusterHandle, group: WorkerGroup) -> BackendNode:
+        """Start one worker node of `group`; returns as soon as it is launched (not joined)."""
+
+    @abstractmethod
+    async def remove_node(self, handle: ClusterHandle, node_name: str) -> None:
+        """Stop one node. Callers drain it through Ray first; this only ends the process/Pod."""
+
+    @abstractmethod
+    async def list_nodes(self, handle: ClusterHandle) -> list[BackendNode]:
+        """Every node of the cluster, the head included, with its phase."""
+
+    @abstractmethod
+    async def delete_cluster(self, handle: ClusterHandle) -> None:
+        """Stop every node and forget the cluster. Safe to call twice."""
+
+    @abstractmethod
+    async def discover(self) -> list[ClusterHandle]:
+        """Clusters that exist now (found by state files or labels), stale ones cleaned up."""
+
+    @abstractmethod
+    async def logs(self, handle: ClusterHandle, node_name: str, *, tail: int = 200) -> str:
+        """The last `tail` lines a node printed, for error messages and the UI."""

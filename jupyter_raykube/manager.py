@@ -1,0 +1,398 @@
+"""`ClusterManager`: the one place where clusters are created, scaled, stopped and found.
+
+Front-ends (magic, widgets, REST handlers, the hub hook) only call this. It is async and runs
+on one event loop: the Jupyter server's, or a private loop thread (`BlockingManager`) in a
+kernel or script. Each owned cluster has an autoscaler loop in the manager's task group.
+A cluster another process owns can be attached: it is observed and explained here, and its
+owner keeps autoscaling it.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio
+import ray
+from anyio.abc import TaskGroup, TaskStatus
+from jupyter_core.paths import jupyter_runtime_dir
+from traitlets import Bool, Float, Instance, Int, Unicode, default
+from traitlets.config import LoggingConfigurable
+
+from .auth import load_or_create_token, use_token
+from .autoscaler.demand import GcsReader
+from .autoscaler.reconciler import AutoscalerSettings, Observation, Reconciler, describe_pending
+from .backends.base import HEAD_GROUP, Backend, BackendError, ClusterHandle, ClusterNotFound
+from .events import EventLog
+from .spec import ClusterSpec, SpecError
+
+ClusterStateName = Literal["starting", "running", "stopping", "stopped", "failed"]
+Progress = Callable[[str, int, int], None]  # (step, done, total)
+
+
+class ClusterExistsError(BackendError):
+    """A cluster with that name already exists."""
+
+
+class NotOwnedError(BackendError):
+    """The cluster is autoscaled by another process; change it there."""
+
+
+class StartError(BackendError):
+    """The cluster did not come up; everything it started has been removed."""
+
+
+@dataclass(eq=False)
+class Cluster:
+    """Everything the manager knows about one cluster (one record, not parallel dicts)."""
+
+    spec: ClusterSpec
+    owned: bool
+    events: EventLog = field(default_factory=EventLog)
+    handle: ClusterHandle | None = None
+    state: ClusterStateName = "starting"
+    step: str = ""
+    error: str = ""
+    dashboard_url: str = ""
+    reconciler: Reconciler | None = None
+    scope: anyio.CancelScope | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def observation(self) -> Observation | None:
+        return self.reconciler.observation if self.reconciler else None
+
+    def snapshot(self) -> dict[str, Any]:
+        """The JSON shape shared by widgets, sidebar, REST and tests (see docs/design)."""
+        obs = self.observation
+        nodes = obs.nodes if obs else ()
+        groups = []
+        for group in self.spec.groups:
+            mine = [n for n in nodes if n.group == group.name]
+            groups.append({"name": group.name, "min": group.min, "max": group.max,
+                           "resources": group.resources,
+                           "nodes": sum(1 for n in mine if n.state == "running"),
+                           "starting": sum(1 for n in mine if n.state == "starting"),
+                           "draining": sum(1 for n in mine if n.state == "draining")})
+        handle = self.handle
+        return {
+            "name": self.name,
+            "backend": self.spec.backend,
+            "state": self.state,
+            "step": self.step,
+            "error": self.error,
+            "owner": handle.owner if handle else "",
+            "owned_here": self.owned,
+            "address": handle.address if handle else "",
+            "dashboard_url": self.dashboard_url,
+            "ray_version": ray.__version__,
+            "python_version": platform.python_version().rsplit(".", 1)[0],
+            "created_at": handle.created_at if handle else None,
+            "idle_timeout_s": self.spec.idle_timeout_s,
+            "max_workers": self.spec.max_workers,
+            "groups": groups,
+            "nodes": [_node_json(n, obs.at if obs else 0.0) for n in nodes],
+            "demand": [describe_pending(p) for p in (obs.pending if obs else ())],
+            "events": self.events.to_json(last=50),
+        }
+
+
+class ClusterManager(LoggingConfigurable):
+    """Creates, finds, scales and stops clusters through one backend."""
+
+    backend = Instance(Backend)
+
+    owner = Unicode(config=True, help="The user clusters are created for (a label on every node).")
+
+    token_path = Unicode(config=True, help="""File holding this user's Ray token (created on first
+        use, mode 0600). Default: <jupyter runtime dir>/raykube/auth_token.""")
+
+    autoscale_interval_s = Float(1.0, config=True, help="Seconds between autoscaler rounds.")
+    max_launch_in_flight = Int(8, config=True, help="Worker nodes starting at once, per cluster.")
+    join_timeout_s = Float(120.0, config=True, help="A worker that has not joined Ray by then is removed.")
+    backoff_s = Float(60.0, config=True, help="How long a group that failed to start a node waits.")
+    start_timeout_s = Float(180.0, config=True, help="Seconds a new cluster may take to be ready.")
+
+    stop_clusters_on_close = Bool(True, config=True, help="""Stop the clusters this manager
+        started when it closes. With False they keep running and are found again by name.""")
+
+    dashboard_url_template = Unicode("", config=True, help="""URL of a cluster's dashboard,
+        with {name} and {address} filled in. Empty: the dashboard's own http://address.""")
+
+    @default("owner")
+    def _default_owner(self) -> str:
+        return os.environ.get("JUPYTERHUB_USER") or getpass.getuser()
+
+    @default("token_path")
+    def _default_token_path(self) -> str:
+        return str(Path(jupyter_runtime_dir()) / "raykube" / "auth_token")
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._clusters: dict[str, Cluster] = {}
+        self._tg: TaskGroup | None = None
+        self.token = load_or_create_token(Path(self.token_path))
+        use_token(self.token)
+
+    # --- running -----------------------------------------------------------------------------
+
+    async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Host the autoscaler loops until cancelled; then stop owned clusters (if configured)."""
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                task_status.started()
+                await anyio.sleep_forever()
+        finally:
+            self._tg = None
+            with anyio.CancelScope(shield=True):
+                await self._close_clusters()
+
+    async def _close_clusters(self) -> None:
+        for cluster in list(self._clusters.values()):
+            if cluster.scope is not None:
+                cluster.scope.cancel()
+            if cluster.owned and self.stop_clusters_on_close and cluster.handle is not None:
+                await self._stop(cluster, reason="the manager closed")
+
+    # --- the API -----------------------------------------------------------------------------
+
+    async def create(self, spec: ClusterSpec, *, progress: Progress | None = None) -> Cluster:
+        """Start a cluster and wait until its head (and `min` workers of each group) are up."""
+        report = progress or (lambda step, done, total: None)
+        if spec.backend != self.backend.name:
+            raise SpecError("backend", spec.backend, f"{self.backend.name} (the backend this server uses)")
+        if spec.name in self._clusters or spec.name in {h.name for h in await self.backend.discover()}:
+            raise ClusterExistsError(f"a cluster named {spec.name!r} already exists; "
+                                     f"stop it first or choose another name")
+        cluster = Cluster(spec=spec, owned=True)
+        self._clusters[spec.name] = cluster
+        started = time.monotonic()
+        total = 3 if any(g.min for g in spec.groups) else 2
+        try:
+            with anyio.fail_after(self.start_timeout_s):
+                self._step(cluster, report, "starting the head node", 0, total)
+                cluster.handle = await self.backend.create_cluster(
+                    spec, owner=self.owner, token=self.token, **self._owner_kwargs())
+                cluster.dashboard_url = self._dashboard_url(cluster.handle)
+                self._step(cluster, report, "waiting for the head node to join", 1, total)
+                await self._wait_for_head(cluster)
+                self._start_autoscaler(cluster)
+                if total == 3:
+                    wanted = sum(g.min for g in spec.groups)
+                    self._step(cluster, report, f"waiting for {wanted} minimum worker(s)", 2, total)
+                    await self._wait_for_groups(cluster)
+        except BaseException as exc:
+            await self._fail(cluster, exc, started)
+            raise
+        cluster.state = "running"
+        self._step(cluster, report, "", total, total)
+        cluster.events.add(time.time(), "created",
+                           f"cluster started in {time.monotonic() - started:.1f} s")
+        return cluster
+
+    async def get(self, name: str) -> Cluster:
+        cluster = self._clusters.get(name)
+        if cluster is None:
+            return await self.attach(name)
+        return cluster
+
+    async def list(self) -> list[Cluster]:
+        """Clusters owned here plus those other processes of this user run."""
+        for handle in await self.backend.discover():
+            if handle.name not in self._clusters:
+                self._clusters[handle.name] = self._attached(handle)
+        return sorted(self._clusters.values(), key=lambda c: c.name)
+
+    async def attach(self, name: str) -> Cluster:
+        """Find a running cluster by name (started by any process of this user)."""
+        if name in self._clusters:
+            return self._clusters[name]
+        handle = next((h for h in await self.backend.discover() if h.name == name), None)
+        if handle is None:
+            raise ClusterNotFound(f"no running cluster named {name!r}")
+        cluster = self._attached(handle)
+        self._clusters[name] = cluster
+        await self.refresh(cluster)
+        return cluster
+
+    async def refresh(self, cluster: Cluster) -> Cluster:
+        """Bring an attached cluster's observation up to date (owned ones refresh themselves)."""
+        if cluster.reconciler is not None and cluster.scope is None and cluster.handle is not None:
+            try:
+                await cluster.reconciler.step()
+            except ClusterNotFound:
+                self._forget(cluster, "stopped by another process")
+        return cluster
+
+    async def scale(self, name: str, group: str, min_nodes: int, max_nodes: int, *,
+                    wait: bool = False, progress: Progress | None = None) -> Cluster:
+        """Set a group's range. `scale(name, "cpu", 2, 2)` pins it to exactly 2 nodes; with
+        `wait`, return once the group has settled inside the range."""
+        cluster = await self.get(name)
+        new_spec = cluster.spec.with_group_range(group, min_nodes, max_nodes)
+        if not cluster.owned:
+            raise NotOwnedError(f"cluster {name!r} is autoscaled by the process that started it; "
+                                f"scale it there (or through the Jupyter server that owns it)")
+        cluster.spec = new_spec
+        assert cluster.reconciler is not None
+        cluster.reconciler.spec = new_spec
+        cluster.events.add(time.time(), "scaled", f"{group} group set to {min_nodes}..{max_nodes} nodes")
+        cluster.reconciler.wake()
+        if wait:
+            await self._wait_for_group(cluster, group, progress)
+        return cluster
+
+    async def stop(self, name: str) -> None:
+        cluster = self._clusters.get(name) or await self.attach(name)
+        await self._stop(cluster, reason="stopped by request")
+
+    async def close(self) -> None:
+        await self._close_clusters()
+
+    # --- helpers -----------------------------------------------------------------------------
+
+    def _owner_kwargs(self) -> dict[str, Any]:
+        """Local clusters started by a manager that stops them on close die with its process."""
+        if self.backend.name == "local" and self.stop_clusters_on_close:
+            return {"owner_pid": os.getpid()}
+        return {}
+
+    def _dashboard_url(self, handle: ClusterHandle) -> str:
+        if self.dashboard_url_template:
+            return self.dashboard_url_template.format(name=handle.name, address=handle.dashboard_address)
+        return f"http://{handle.dashboard_address}"
+
+    def _step(self, cluster: Cluster, report: Progress, step: str, done: int, total: int) -> None:
+        cluster.step = step
+        report(step, done, total)
+
+    def _reconciler(self, handle: ClusterHandle, events: EventLog, spec: ClusterSpec, act: bool) -> Reconciler:
+        settings = AutoscalerSettings(interval_s=self.autoscale_interval_s,
+                                      max_launch_in_flight=self.max_launch_in_flight,
+                                      join_timeout_s=self.join_timeout_s, backoff_s=self.backoff_s)
+        return Reconciler(handle=handle, backend=self.backend, reader=GcsReader(handle.address),
+                          events=events, spec=spec, settings=settings, act=act, log=self.log)
+
+    def _attached(self, handle: ClusterHandle) -> Cluster:
+        cluster = Cluster(spec=handle.spec, owned=False, handle=handle, state="running",
+                          dashboard_url=self._dashboard_url(handle))
+        cluster.reconciler = self._reconciler(handle, cluster.events, handle.spec, act=False)
+        return cluster
+
+    def _start_autoscaler(self, cluster: Cluster) -> None:
+        assert cluster.handle is not None
+        if self._tg is None:
+            raise RuntimeError("ClusterManager.serve() is not running")
+        cluster.reconciler = self._reconciler(cluster.handle, cluster.events, cluster.spec, act=True)
+        cluster.scope = anyio.CancelScope()
+
+        async def autoscale() -> None:
+            assert cluster.scope is not None and cluster.reconciler is not None
+            with cluster.scope:
+                try:
+                    await cluster.reconciler.run()
+                except ClusterNotFound:
+                    self._forget(cluster, "stopped by another process")
+
+        self._tg.start_soon(autoscale, name=f"raykube-autoscaler-{cluster.name}")
+
+    async def _wait_for_head(self, cluster: Cluster) -> None:
+        """Poll the GCS until the head is an ALIVE Ray node; fail fast if its process died."""
+        assert cluster.handle is not None
+        head_name = next(n.name for n in await self.backend.list_nodes(cluster.handle) if n.is_head)
+        reader: GcsReader | None = None
+        while True:
+            nodes = {n.name: n for n in await self.backend.list_nodes(cluster.handle)}
+            head = nodes.get(head_name)
+            if head is None or head.phase == "exited":
+                logs = await self.backend.logs(cluster.handle, head_name, tail=20)
+                raise StartError(f"the head node stopped while starting ({head.message if head else 'gone'}):\n{logs}")
+            try:
+                if reader is None:
+                    reader = await anyio.to_thread.run_sync(GcsReader, cluster.handle.address)
+                state = await anyio.to_thread.run_sync(reader.read)
+                if any(n.instance_id == head_name and n.status != "dead" for n in state.nodes):
+                    return
+            except Exception as exc:  # the GCS is not listening yet  # noqa: BLE001
+                self.log.debug("head of %s not ready: %s", cluster.name, exc)
+            await anyio.sleep(0.2)
+
+    async def _wait_for_groups(self, cluster: Cluster) -> None:
+        for group in cluster.spec.groups:
+            if group.min:
+                await self._wait_for_group(cluster, group.name, None)
+
+    async def _wait_for_group(self, cluster: Cluster, group: str, progress: Progress | None) -> None:
+        """Until the group's running nodes are within [min, max] and none is starting/draining."""
+        while True:
+            spec_group = cluster.spec.group(group)
+            obs = cluster.observation
+            if cluster.state in ("stopped", "failed"):
+                raise StartError(f"cluster {cluster.name!r} is {cluster.state}")
+            if obs is not None:
+                mine = [n for n in obs.nodes if n.group == group]
+                running = sum(1 for n in mine if n.state == "running")
+                busy = sum(1 for n in mine if n.state in ("starting", "draining"))
+                if progress:
+                    progress(f"{group}: {running} running, {busy} changing", running,
+                             max(spec_group.min, 1))
+                if spec_group.min <= running <= spec_group.max and not busy:
+                    return
+            await anyio.sleep(0.2)
+
+    async def _fail(self, cluster: Cluster, exc: BaseException, started: float) -> None:
+        cluster.state = "failed"
+        cluster.error = str(exc) or type(exc).__name__
+        with anyio.CancelScope(shield=True):
+            if cluster.scope is not None:
+                cluster.scope.cancel()
+            if cluster.handle is not None:
+                await self.backend.delete_cluster(cluster.handle)
+        self._clusters.pop(cluster.name, None)
+        self.log.warning("Ray cluster %s failed to start after %.1f s: %s", cluster.name,
+                         time.monotonic() - started, cluster.error)
+
+    async def _stop(self, cluster: Cluster, *, reason: str) -> None:
+        cluster.state = "stopping"
+        if cluster.scope is not None:
+            cluster.scope.cancel()
+        if cluster.handle is not None:
+            await self.backend.delete_cluster(cluster.handle)
+        self._forget(cluster, reason)
+
+    def _forget(self, cluster: Cluster, reason: str) -> None:
+        cluster.state = "stopped"
+        cluster.events.add(time.time(), "stopped", f"cluster stopped: {reason}")
+        if self._clusters.get(cluster.name) is cluster:
+            del self._clusters[cluster.name]
+
+
+def _node_json(node: Any, now: float) -> dict[str, Any]:
+    ray_node = node.ray
+    total = dict(ray_node.total) if ray_node else {}
+    used = ray_node.used if ray_node else {}
+    return {
+        "id": ray_node.node_id if ray_node else "",
+        "name": node.name,
+        "group": node.group,
+        "state": node.state,
+        "head": node.group == HEAD_GROUP,
+        "resources_total": {k: v for k, v in total.items() if not k.startswith("node:") and k != "object_store_memory"},
+        "resources_used": {k: v for k, v in used.items() if not k.startswith("node:") and k != "object_store_memory"},
+        "object_store_used_bytes": used.get("object_store_memory", 0.0),
+        "object_store_total_bytes": total.get("object_store_memory", 0.0),
+        "idle_s": ray_node.idle_s if ray_node else 0.0,
+        "activity": list(ray_node.activity) if ray_node else [],
+        "message": node.message,
+        "age_s": max(0.0, now - node.created_at),
+    }

@@ -1,0 +1,351 @@
+"""What a Ray cluster should look like: `ClusterSpec` and its `WorkerGroup`s.
+
+Everything a user can type (magic arguments, REST bodies, Python calls) becomes a frozen
+`ClusterSpec` here, and every rule about what is allowed lives here too, so the magic, the
+REST API and the Python API all refuse bad input with the same message. A `SpecError` names
+the field, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from kubernetes.utils import parse_quantity
+
+BACKENDS = ("local", "kubernetes")
+CLUSTER_NAME_MAX = 40  # leaves room for "-<group>-<5 chars>" inside a 63-char Pod name
+GROUP_NAME_MAX = 15
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_RESOURCE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:/-]*$")
+_RESERVED_RESOURCES = {"CPU", "GPU", "memory", "object_store_memory"}
+
+
+class SpecError(ValueError):
+    """Bad input, named: the field, the value given and what is allowed."""
+
+    def __init__(self, field_name: str, value: Any, allowed: str) -> None:
+        self.field = field_name
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"{field_name}={value!r} is not allowed: {allowed}")
+
+
+@dataclass(frozen=True)
+class WorkerGroup:
+    """One kind of worker node; the autoscaler keeps between `min` and `max` of them."""
+
+    name: str
+    cpus: int = 1
+    gpus: int = 0
+    memory: int | None = None  # bytes of Ray "memory" per node; None: the backend's default
+    object_store_memory: int | None = None  # bytes; None: the backend's default
+    custom: Mapping[str, float] = field(default_factory=dict)
+    min: int = 0
+    max: int = 0
+    cost: float | None = None  # relative price of one node; None: the planner's default
+    idle_timeout_s: float | None = None  # None: the cluster's idle timeout
+
+    def __post_init__(self) -> None:
+        prefix = f"groups.{self.name}"
+        _check_name("group name", self.name, GROUP_NAME_MAX)
+        _check_int(f"{prefix}.cpus", self.cpus, low=0)
+        _check_int(f"{prefix}.gpus", self.gpus, low=0)
+        _check_int(f"{prefix}.min", self.min, low=0)
+        _check_int(f"{prefix}.max", self.max, low=0)
+        if self.max < self.min:
+            raise SpecError(f"{prefix}.max", self.max, f"must be >= min ({self.min})")
+        if self.cpus == 0 and self.gpus == 0 and not self.custom:
+            raise SpecError(f"{prefix}.cpus", self.cpus,
+                            "a worker needs at least 1 CPU, 1 GPU or a custom resource")
+        for key in ("memory", "object_store_memory"):
+            value = getattr(self, key)
+            if value is not None:
+                _check_int(f"{prefix}.{key}", value, low=1)
+        for key, amount in self.custom.items():
+            if key in _RESERVED_RESOURCES or not _RESOURCE_NAME.match(key):
+                raise SpecError(f"{prefix}.custom", key,
+                                "a resource name (letters, digits, _ . : / -) other than "
+                                "CPU, GPU, memory and object_store_memory")
+            if not isinstance(amount, (int, float)) or isinstance(amount, bool) or amount <= 0:
+                raise SpecError(f"{prefix}.custom.{key}", amount, "a number > 0")
+        if self.cost is not None and (not isinstance(self.cost, (int, float)) or self.cost <= 0):
+            raise SpecError(f"{prefix}.cost", self.cost, "a number > 0")
+        if self.idle_timeout_s is not None:
+            _check_seconds(f"{prefix}.idle_timeout_s", self.idle_timeout_s)
+
+    @property
+    def resources(self) -> dict[str, float]:
+        """The Ray resources one node of this group offers (without backend defaults)."""
+        res: dict[str, float] = {"CPU": self.cpus}
+        if self.gpus:
+            res["GPU"] = self.gpus
+        if self.memory is not None:
+            res["memory"] = self.memory
+        res.update(self.custom)
+        return res
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """The head node. It schedules no tasks by default so work goes to autoscaled workers."""
+
+    cpus: int = 0
+    memory: int | None = None
+    object_store_memory: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_int("head.cpus", self.cpus, low=0)
+        for key in ("memory", "object_store_memory"):
+            value = getattr(self, key)
+            if value is not None:
+                _check_int(f"head.{key}", value, low=1)
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """A whole cluster: head, worker groups and cluster-wide limits."""
+
+    name: str
+    backend: str = "local"
+    head: HeadSpec = field(default_factory=HeadSpec)
+    groups: tuple[WorkerGroup, ...] = ()
+    idle_timeout_s: float = 60.0
+    max_workers: int | None = None
+    image: str | None = None  # Kubernetes only; None: the Ray image matching the kernel
+    labels: Mapping[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_name("name", self.name, CLUSTER_NAME_MAX)
+        if self.backend not in BACKENDS:
+            raise SpecError("backend", self.backend, f"one of {', '.join(BACKENDS)}")
+        _check_seconds("idle_timeout_s", self.idle_timeout_s)
+        if self.max_workers is not None:
+            _check_int("max_workers", self.max_workers, low=0)
+        names = [g.name for g in self.groups]
+        for name in names:
+            if names.count(name) > 1:
+                raise SpecError("groups", name, "group names must be unique")
+        for key, value in {**self.labels, **self.env}.items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise SpecError("labels/env", key, "string keys and string values")
+
+    def group(self, name: str) -> WorkerGroup:
+        """The group called `name`, or a SpecError listing the groups that exist."""
+        for group in self.groups:
+            if group.name == name:
+                return group
+        raise SpecError("group", name, f"one of this cluster's groups: {self.group_names()}")
+
+    def group_names(self) -> str:
+        return ", ".join(g.name for g in self.groups) or "(none)"
+
+    def with_group_range(self, name: str, min_nodes: int, max_nodes: int) -> ClusterSpec:
+        """A copy with one group's min/max changed (validated like any other spec)."""
+        self.group(name)
+        groups = tuple(replace(g, min=min_nodes, max=max_nodes) if g.name == name else g
+                       for g in self.groups)
+        return replace(self, groups=groups)
+
+    def idle_timeout_for(self, group: WorkerGroup) -> float:
+        return self.idle_timeout_s if group.idle_timeout_s is None else group.idle_timeout_s
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["groups"] = [asdict(g) for g in self.groups]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, defaults: ClusterSpec | None = None) -> ClusterSpec:
+        """Parse a JSON body. Missing keys come from `defaults`; unknown keys are errors."""
+        if not isinstance(data, Mapping):
+            raise SpecError("body", type(data).__name__, "a JSON object")
+        _reject_unknown("", data, {f for f in cls.__dataclass_fields__})
+        base = defaults or default_spec(str(data.get("name", "ray")), str(data.get("backend", "local")))
+        values: dict[str, Any] = {}
+        for key in ("name", "backend", "image"):
+            if key in data:
+                values[key] = _string(key, data[key], optional=key == "image")
+        if "idle_timeout_s" in data:
+            values["idle_timeout_s"] = _number("idle_timeout_s", data["idle_timeout_s"])
+        if "max_workers" in data:
+            values["max_workers"] = (None if data["max_workers"] is None
+                                     else _integer("max_workers", data["max_workers"]))
+        for key in ("labels", "env"):
+            if key in data:
+                values[key] = _str_mapping(key, data[key])
+        if "head" in data:
+            values["head"] = _parse_head(data["head"], base.head)
+        if "groups" in data:
+            values["groups"] = _parse_groups(data["groups"], base.groups)
+        return replace(base, **values)
+
+
+def default_groups(cpu_count: int | None = None, gpu_count: int | None = None) -> tuple[WorkerGroup, ...]:
+    """A `cpu` group (1 CPU per node, up to one node per core) and a `gpu` group (1 GPU per
+    node, up to the GPUs this machine has: 0 on a CPU-only machine)."""
+    cpus = cpu_count if cpu_count is not None else (os.cpu_count() or 1)
+    gpus = gpu_count if gpu_count is not None else detect_gpus()
+    return (WorkerGroup("cpu", cpus=1, min=0, max=cpus),
+            WorkerGroup("gpu", cpus=1, gpus=1, min=0, max=gpus, cost=None))
+
+
+def default_spec(name: str, backend: str = "local") -> ClusterSpec:
+    return ClusterSpec(name=name, backend=backend, groups=default_groups())
+
+
+def detect_gpus() -> int:
+    """NVIDIA GPUs visible here, as Ray itself counts them (0 when none or no driver)."""
+    from ray._private.accelerators import NvidiaGPUAcceleratorManager  # heavy: import late
+
+    try:
+        return int(NvidiaGPUAcceleratorManager.get_current_node_num_accelerators() or 0)
+    except (OSError, RuntimeError, ValueError):
+        return 0
+
+
+def parse_range(field_name: str, text: str) -> tuple[int, int]:
+    """"MIN:MAX" (or a single "N" meaning N:N) into two ints, e.g. `--cpu-workers 0:4`."""
+    parts = str(text).split(":")
+    if len(parts) not in (1, 2) or not all(p.strip().isdigit() for p in parts):
+        raise SpecError(field_name, text, "MIN:MAX with whole numbers >= 0, e.g. 0:4")
+    low, high = int(parts[0]), int(parts[-1])
+    if low > high:
+        raise SpecError(field_name, text, f"min ({low}) must be <= max ({high})")
+    return low, high
+
+
+def parse_cpus(field_name: str, value: Any) -> int:
+    """A whole number of CPUs from 2, "2" or a Kubernetes quantity such as "2000m"."""
+    amount = _quantity(field_name, value)
+    if amount != amount.to_integral_value() or amount < 0:
+        raise SpecError(field_name, value, "a whole number of CPUs >= 0 (Ray nodes cannot have fractional CPUs)")
+    return int(amount)
+
+
+def parse_bytes(field_name: str, value: Any) -> int:
+    """Bytes from 4000000000, "4G" or "4Gi" (Kubernetes quantity rules)."""
+    amount = _quantity(field_name, value)
+    if amount <= 0:
+        raise SpecError(field_name, value, 'a size > 0 such as 4000000000, "4G" or "4Gi"')
+    return int(amount)
+
+
+# --- parsing helpers -------------------------------------------------------------------------
+
+
+def _parse_head(data: Any, base: HeadSpec) -> HeadSpec:
+    if not isinstance(data, Mapping):
+        raise SpecError("head", data, "a JSON object")
+    _reject_unknown("head.", data, set(HeadSpec.__dataclass_fields__))
+    values: dict[str, Any] = {}
+    if "cpus" in data:
+        values["cpus"] = parse_cpus("head.cpus", data["cpus"])
+    for key in ("memory", "object_store_memory"):
+        if data.get(key) is not None:
+            values[key] = parse_bytes(f"head.{key}", data[key])
+    return replace(base, **values)
+
+
+def _parse_groups(data: Any, base: tuple[WorkerGroup, ...]) -> tuple[WorkerGroup, ...]:
+    """A list of group objects. A group named like a default group starts from its defaults."""
+    if not isinstance(data, list):
+        raise SpecError("groups", data, "a JSON list of group objects")
+    by_name = {g.name: g for g in base}
+    groups = []
+    for index, item in enumerate(data):
+        if not isinstance(item, Mapping) or not isinstance(item.get("name"), str):
+            raise SpecError(f"groups[{index}]", item, 'an object with a "name" string')
+        groups.append(parse_group(item, by_name.get(item["name"])))
+    return tuple(groups)
+
+
+def parse_group(data: Mapping[str, Any], base: WorkerGroup | None = None) -> WorkerGroup:
+    """One group object; keys not given keep `base`'s values."""
+    name = data["name"]
+    prefix = f"groups.{name}."
+    _reject_unknown(prefix, data, set(WorkerGroup.__dataclass_fields__))
+    values: dict[str, Any] = {}
+    for key in ("cpus", "gpus"):
+        if key in data:
+            values[key] = parse_cpus(prefix + key, data[key])
+    for key in ("memory", "object_store_memory"):
+        if key in data:
+            values[key] = None if data[key] is None else parse_bytes(prefix + key, data[key])
+    for key in ("min", "max"):
+        if key in data:
+            values[key] = _integer(prefix + key, data[key])
+    for key in ("cost", "idle_timeout_s"):
+        if key in data:
+            values[key] = None if data[key] is None else _number(prefix + key, data[key])
+    if "custom" in data:
+        custom = data["custom"]
+        if not isinstance(custom, Mapping):
+            raise SpecError(prefix + "custom", custom, "an object of resource name -> amount")
+        values["custom"] = {str(k): _number(f"{prefix}custom.{k}", v) for k, v in custom.items()}
+    start = base or WorkerGroup(name=name, cpus=1, max=values.get("max", values.get("min", 0)))
+    return replace(start, name=name, **values)
+
+
+def _reject_unknown(prefix: str, data: Mapping[str, Any], allowed: set[str]) -> None:
+    for key in data:
+        if key not in allowed:
+            raise SpecError(f"{prefix}{key}", data[key], f"known fields are {', '.join(sorted(allowed))}")
+
+
+def _quantity(field_name: str, value: Any) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise SpecError(field_name, value, "a number or a Kubernetes quantity string")
+    try:
+        return Decimal(parse_quantity(value))
+    except (ValueError, TypeError, InvalidOperation):
+        raise SpecError(field_name, value, 'a number or a Kubernetes quantity such as "2", "500m", "4Gi"') from None
+
+
+def _integer(field_name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(field_name, value, "a whole number")
+    return value
+
+
+def _number(field_name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise SpecError(field_name, value, "a number")
+    return float(value)
+
+
+def _string(field_name: str, value: Any, *, optional: bool = False) -> str | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise SpecError(field_name, value, "a string")
+    return value
+
+
+def _str_mapping(field_name: str, value: Any) -> dict[str, str]:
+    if not isinstance(value, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise SpecError(field_name, value, "an object of string -> string")
+    return dict(value)
+
+
+def _check_name(field_name: str, value: Any, max_len: int) -> None:
+    if not isinstance(value, str) or not _DNS_LABEL.match(value) or len(value) > max_len:
+        raise SpecError(field_name, value,
+                        f"lowercase letters, digits and '-', starting and ending with a letter "
+                        f"or digit, at most {max_len} characters")
+
+
+def _check_int(field_name: str, value: Any, *, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise SpecError(field_name, value, f"a whole number >= {low}")
+
+
+def _check_seconds(field_name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= value <= 7 * 86400):
+        raise SpecError(field_name, value, "seconds between 0 and 604800 (one week)")
