@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 from .auth import use_token
-from .backends.base import ClusterHandle
 
 
-def connect_driver(handle: ClusterHandle | None, token: str) -> None:
+def connect_driver(address: str, token: str) -> None:
     """`ray.init(address=...)` to the cluster, replacing a connection to another cluster."""
     import ray  # heavy: import late
 
-    if handle is None:
+    if not address:
         raise RuntimeError("the cluster has no address yet")
     if ray.is_initialized():
-        if ray.get_runtime_context().gcs_address == handle.address:
+        if ray.get_runtime_context().gcs_address == address:
             return
         ray.shutdown()
-    use_token(token)
-    ray.init(address=handle.address)
+    if token:
+        use_token(token)
+    ray.init(address=address)
+
+
+def disconnect_driver() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

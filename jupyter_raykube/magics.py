@@ -19,8 +19,8 @@ from IPython.core.magic_arguments import MagicArgumentParser
 from IPython.display import display
 
 from .backends.base import BackendError, ClusterNotFound
-from .blocking import BlockingManager, shared_manager
-from .connect import connect_driver
+from .client import ClusterClient, default_client
+from .connect import connect_driver, disconnect_driver
 from .display import ClusterStatus, ClusterTable
 from .spec import ClusterSpec, SpecError, default_spec, parse_cpus, parse_range
 
@@ -60,19 +60,20 @@ def _build_parser() -> _Parser:
 
 @magics_class
 class RayClusterMagics(Magics):
-    """The `%raycluster` line magic. `manager` is injectable for tests and servers."""
+    """The `%raycluster` line magic. `client` is injectable for tests; by default it is the
+    Jupyter server's API when the kernel runs under one, else an in-process manager."""
 
-    def __init__(self, shell: Any = None, manager: BlockingManager | None = None) -> None:
+    def __init__(self, shell: Any = None, client: ClusterClient | None = None) -> None:
         super().__init__(shell)
-        self._manager = manager
+        self._client = client
         self._current: str | None = None
         self._parser = _build_parser()
 
     @property
-    def manager(self) -> BlockingManager:
-        if self._manager is None:
-            self._manager = shared_manager()
-        return self._manager
+    def client(self) -> ClusterClient:
+        if self._client is None:
+            self._client = default_client()
+        return self._client
 
     @line_magic
     def raycluster(self, line: str) -> Any:
@@ -88,51 +89,53 @@ class RayClusterMagics(Magics):
 
     # --- commands ----------------------------------------------------------------------------
 
-    def _start(self, args: Any) -> ClusterStatus:
-        mgr = self.manager
+    def _start(self, args: Any) -> Any:
         name = args.name or self._default_name()
-        spec = _spec_from_args(name, args, backend=args.backend or mgr.manager.backend.name)
-        cluster = self._run_with_progress(f"Starting Ray cluster {name}",
-                                          mgr.manager.create, spec)
+        spec = _spec_from_args(name, args, backend=args.backend or self.client.backend_name)
+        snap = self._with_progress(f"Starting Ray cluster {name}", lambda p: self.client.start(spec, p))
         self._current = name
         if not args.no_connect:
-            connect_driver(cluster.handle, mgr.manager.token)
-        return ClusterStatus(cluster.snapshot())
+            connect_driver(snap["address"], self.client.token)
+        return self._view(name, snap)
 
-    def _attach(self, args: Any) -> ClusterStatus:
-        cluster = self.manager.call(self.manager.manager.attach, args.name)
+    def _attach(self, args: Any) -> Any:
+        snap = self.client.attach(args.name)
         self._current = args.name
         if not args.no_connect:
-            connect_driver(cluster.handle, self.manager.manager.token)
-        return ClusterStatus(cluster.snapshot())
+            connect_driver(snap["address"], self.client.token)
+        return self._view(args.name, snap)
 
-    def _status(self, args: Any) -> ClusterStatus:
-        mgr = self.manager.manager
-        cluster = self.manager.call(mgr.get, self._name(args.name))
-        self.manager.call(mgr.refresh, cluster)
-        return ClusterStatus(cluster.snapshot())
+    def _status(self, args: Any) -> Any:
+        name = self._name(args.name)
+        return self._view(name, self.client.status(name))
 
-    def _scale(self, args: Any) -> ClusterStatus:
+    def _scale(self, args: Any) -> Any:
         low, high = parse_range("size", args.size)
         name = self._name(args.name)
-        mgr = self.manager.manager
-        cluster = self._run_with_progress(f"Scaling {args.group} of {name} to {args.size}",
-                                          mgr.scale, name, args.group, low, high, wait=low == high)
-        return ClusterStatus(cluster.snapshot())
+        snap = self._with_progress(f"Scaling {args.group} of {name} to {args.size}",
+                                   lambda p: self.client.scale(name, args.group, low, high, p))
+        return self._view(name, snap)
 
     def _stop(self, args: Any) -> None:
         name = self._name(args.name)
-        self.manager.call(self.manager.manager.stop, name)
+        self.client.stop(name)
         if name == self._current:
             self._current = None
-            _disconnect_driver()
+            disconnect_driver()
         print(f"Ray cluster {name} stopped.")
 
     def _list(self, args: Any) -> ClusterTable:
-        clusters = self.manager.call(self.manager.manager.list)
-        return ClusterTable([c.snapshot() for c in clusters])
+        return ClusterTable(self.client.list())
 
     # --- helpers -----------------------------------------------------------------------------
+
+    def _view(self, name: str, snap: dict[str, Any]) -> Any:
+        """A live widget in a notebook, a text status in a terminal."""
+        if getattr(self.shell, "kernel", None) is not None:
+            from .widgets import ClusterWidget
+
+            return ClusterWidget(name, self.client.status, initial=snap)
+        return ClusterStatus(snap)
 
     def _name(self, given: str | None) -> str:
         name = given or self._current
@@ -142,33 +145,28 @@ class RayClusterMagics(Magics):
         return name
 
     def _default_name(self) -> str:
-        owner = _NAME_CHARS.sub("-", self.manager.manager.owner.lower()).strip("-")[:30] or "ray"
-        taken = {c.name for c in self.manager.call(self.manager.manager.list)}
+        owner = _NAME_CHARS.sub("-", self.client.owner.lower()).strip("-")[:30] or "ray"
+        taken = {c["name"] for c in self.client.list()}
         return next(f"{owner}-{n}" for n in range(1, 10_000) if f"{owner}-{n}" not in taken)
 
-    def _run_with_progress(self, title: str, func: Any, *args: Any, **kwargs: Any) -> Any:
-        """Run a manager coroutine on the manager's loop while this (the kernel's main) thread
-        keeps one status line up to date. Ctrl-C cancels, and the manager cleans up."""
-        latest: list[tuple[str, int, int]] = [("", 0, 1)]
-        future = self.manager.portal.start_task_soon(
-            lambda: func(*args, progress=lambda s, d, t: latest.__setitem__(0, (s, d, t)), **kwargs))
-        line = display(_progress_bundle(title, *latest[0], 0.0), raw=True, display_id=True)
+    def _with_progress(self, title: str, work: Any) -> Any:
+        """Run `work(progress)` while one status line shows the current step. A notebook
+        redraws the line in place (with the elapsed time); a terminal prints a new line per
+        update, so there only a change of step is shown."""
+        in_notebook = getattr(self.shell, "kernel", None) is not None
         started = time.monotonic()
-        try:
-            while True:
-                try:
-                    result = future.result(timeout=0.25)
-                    break
-                except TimeoutError:
-                    elapsed = time.monotonic() - started
-                    if line is not None:
-                        line.update(_progress_bundle(title, *latest[0], elapsed), raw=True)
-        except KeyboardInterrupt:
-            future.cancel()
-            raise
+        shown = [""]
+        line = display(_progress_bundle(title, "", 0, 1, 0.0), raw=True, display_id=True)
+
+        def progress(step: str, done: int, total: int) -> None:
+            if line is not None and (in_notebook or step != shown[0]):
+                shown[0] = step
+                line.update(_progress_bundle(title, step, done, total, time.monotonic() - started), raw=True)
+
+        result = work(progress)
         if line is not None:
             done = f"{title}: done in {time.monotonic() - started:.1f} s"
-            line.update({"text/plain": done, "text/html": f"<span>{done}</span>"}, raw=True)
+            line.update({"text/plain": done, "text/html": f"<span>{html.escape(done)}</span>"}, raw=True)
         return result
 
 
@@ -197,10 +195,3 @@ def _spec_from_args(name: str, args: Any, *, backend: str) -> ClusterSpec:
         except ValueError:
             raise SpecError("--idle-timeout", args.idle_timeout, "a number of seconds") from None
     return replace(spec, **values)
-
-
-def _disconnect_driver() -> None:
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()

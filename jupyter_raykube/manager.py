@@ -44,6 +44,10 @@ class NotOwnedError(BackendError):
     """The cluster is autoscaled by another process; change it there."""
 
 
+class PolicyError(BackendError):
+    """A limit set by the administrator would be exceeded."""
+
+
 class StartError(BackendError):
     """The cluster did not come up; everything it started has been removed."""
 
@@ -61,7 +65,8 @@ class Cluster:
     error: str = ""
     dashboard_url: str = ""
     reconciler: Reconciler | None = None
-    scope: anyio.CancelScope | None = None
+    scope: anyio.CancelScope | None = None  # the autoscaler loop
+    start_scope: anyio.CancelScope | None = None  # a background start, cancelled by stop()
 
     @property
     def name(self) -> str:
@@ -121,6 +126,7 @@ class ClusterManager(LoggingConfigurable):
     join_timeout_s = Float(120.0, config=True, help="A worker that has not joined Ray by then is removed.")
     backoff_s = Float(60.0, config=True, help="How long a group that failed to start a node waits.")
     start_timeout_s = Float(180.0, config=True, help="Seconds a new cluster may take to be ready.")
+    max_clusters = Int(None, allow_none=True, config=True, help="Clusters this manager may run at once (None: no limit).")
 
     stop_clusters_on_close = Bool(True, config=True, help="""Stop the clusters this manager
         started when it closes. With False they keep running and are found again by name.""")
@@ -167,15 +173,45 @@ class ClusterManager(LoggingConfigurable):
     # --- the API -----------------------------------------------------------------------------
 
     async def create(self, spec: ClusterSpec, *, progress: Progress | None = None) -> Cluster:
-        """Start a cluster and wait until its head (and `min` workers of each group) are up."""
-        report = progress or (lambda step, done, total: None)
+        """Start a cluster and wait until its head (and `min` workers of each group) are up.
+        On failure everything it started is removed and the error is raised."""
+        cluster = await self._register(spec)
+        await self._bring_up(cluster, progress or (lambda step, done, total: None), keep_failed=False)
+        return cluster
+
+    async def start(self, spec: ClusterSpec) -> Cluster:
+        """Validate and register now (bad input and duplicates raise at once), bring the
+        cluster up in the background. Poll `snapshot()`: `state` ends in running or failed."""
+        cluster = await self._register(spec)
+        if self._tg is None:
+            raise RuntimeError("ClusterManager.serve() is not running")
+
+        async def bring_up() -> None:
+            with anyio.CancelScope() as scope:
+                cluster.start_scope = scope
+                await self._bring_up(cluster, lambda step, done, total: None, keep_failed=True)
+
+        self._tg.start_soon(bring_up, name=f"raykube-start-{spec.name}")
+        return cluster
+
+    async def _register(self, spec: ClusterSpec) -> Cluster:
         if spec.backend != self.backend.name:
             raise SpecError("backend", spec.backend, f"{self.backend.name} (the backend this server uses)")
         if spec.name in self._clusters or spec.name in {h.name for h in await self.backend.discover()}:
             raise ClusterExistsError(f"a cluster named {spec.name!r} already exists; "
                                      f"stop it first or choose another name")
+        if spec.name in self._clusters:  # registered by a concurrent request during discover()
+            raise ClusterExistsError(f"a cluster named {spec.name!r} already exists")
+        owned = sum(1 for c in self._clusters.values() if c.owned and c.state != "failed")
+        if self.max_clusters is not None and owned >= self.max_clusters:
+            raise PolicyError(f"at most {self.max_clusters} clusters may run at once "
+                              f"({owned} running); stop one first")
         cluster = Cluster(spec=spec, owned=True)
         self._clusters[spec.name] = cluster
+        return cluster
+
+    async def _bring_up(self, cluster: Cluster, report: Progress, keep_failed: bool) -> None:
+        spec = cluster.spec
         started = time.monotonic()
         total = 3 if any(g.min for g in spec.groups) else 2
         try:
@@ -192,13 +228,14 @@ class ClusterManager(LoggingConfigurable):
                     self._step(cluster, report, f"waiting for {wanted} minimum worker(s)", 2, total)
                     await self._wait_for_groups(cluster)
         except BaseException as exc:
-            await self._fail(cluster, exc, started)
+            await self._fail(cluster, exc, started, keep=keep_failed)
+            if keep_failed and not isinstance(exc, anyio.get_cancelled_exc_class()):
+                return
             raise
         cluster.state = "running"
         self._step(cluster, report, "", total, total)
         cluster.events.add(time.time(), "created",
                            f"cluster started in {time.monotonic() - started:.1f} s")
-        return cluster
 
     async def get(self, name: str) -> Cluster:
         cluster = self._clusters.get(name)
@@ -350,23 +387,32 @@ class ClusterManager(LoggingConfigurable):
                     return
             await anyio.sleep(0.2)
 
-    async def _fail(self, cluster: Cluster, exc: BaseException, started: float) -> None:
+    async def _fail(self, cluster: Cluster, exc: BaseException, started: float, *, keep: bool) -> None:
+        """Remove everything the cluster started. `keep`: leave the record (state failed, with
+        the error) for the UI to show until it is deleted."""
         cluster.state = "failed"
+        cluster.step = ""
         cluster.error = str(exc) or type(exc).__name__
+        if isinstance(exc, TimeoutError):
+            cluster.error = f"the cluster was not ready within {self.start_timeout_s:.0f} s"
         with anyio.CancelScope(shield=True):
             if cluster.scope is not None:
                 cluster.scope.cancel()
             if cluster.handle is not None:
                 await self.backend.delete_cluster(cluster.handle)
-        self._clusters.pop(cluster.name, None)
+        if not keep:
+            self._clusters.pop(cluster.name, None)
+        cluster.events.add(time.time(), "error", f"cluster failed to start: {cluster.error}")
         self.log.warning("Ray cluster %s failed to start after %.1f s: %s", cluster.name,
                          time.monotonic() - started, cluster.error)
 
     async def _stop(self, cluster: Cluster, *, reason: str) -> None:
+        failed = cluster.state == "failed"  # its processes are already gone
         cluster.state = "stopping"
-        if cluster.scope is not None:
-            cluster.scope.cancel()
-        if cluster.handle is not None:
+        for scope in (cluster.start_scope, cluster.scope):
+            if scope is not None:
+                scope.cancel()
+        if cluster.handle is not None and not failed:
             await self.backend.delete_cluster(cluster.handle)
         self._forget(cluster, reason)
 

@@ -239,10 +239,13 @@ class LocalBackend(Backend):
         record = self.store.read(handle.name)
         if record is not None and record.get("uid") != handle.details["uid"]:
             return  # a newer cluster took the name; ours is already gone
-        nodes = (record or {}).get("nodes", {}).items()
-        processes.terminate_groups(
-            [(processes.ProcessRef(e["pid"], e["create_time"]), self._children.pop(name, None))
-             for name, e in nodes], grace_s=self.stop_grace_s)
+        nodes = (record or {}).get("nodes", {})
+        workers = [(n, e) for n, e in nodes.items() if e["group"] != HEAD_GROUP]
+        heads = [(n, e) for n, e in nodes.items() if e["group"] == HEAD_GROUP]
+        for batch in (workers, heads):  # workers first: they leave through the head's GCS
+            processes.terminate_groups(
+                [(processes.ProcessRef(e["pid"], e["create_time"]), self._children.pop(n, None))
+                 for n, e in batch], grace_s=self.stop_grace_s)
         processes.kill_marked(processes.CLUSTER_MARKER, handle.details["uid"])
         shutil.rmtree(handle.details["temp_dir"], ignore_errors=True)
         shutil.rmtree(self._log_path(handle.name, "x").parent, ignore_errors=True)

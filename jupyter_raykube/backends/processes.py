@@ -54,20 +54,26 @@ def spawn(args: Sequence[str], *, env: Mapping[str, str], log_path: Path) -> sub
 
 def terminate_group(ref: ProcessRef, *, child: subprocess.Popen[bytes] | None = None,
                     grace_s: float = 10.0) -> None:
-    """SIGTERM one node's process group, wait up to `grace_s`, then SIGKILL what is left."""
+    """Stop one node: SIGTERM its `ray start`, wait up to `grace_s`, SIGKILL its whole group."""
     terminate_groups([(ref, child)], grace_s=grace_s)
 
 
 def terminate_groups(nodes: Sequence[tuple[ProcessRef, subprocess.Popen[bytes] | None]], *,
                      grace_s: float = 10.0) -> None:
-    """Stop several nodes at once: SIGTERM every group, wait together, SIGKILL stragglers.
+    """Stop several nodes at once.
 
-    Each entry's Popen is given when this process started the node (so it is reaped, not left
-    a zombie); another process stopping a node has only the PID reference.
+    SIGTERM goes to each `ray start --block` leader only: it shuts its raylet, GCS and agents
+    down in order. Signalling the whole group instead kills the GCS first, and the node then
+    spends 30 s trying to drain itself through a GCS that is gone. Whatever is left of a group
+    after `grace_s` is SIGKILLed. Each entry's Popen is given when this process started the
+    node (so it is reaped); another process stopping a node has only the PID reference.
     """
     live = [(ref, child) for ref, child in nodes if ref.alive()]
     for ref, _ in live:
-        _signal_group(ref.pid, signal.SIGTERM)
+        try:
+            os.kill(ref.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline and any(_running(ref, child) for ref, child in live):
         time.sleep(0.05)

@@ -1,0 +1,61 @@
+"""Shared fixtures: an isolated Jupyter runtime dir, a local-backend manager, and a
+session-wide check that fails the run if any test leaves Ray processes of ours behind."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from jupyter_raykube.backends import processes
+
+pytest_plugins = ["pytest_jupyter.jupyter_server"]
+
+_runtime = Path(os.environ.get("RAYKUBE_TEST_RUNTIME", "/tmp")) / f"raykube-tests-{os.getpid()}"
+os.environ["JUPYTER_RUNTIME_DIR"] = str(_runtime)  # every process the tests start inherits it
+# Every process this session starts inherits this tag, so the leak check below counts (and
+# kills) only this session's processes, never those of another test run on the same machine.
+SESSION_TAG = "JUPYTER_RAYKUBE_TEST_SESSION"
+os.environ[SESSION_TAG] = uuid.uuid4().hex
+
+
+def _ours() -> set[int]:
+    return {p.pid for p in processes.find_marked(SESSION_TAG, os.environ[SESSION_TAG])
+            if p.pid in {q.pid for q in processes.find_marked(processes.CLUSTER_MARKER)}}
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run when a Ray process started by these tests is still alive."""
+    leaked = _ours()
+    if leaked:
+        session.config.pluginmanager.get_plugin("terminalreporter").write_line(
+            f"LEAK: {len(leaked)} Ray processes started by the tests are still running: "
+            f"{sorted(leaked)}; killing them", red=True)
+        for pid in leaked:
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(scope="session")
+def runtime_dir() -> Path:
+    return _runtime
+
+
+def cluster_processes(uid: str) -> list[int]:
+    """PIDs of every live process belonging to the cluster with this uid."""
+    return [p.pid for p in processes.find_marked(processes.CLUSTER_MARKER, uid)]
+
+
+@pytest.fixture
+def blocking_manager() -> Iterator["BlockingManager"]:  # noqa: F821
+    from jupyter_raykube.blocking import BlockingManager
+
+    manager = BlockingManager()
+    yield manager
+    manager.close()

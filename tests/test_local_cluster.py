@@ -1,0 +1,212 @@
+"""The local backend with real Ray processes: the magic, scaling, isolation, attach, cleanup."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import ray
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+
+from jupyter_raykube.autoscaler.demand import GcsReader
+from jupyter_raykube.backends.local import LocalBackend, _free_ports
+from jupyter_raykube.blocking import BlockingManager
+from jupyter_raykube.client import LocalClient
+from jupyter_raykube.magics import RayClusterMagics
+
+from .conftest import cluster_processes
+
+@pytest.fixture
+def shell(blocking_manager: BlockingManager) -> Iterator[InteractiveShell]:
+    ip = InteractiveShell.instance()
+    ip.register_magics(RayClusterMagics(ip, client=LocalClient(blocking_manager)))
+    yield ip
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def _alive_workers(address: str, group: str) -> list:
+    return [n for n in GcsReader(address).read().nodes if n.node_type == group and n.status != "dead"]
+
+
+def _wait(predicate, timeout: float = 60.0, what: str = "condition"):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def test_magic_runs_ray_programs_and_stops_cleanly(shell: InteractiveShell, runtime_dir: Path) -> None:
+    status = shell.run_line_magic("raycluster", "start t-magic --cpu-workers 0:2 --idle-timeout 30")
+    assert status.snapshot["state"] == "running"
+    assert ray.is_initialized()
+    cluster = shell.run_line_magic("raycluster", "status").snapshot
+    assert cluster["name"] == "t-magic" and cluster["address"] == ray.get_runtime_context().gcs_address
+
+    shell.run_cell(textwrap.dedent("""
+        import time, ray
+        @ray.remote
+        def f(i):
+            time.sleep(1)
+            return i
+        squares = ray.get([f.remote(i) for i in range(4)])
+
+        @ray.remote
+        class Counter:
+            def __init__(self):
+                self.n = 0
+            def incr(self):
+                self.n += 1
+            def read(self):
+                return self.n
+        counters = [Counter.remote() for _ in range(4)]
+        [c.incr.remote() for c in counters]
+        counts = ray.get([c.read.remote() for c in counters])
+        """), store_history=False).raise_error()
+    assert shell.user_ns["squares"] == [0, 1, 2, 3]
+    assert shell.user_ns["counts"] == [1, 1, 1, 1]
+
+    snapshot = shell.run_line_magic("raycluster", "status").snapshot
+    cpu = next(g for g in snapshot["groups"] if g["name"] == "cpu")
+    assert 1 <= cpu["nodes"] + cpu["starting"] <= 2  # the autoscaler grew the group within max
+    assert any(e["kind"] == "scale_up" for e in snapshot["events"])
+    worker = next(n for n in snapshot["nodes"] if n["group"] == "cpu" and n["state"] == "running")
+    assert worker["resources_total"]["CPU"] == 1 and worker["object_store_total_bytes"] > 0
+    del shell.user_ns["counters"]
+
+    uid = LocalBackend().store.read("t-magic")["uid"]
+    shell.run_line_magic("raycluster", "stop")
+    assert not ray.is_initialized()
+    assert cluster_processes(uid) == []
+    assert not (runtime_dir / "raykube" / "clusters" / "t-magic.json").exists()
+
+
+def test_scale_two_clusters_and_a_foreign_ray(shell: InteractiveShell, tmp_path: Path) -> None:
+    foreign = _start_foreign_ray(tmp_path)
+    try:
+        shell.run_line_magic("raycluster", "start t-one --no-connect")
+        shell.run_line_magic("raycluster", "start t-two --no-connect")
+        one = shell.run_line_magic("raycluster", "scale cpu 2 --cluster t-one").snapshot
+        assert next(g for g in one["groups"] if g["name"] == "cpu")["nodes"] == 2
+        workers = _alive_workers(one["address"], "cpu")
+        assert len(workers) == 2 and all(w.total["CPU"] == 1 for w in workers)
+
+        two = shell.run_line_magic("raycluster", "status t-two").snapshot
+        assert two["address"] != one["address"]
+        assert _alive_workers(two["address"], "cpu") == []  # t-one's workers joined t-one only
+
+        shell.run_line_magic("raycluster", "scale cpu 0 --cluster t-one")
+        _wait(lambda: not _alive_workers(one["address"], "cpu"), what="t-one's workers to leave")
+
+        backend = LocalBackend()
+        uid_one, uid_two = backend.store.read("t-one")["uid"], backend.store.read("t-two")["uid"]
+        shell.run_line_magic("raycluster", "stop t-one")
+        assert cluster_processes(uid_one) == []
+        assert cluster_processes(uid_two)  # the other cluster is untouched
+        shell.run_line_magic("raycluster", "stop t-two")
+        assert cluster_processes(uid_two) == []
+        assert foreign.poll() is None, (tmp_path / "foreign.log").read_text()[-3000:]
+    finally:
+        os.killpg(foreign.pid, signal.SIGTERM)
+        foreign.wait(30)
+
+
+def test_attach_from_second_process_leaves_cluster_running(shell: InteractiveShell) -> None:
+    shell.run_line_magic("raycluster", "start t-attach --cpu-workers 1:1 --no-connect")
+    script = textwrap.dedent("""
+        import ray
+        from IPython.core.interactiveshell import InteractiveShell
+        ip = InteractiveShell.instance()
+        ip.run_line_magic("load_ext", "jupyter_raykube")
+        ip.run_line_magic("raycluster", "attach t-attach")
+        print("RESULT", ray.get(ray.remote(lambda: 41 + 1).remote()))
+        """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
+    assert "RESULT 42" in out.stdout, out.stderr[-3000:]
+    record = LocalBackend().store.read("t-attach")
+    assert record is not None and cluster_processes(record["uid"]), "attach must not stop the cluster"
+    shell.run_line_magic("raycluster", "stop t-attach")
+
+
+@pytest.mark.parametrize("line,fragment", [
+    ("start t-bad --cpu-workers 5:2", "--cpu-workers='5:2'"),
+    ("start t-bad --worker-cpus -1", "--worker-cpus=-1"),
+    ("start t-bad --idle-timeout soon", "--idle-timeout='soon'"),
+    ("start Bad_Name", "name='Bad_Name'"),
+    ("scale tpu 1 --cluster t-none", "no running cluster named 't-none'"),
+    ("frobnicate", "invalid choice"),
+])
+def test_bad_arguments_are_clear_and_start_nothing(shell: InteractiveShell, runtime_dir: Path,
+                                                   line: str, fragment: str) -> None:
+    before = {p.name for p in (runtime_dir / "raykube" / "clusters").glob("*.json")}
+    with pytest.raises(UsageError) as err:
+        shell.run_line_magic("raycluster", line)
+    assert fragment in str(err.value)
+    after = {p.name for p in (runtime_dir / "raykube" / "clusters").glob("*.json")}
+    assert after == before
+
+
+def test_unknown_group_and_duplicate_name(shell: InteractiveShell) -> None:
+    shell.run_line_magic("raycluster", "start t-dup --no-connect")
+    uid = LocalBackend().store.read("t-dup")["uid"]
+    try:
+        with pytest.raises(UsageError, match="group='tpu'.*cpu, gpu"):
+            shell.run_line_magic("raycluster", "scale tpu 1 --cluster t-dup")
+        with pytest.raises(UsageError, match="already exists"):
+            shell.run_line_magic("raycluster", "start t-dup --no-connect")
+        assert LocalBackend().store.read("t-dup")["uid"] == uid  # the first one is untouched
+    finally:
+        shell.run_line_magic("raycluster", "stop t-dup")
+    assert cluster_processes(uid) == []
+
+
+def test_cluster_of_a_killed_process_is_reaped(blocking_manager: BlockingManager) -> None:
+    script = textwrap.dedent("""
+        import sys, time
+        from jupyter_raykube.blocking import BlockingManager
+from jupyter_raykube.client import LocalClient
+        from jupyter_raykube.spec import default_spec
+        bm = BlockingManager()
+        bm.call(bm.manager.create, default_spec("t-orphan").with_group_range("cpu", 1, 1))
+        print("READY", flush=True)
+        time.sleep(600)
+        """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and "READY" in proc.stdout.readline()
+        uid = LocalBackend().store.read("t-orphan")["uid"]
+        assert cluster_processes(uid)
+    finally:
+        proc.kill()  # SIGKILL: no atexit, no cleanup in that process
+        proc.wait()
+    names = [c.name for c in blocking_manager.call(blocking_manager.manager.list)]
+    assert "t-orphan" not in names
+    assert cluster_processes(uid) == []
+
+
+def _start_foreign_ray(tmp_path: Path) -> subprocess.Popen[bytes]:
+    """A user's own Ray head, started without us, to prove our stop leaves it alone."""
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAYKUBE_")}
+    env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    ports = _free_ports("127.0.0.3", 3)
+    args = [ray_bin, "start", "--head", "--block", f"--port={ports[0]}", "--num-cpus=0",
+            "--include-dashboard=false", "--node-ip-address=127.0.0.3", f"--temp-dir={tmp_path}/foreign",
+            f"--dashboard-agent-listen-port={ports[1]}", f"--ray-client-server-port={ports[2]}",
+            "--memory=500000000", "--object-store-memory=100000000"]
+    with open(tmp_path / "foreign.log", "wb") as log:
+        proc = subprocess.Popen(args, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
+    time.sleep(3)
+    assert proc.poll() is None
+    return proc

@@ -1,0 +1,127 @@
+"""The server extension's REST API and dashboard proxy, through a real Jupyter server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+
+from jupyter_raykube.backends.local import LocalBackend
+
+from .conftest import cluster_processes
+
+
+@pytest.fixture
+def jp_server_config() -> dict[str, Any]:
+    return {"ServerApp": {"jpserver_extensions": {"jupyter_raykube": True}},
+            "RayKube": {"max_clusters": 3}}
+
+
+async def _json(jp_fetch: Any, *path: str, **kwargs: Any) -> Any:
+    response = await jp_fetch("raykube", "api", *path, **kwargs)
+    return json.loads(response.body) if response.body else None
+
+
+async def _error(jp_fetch: Any, *path: str, **kwargs: Any) -> tuple[int, str]:
+    with pytest.raises(HTTPClientError) as err:
+        await jp_fetch("raykube", "api", *path, **kwargs)
+    return err.value.code, json.loads(err.value.response.body)["message"]
+
+
+async def _wait_state(jp_fetch: Any, name: str, states: set[str], timeout: float = 180) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        snap = await _json(jp_fetch, "clusters", name)
+        if snap["state"] in states:
+            return snap
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"{name} never reached {states}: {snap}")
+
+
+async def test_info_and_empty_list(jp_fetch: Any) -> None:
+    info = await _json(jp_fetch)
+    assert info["backend"] == "local" and info["max_clusters"] == 3
+    assert await _json(jp_fetch, "clusters") == {"clusters": []}
+
+
+@pytest.mark.parametrize("body,status,fragment", [
+    ("not json", 400, "not valid JSON"),
+    (json.dumps([1, 2]), 400, '"name" string'),
+    (json.dumps({"name": "Bad_Name"}), 400, "name='Bad_Name'"),
+    (json.dumps({"name": "a", "groups": [{"name": "cpu", "min": 5, "max": 2}]}), 400, "groups.cpu.max=2"),
+    (json.dumps({"name": "a", "idle_timeout_s": "soon"}), 400, "idle_timeout_s='soon'"),
+    (json.dumps({"name": "a", "backend": "yarn"}), 400, "backend='yarn'"),
+    (json.dumps({"name": "a", "surprise": 1}), 400, "surprise=1"),
+])
+async def test_post_rejects_bad_bodies(jp_fetch: Any, body: str, status: int, fragment: str,
+                                       jp_runtime_dir: Any) -> None:
+    code, message = await _error(jp_fetch, "clusters", method="POST", body=body)
+    assert (code, fragment in message) == (status, True), message
+    assert await _json(jp_fetch, "clusters") == {"clusters": []}  # nothing half-created
+
+
+async def test_unknown_cluster_is_404(jp_fetch: Any) -> None:
+    for method, body in (("GET", None), ("PATCH", json.dumps({"groups": {"cpu": {"max": 1}}})), ("DELETE", None)):
+        code, message = await _error(jp_fetch, "clusters", "nope", method=method, body=body)
+        assert code == 404 and "nope" in message
+    code, _ = await _error(jp_fetch, "clusters", "nope", "events")
+    assert code == 404
+
+
+async def test_unauthenticated_requests_are_refused(jp_serverapp: Any, jp_base_url: str) -> None:
+    url = f"http://127.0.0.1:{jp_serverapp.port}{jp_base_url}raykube/api/clusters"
+    for method, body in (("GET", None), ("POST", "{}")):
+        with pytest.raises(HTTPClientError) as err:
+            await AsyncHTTPClient().fetch(url, method=method, body=body)
+        assert err.value.code == 403
+    with pytest.raises(HTTPClientError) as err:  # the dashboard proxy is guarded too
+        await AsyncHTTPClient().fetch(f"http://127.0.0.1:{jp_serverapp.port}{jp_base_url}"
+                                      "raykube/clusters/x/dashboard/", follow_redirects=False)
+    assert err.value.code in (302, 403)
+
+
+async def test_cluster_lifecycle_over_rest_with_dashboard_proxy(jp_fetch: Any) -> None:
+    snap = await _json(jp_fetch, "clusters", method="POST",
+                       body=json.dumps({"name": "rest-1", "groups": [{"name": "cpu", "max": 1}]}))
+    assert snap["state"] == "starting" and snap["step"]
+    code, message = await _error(jp_fetch, "clusters", method="POST", body=json.dumps({"name": "rest-1"}))
+    assert code == 409 and "already exists" in message
+    snap = await _wait_state(jp_fetch, "rest-1", {"running", "failed"})
+    assert snap["state"] == "running", snap["error"]
+    assert snap["dashboard_url"].endswith("/raykube/clusters/rest-1/dashboard/")
+    uid = LocalBackend().store.read("rest-1")["uid"]
+
+    version = await jp_fetch("raykube", "clusters", "rest-1", "dashboard", "api", "version")
+    assert json.loads(version.body)["ray_version"] == snap["ray_version"]
+
+    code, message = await _error(jp_fetch, "clusters", "rest-1", method="PATCH",
+                                 body=json.dumps({"groups": {"cpu": {"min": 3, "max": 1}}}))
+    assert code == 400 and "groups.cpu.max=1" in message
+    code, message = await _error(jp_fetch, "clusters", "rest-1", method="PATCH",
+                                 body=json.dumps({"groups": {"tpu": {"max": 1}}}))
+    assert code == 400 and "group='tpu'" in message
+    snap = await _json(jp_fetch, "clusters", "rest-1", method="PATCH",
+                       body=json.dumps({"groups": {"cpu": {"min": 1, "max": 1}}}))
+    cpu = next(g for g in snap["groups"] if g["name"] == "cpu")
+    assert (cpu["min"], cpu["max"]) == (1, 1)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 120
+    while loop.time() < deadline:
+        cpu = next(g for g in (await _json(jp_fetch, "clusters", "rest-1"))["groups"] if g["name"] == "cpu")
+        if cpu["nodes"] == 1:
+            break
+        await asyncio.sleep(0.5)
+    assert cpu["nodes"] == 1
+    events = (await _json(jp_fetch, "clusters", "rest-1", "events"))["events"]
+    assert any(e["kind"] == "scale_up" for e in events)
+
+    listed = await _json(jp_fetch, "clusters")
+    assert [c["name"] for c in listed["clusters"]] == ["rest-1"]
+    response = await jp_fetch("raykube", "api", "clusters", "rest-1", method="DELETE")
+    assert response.code == 204
+    assert cluster_processes(uid) == []
+    assert await _json(jp_fetch, "clusters") == {"clusters": []}

@@ -1,0 +1,186 @@
+"""A real `jupyter server` process with the extension: kernels it starts use its API, clusters
+survive kernel restarts, and no request body or path makes it answer 5xx (fuzzed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from jupyter_client import BlockingKernelClient
+
+from jupyter_raykube.backends.local import _free_ports
+
+from .conftest import cluster_processes
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class LiveServer:
+    url: str
+    token: str
+    runtime_dir: Path
+    proc: subprocess.Popen[bytes]
+
+    def api(self, method: str, path: str, body: Any = None, **kwargs: Any) -> requests.Response:
+        return requests.request(method, f"{self.url}raykube/api/{path}", json=body, timeout=60,
+                                headers={"Authorization": f"token {self.token}"}, **kwargs)
+
+    def kernel_client(self, kernel_id: str) -> BlockingKernelClient:
+        client = BlockingKernelClient(connection_file=str(self.runtime_dir / f"kernel-{kernel_id}.json"))
+        client.load_connection_file()
+        client.start_channels()
+        client.wait_for_ready(timeout=120)
+        return client
+
+
+def _start_server(tmp: Path, *extra: str) -> LiveServer:
+    port = _free_ports("127.0.0.1", 1)[0]
+    token = secrets.token_hex(16)
+    runtime = tmp / "runtime"
+    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(runtime), "JUPYTER_CONFIG_DIR": str(tmp / "config"),
+           "PYTHONPATH": str(ROOT), "JUPYTER_PLATFORM_DIRS": "1"}
+    env.pop("RAYKUBE_SERVER_URL", None)
+    log = open(tmp / "server.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "jupyter_server", "--no-browser", "--allow-root",
+                             f"--port={port}", "--ip=127.0.0.1", f"--IdentityProvider.token={token}",
+                             f"--ServerApp.root_dir={tmp}", *extra],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
+    server = LiveServer(f"http://127.0.0.1:{port}/", token, runtime, proc)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            if server.api("GET", "").status_code == 200:
+                return server
+        except requests.ConnectionError:
+            pass
+        if proc.poll() is not None:
+            break
+        time.sleep(0.3)
+    proc.kill()
+    raise AssertionError((tmp / "server.log").read_text()[-4000:])
+
+
+def _stop_server(server: LiveServer) -> None:
+    server.proc.send_signal(signal.SIGINT)  # jupyter asks to confirm on one SIGINT when on a tty
+    try:
+        server.proc.wait(60)
+    except subprocess.TimeoutExpired:
+        server.proc.send_signal(signal.SIGTERM)
+        server.proc.wait(60)
+
+
+@pytest.fixture(scope="module")
+def refusing_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    server = _start_server(tmp_path_factory.mktemp("fuzz"), "--RayKube.backend_class=tests.fakes.RefusingBackend")
+    yield server
+    _stop_server(server)
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-10, 10**12) | st.floats(allow_nan=True) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    max_leaves=12)
+_group = st.fixed_dictionaries({"name": st.sampled_from(["cpu", "gpu", "x", "Bad!", ""])},
+                               optional={"min": _json_values, "max": _json_values, "cpus": _json_values,
+                                         "gpus": _json_values, "memory": _json_values, "custom": _json_values,
+                                         "cost": _json_values, "bogus": _json_values})
+_post_body = st.one_of(
+    _json_values,
+    st.fixed_dictionaries({"name": st.text(max_size=50)},
+                          optional={"groups": st.lists(_group, max_size=3) | _json_values,
+                                    "idle_timeout_s": _json_values, "max_workers": _json_values,
+                                    "head": _json_values, "backend": _json_values, "labels": _json_values,
+                                    "env": _json_values, "image": _json_values}))
+_names = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=30)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(body=_post_body)
+def test_fuzz_post_never_5xx(refusing_server: LiveServer, body: Any) -> None:
+    response = refusing_server.api("POST", "clusters", data=json.dumps(body).encode(),
+                                   headers={"Authorization": f"token {refusing_server.token}"})
+    assert response.status_code < 500, response.text
+    if response.status_code >= 400:
+        assert response.json()["message"]
+    elif response.status_code == 202:  # a valid body: the refusing backend fails it; clean up
+        refusing_server.api("DELETE", f"clusters/{requests.utils.quote(body['name'], safe='')}")
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck))
+@given(name=_names, body=st.one_of(_json_values, st.fixed_dictionaries({"groups": _json_values})),
+       method=st.sampled_from(["GET", "PATCH", "DELETE"]))
+def test_fuzz_paths_and_patch_never_5xx(refusing_server: LiveServer, name: str, body: Any, method: str) -> None:
+    path = f"clusters/{requests.utils.quote(name, safe='')}"
+    response = refusing_server.api(method, path, data=json.dumps(body).encode() if method == "PATCH" else None)
+    assert response.status_code < 500, response.text
+
+
+@pytest.fixture(scope="module")
+def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    server = _start_server(tmp_path_factory.mktemp("live"))
+    yield server
+    _stop_server(server)
+
+
+def _run(client: BlockingKernelClient, code: str) -> str:
+    chunks: list[str] = []
+
+    def collect(msg: dict[str, Any]) -> None:
+        content = msg["content"]
+        if msg["msg_type"] == "stream":
+            chunks.append(content["text"])
+        elif msg["msg_type"] in ("execute_result", "display_data"):
+            chunks.append(content["data"].get("text/plain", ""))
+        elif msg["msg_type"] == "error":
+            chunks.append("ERROR " + content["ename"] + ": " + content["evalue"])
+
+    reply = client.execute_interactive(code, timeout=300, output_hook=collect)
+    assert reply["content"]["status"] == "ok", "".join(chunks)
+    return "".join(chunks)
+
+
+def test_cluster_created_over_rest_survives_kernel_restart(live_server: LiveServer) -> None:
+    created = live_server.api("POST", "clusters", {"name": "k-rest", "groups": [{"name": "cpu", "max": 1}]})
+    assert created.status_code == 202, created.text
+    deadline = time.monotonic() + 180
+    while (snap := live_server.api("GET", "clusters/k-rest").json())["state"] == "starting":
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    assert snap["state"] == "running", snap
+    record = json.loads((live_server.runtime_dir / "raykube" / "clusters" / "k-rest.json").read_text())
+
+    kernel = requests.post(f"{live_server.url}api/kernels", json={"name": "python3"}, timeout=60,
+                           headers={"Authorization": f"token {live_server.token}"}).json()
+    client = live_server.kernel_client(kernel["id"])
+    try:
+        out = _run(client, "import os; print(os.environ['RAYKUBE_SERVER_URL'])\n"
+                           "%load_ext jupyter_raykube\n%raycluster list")
+        assert live_server.url in out and "k-rest" in out
+        restarted = requests.post(f"{live_server.url}api/kernels/{kernel['id']}/restart", timeout=120,
+                                  headers={"Authorization": f"token {live_server.token}"})
+        assert restarted.status_code == 200
+        client.wait_for_ready(timeout=120)
+        out = _run(client, "%load_ext jupyter_raykube\n%raycluster attach k-rest\n"
+                           "import ray\nprint('ANSWER', ray.get(ray.remote(lambda: 6 * 7).remote()))")
+        assert "ANSWER 42" in out
+    finally:
+        client.stop_channels()
+        requests.delete(f"{live_server.url}api/kernels/{kernel['id']}", timeout=60,
+                        headers={"Authorization": f"token {live_server.token}"})
+    assert [c["name"] for c in live_server.api("GET", "clusters").json()["clusters"]] == ["k-rest"]
+    assert live_server.api("DELETE", "clusters/k-rest").status_code == 204
+    assert cluster_processes(record["uid"]) == []
