@@ -1,0 +1,64 @@
+"""pytest fixtures for the Kubernetes emulator and the process kubelet.
+
+``tests/kube/conftest.py`` re-exports them for the tests in this folder; another test folder
+can use them by re-exporting the same way (or through ``pytest_plugins`` in the root
+conftest). Every fixture is function-scoped: a fresh API server costs milliseconds and tests
+must not see each other's objects.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import kubernetes
+import pytest
+
+from .emulator import KubeEmulator
+from .kubelet import ProcessKubelet, default_base_env
+
+
+def venv_path() -> str:
+    """``PATH`` with this interpreter's bin directory first, so Pods' ``python``/``ray`` are the venv's."""
+    return os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "/usr/bin:/bin")])
+
+
+@pytest.fixture
+def kube_emulator() -> Iterator[KubeEmulator]:
+    """A running emulator; stopped (watches closed, port released) at teardown."""
+    emu = KubeEmulator().start()
+    try:
+        yield emu
+    finally:
+        emu.stop()
+
+
+@pytest.fixture
+def kube_config_file(kube_emulator: KubeEmulator, tmp_path: Path) -> Path:
+    """A kubeconfig for the emulator (server ``http://127.0.0.1:PORT``, token user)."""
+    return kube_emulator.write_kubeconfig(tmp_path / "kubeconfig")
+
+
+@pytest.fixture
+def kube_api_client(kube_emulator: KubeEmulator) -> Iterator[kubernetes.client.ApiClient]:
+    """An official-client ``ApiClient`` configured through the kubeconfig loader."""
+    client = kube_emulator.api_client()
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def process_kubelet(kube_emulator: KubeEmulator) -> Iterator[ProcessKubelet]:
+    """A started kubelet on the emulator; teardown kills its processes and fails on leaks or errors."""
+    kubelet = ProcessKubelet(kube_emulator, base_env=default_base_env(venv_path())).start()
+    try:
+        yield kubelet
+    finally:
+        kubelet.stop()
+    leftovers = kubelet.leftover_processes()
+    assert not leftovers, f"processes outlived the kubelet: {[(p.pid, p.cmdline()) for p in leftovers]}"
+    assert not kubelet.errors, f"kubelet errors: {kubelet.errors}"
