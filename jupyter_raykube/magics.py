@@ -7,6 +7,7 @@ prints the reason and the usage, not a traceback.
 
 from __future__ import annotations
 
+import argparse
 import html
 import re
 import time
@@ -28,6 +29,12 @@ _NAME_CHARS = re.compile(r"[^a-z0-9-]+")
 
 
 class _Parser(MagicArgumentParser):
+    """Raises UsageError (reason + usage) instead of exiting; plain argparse formatting."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", argparse.HelpFormatter)
+        super().__init__(**kwargs)
+
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(f"{message}\n\n{self.format_usage()}")
 
@@ -83,7 +90,7 @@ class RayClusterMagics(Magics):
         try:
             return getattr(self, f"_{args.command}")(args)
         except SpecError as exc:
-            raise UsageError(f"{exc}\n\n{self._parser.format_usage()}") from None
+            raise UsageError(f"{exc}\n\n{_subcommand_usage(self._parser, args.command)}") from None
         except (BackendError, ClusterNotFound) as exc:
             raise UsageError(str(exc)) from None
 
@@ -134,7 +141,9 @@ class RayClusterMagics(Magics):
         if getattr(self.shell, "kernel", None) is not None:
             from .widgets import ClusterWidget
 
-            return ClusterWidget(name, self.client.status, initial=snap)
+            client = self.client
+            return ClusterWidget(name, client.status, initial=snap, stop=client.stop,
+                                 scale=lambda n, g, lo, hi: client.scale(n, g, lo, hi, _no_progress, wait=False))
         return ClusterStatus(snap)
 
     def _name(self, given: str | None) -> str:
@@ -195,3 +204,14 @@ def _spec_from_args(name: str, args: Any, *, backend: str) -> ClusterSpec:
         except ValueError:
             raise SpecError("--idle-timeout", args.idle_timeout, "a number of seconds") from None
     return replace(spec, **values)
+
+
+def _subcommand_usage(parser: argparse.ArgumentParser, command: str) -> str:
+    for action in parser._subparsers._group_actions if parser._subparsers else ():  # noqa: SLF001
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:  # noqa: SLF001
+            return action.choices[command].format_usage()
+    return parser.format_usage()
+
+
+def _no_progress(step: str, done: int, total: int) -> None:
+    """Widget buttons return at once; the widget's own refresh shows the progress."""

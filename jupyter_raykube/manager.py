@@ -206,7 +206,7 @@ class ClusterManager(LoggingConfigurable):
         if self.max_clusters is not None and owned >= self.max_clusters:
             raise PolicyError(f"at most {self.max_clusters} clusters may run at once "
                               f"({owned} running); stop one first")
-        cluster = Cluster(spec=spec, owned=True)
+        cluster = Cluster(spec=spec, owned=True, step="queued")
         self._clusters[spec.name] = cluster
         return cluster
 

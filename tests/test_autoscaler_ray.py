@@ -154,7 +154,8 @@ def test_strict_spread_placement_group_gets_two_nodes(scaled: Handle) -> None:
     scaled.settle()
     pg = placement_group([{"CPU": 1}, {"CPU": 1}], strategy="STRICT_SPREAD")
     assert pg.wait(timeout_seconds=120)
-    assert len(scaled.nodes("cpu", "running")) == 2
+    scaled.wait(lambda: len(scaled.nodes("cpu", "running")) == 2, timeout=10, what="two nodes in the snapshot")
+    assert len(scaled.nodes("cpu")) == 2  # one bundle per node, no spare node
     remove_placement_group(pg)
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
@@ -17,6 +17,7 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
 from jupyter_raykube.autoscaler.demand import GcsReader
+from jupyter_raykube.backends import processes
 from jupyter_raykube.backends.local import LocalBackend, _free_ports
 from jupyter_raykube.blocking import BlockingManager
 from jupyter_raykube.client import LocalClient
@@ -118,8 +119,7 @@ def test_scale_two_clusters_and_a_foreign_ray(shell: InteractiveShell, tmp_path:
         assert cluster_processes(uid_two) == []
         assert foreign.poll() is None, (tmp_path / "foreign.log").read_text()[-3000:]
     finally:
-        os.killpg(foreign.pid, signal.SIGTERM)
-        foreign.wait(30)
+        processes.terminate_group(processes.ProcessRef.of(foreign), child=foreign, grace_s=30)
 
 
 def test_attach_from_second_process_leaves_cluster_running(shell: InteractiveShell) -> None:
@@ -141,7 +141,7 @@ def test_attach_from_second_process_leaves_cluster_running(shell: InteractiveShe
 
 @pytest.mark.parametrize("line,fragment", [
     ("start t-bad --cpu-workers 5:2", "--cpu-workers='5:2'"),
-    ("start t-bad --worker-cpus -1", "--worker-cpus=-1"),
+    ("start t-bad --worker-cpus -1", "--worker-cpus='-1'"),
     ("start t-bad --idle-timeout soon", "--idle-timeout='soon'"),
     ("start Bad_Name", "name='Bad_Name'"),
     ("scale tpu 1 --cluster t-none", "no running cluster named 't-none'"),
@@ -153,6 +153,7 @@ def test_bad_arguments_are_clear_and_start_nothing(shell: InteractiveShell, runt
     with pytest.raises(UsageError) as err:
         shell.run_line_magic("raycluster", line)
     assert fragment in str(err.value)
+    assert "usage: %raycluster" in str(err.value) or "no running cluster" in str(err.value)
     after = {p.name for p in (runtime_dir / "raykube" / "clusters").glob("*.json")}
     assert after == before
 
@@ -182,9 +183,16 @@ from jupyter_raykube.client import LocalClient
         print("READY", flush=True)
         time.sleep(600)
         """)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
     try:
-        assert proc.stdout is not None and "READY" in proc.stdout.readline()
+        assert proc.stdout is not None
+        output = []
+        for line in proc.stdout:
+            output.append(line)
+            if line.startswith("READY"):
+                break
+        assert output and output[-1].startswith("READY"), "".join(output)[-3000:]
         uid = LocalBackend().store.read("t-orphan")["uid"]
         assert cluster_processes(uid)
     finally:
@@ -201,8 +209,9 @@ def _start_foreign_ray(tmp_path: Path) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAYKUBE_")}
     env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
     ports = _free_ports("127.0.0.3", 3)
+    short_dir = tempfile.mkdtemp(prefix="rkf-", dir="/tmp")  # Ray's socket paths must stay < 108 bytes
     args = [ray_bin, "start", "--head", "--block", f"--port={ports[0]}", "--num-cpus=0",
-            "--include-dashboard=false", "--node-ip-address=127.0.0.3", f"--temp-dir={tmp_path}/foreign",
+            "--include-dashboard=false", "--node-ip-address=127.0.0.3", f"--temp-dir={short_dir}",
             f"--dashboard-agent-listen-port={ports[1]}", f"--ray-client-server-port={ports[2]}",
             "--memory=500000000", "--object-store-memory=100000000"]
     with open(tmp_path / "foreign.log", "wb") as log:

@@ -72,19 +72,22 @@ async def test_unknown_cluster_is_404(jp_fetch: Any) -> None:
     assert code == 404
 
 
-async def test_unauthenticated_requests_are_refused(jp_serverapp: Any, jp_base_url: str) -> None:
-    url = f"http://127.0.0.1:{jp_serverapp.port}{jp_base_url}raykube/api/clusters"
+async def test_unauthenticated_requests_are_refused(jp_fetch: Any, jp_http_port: int, jp_base_url: str) -> None:
+    code, _ = await _error(jp_fetch, "clusters", headers={"Authorization": "token wrong"})
+    assert code == 403
+    url = f"http://127.0.0.1:{jp_http_port}{jp_base_url}raykube/api/clusters"
     for method, body in (("GET", None), ("POST", "{}")):
         with pytest.raises(HTTPClientError) as err:
             await AsyncHTTPClient().fetch(url, method=method, body=body)
         assert err.value.code == 403
     with pytest.raises(HTTPClientError) as err:  # the dashboard proxy is guarded too
-        await AsyncHTTPClient().fetch(f"http://127.0.0.1:{jp_serverapp.port}{jp_base_url}"
+        await AsyncHTTPClient().fetch(f"http://127.0.0.1:{jp_http_port}{jp_base_url}"
                                       "raykube/clusters/x/dashboard/", follow_redirects=False)
     assert err.value.code in (302, 403)
 
 
-async def test_cluster_lifecycle_over_rest_with_dashboard_proxy(jp_fetch: Any) -> None:
+async def test_cluster_lifecycle_over_rest_with_dashboard_proxy(jp_fetch: Any, jp_serverapp: Any) -> None:
+    await jp_serverapp._post_start()  # what start_ioloop() runs: starts the extension's loops
     snap = await _json(jp_fetch, "clusters", method="POST",
                        body=json.dumps({"name": "rest-1", "groups": [{"name": "cpu", "max": 1}]}))
     assert snap["state"] == "starting" and snap["step"]
