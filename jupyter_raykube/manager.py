@@ -223,6 +223,8 @@ class ClusterManager(LoggingConfigurable):
                 self._step(cluster, report, "waiting for the head node to join", 1, total)
                 await self._wait_for_head(cluster)
                 self._start_autoscaler(cluster)
+                while cluster.observation is None:  # the first snapshot already lists the head
+                    await anyio.sleep(0.05)
                 if total == 3:
                     wanted = sum(g.min for g in spec.groups)
                     self._step(cluster, report, f"waiting for {wanted} minimum worker(s)", 2, total)
