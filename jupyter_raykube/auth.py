@@ -29,10 +29,17 @@ def load_or_create_token(path: Path) -> str:
     return token
 
 
+# Ray's GCS client ends the whole process when a GCS stays unreachable for this long (60 s by
+# default). A Jupyter server holds clients to many clusters and must outlive any of them.
+_GCS_LOSS_TOLERANCE_S = str(40 * 86400)
+
+
 def use_token(token: str) -> None:
-    """Make this process's Ray clients (GCS client, `ray.init`) present `token`."""
+    """Make this process's Ray clients (GCS client, `ray.init`) present `token`, and keep a
+    lost GCS from terminating the process."""
     if os.environ.get("RAY_AUTH_TOKEN") == token and os.environ.get("RAY_AUTH_MODE") == "token":
         return
+    os.environ.setdefault("RAY_gcs_rpc_server_reconnect_timeout_s", _GCS_LOSS_TOLERANCE_S)
     os.environ["RAY_AUTH_MODE"] = "token"
     os.environ["RAY_AUTH_TOKEN"] = token
     from ray._raylet import AuthenticationTokenLoader, Config  # heavy: import late

@@ -17,7 +17,7 @@ def connect_driver(address: str, token: str) -> None:
         ray.shutdown()
     if token:
         use_token(token)
-    ray.init(address=address)
+    ray.init(address=address, logging_level="WARNING")  # the widget shows the dashboard link
 
 
 def disconnect_driver() -> None:

@@ -27,7 +27,7 @@ from traitlets.config import LoggingConfigurable
 
 from .auth import load_or_create_token, use_token
 from .autoscaler.demand import GcsReader
-from .autoscaler.reconciler import AutoscalerSettings, Observation, Reconciler, describe_pending
+from .autoscaler.reconciler import AutoscalerSettings, HeadLost, Observation, Reconciler, describe_pending
 from .backends.base import HEAD_GROUP, Backend, BackendError, ClusterHandle, ClusterNotFound
 from .events import EventLog
 from .spec import ClusterSpec, SpecError
@@ -58,6 +58,7 @@ class Cluster:
 
     spec: ClusterSpec
     owned: bool
+    owner: str = ""
     events: EventLog = field(default_factory=EventLog)
     handle: ClusterHandle | None = None
     state: ClusterStateName = "starting"
@@ -95,7 +96,7 @@ class Cluster:
             "state": self.state,
             "step": self.step,
             "error": self.error,
-            "owner": handle.owner if handle else "",
+            "owner": handle.owner if handle else self.owner,
             "owned_here": self.owned,
             "address": handle.address if handle else "",
             "dashboard_url": self.dashboard_url,
@@ -206,7 +207,7 @@ class ClusterManager(LoggingConfigurable):
         if self.max_clusters is not None and owned >= self.max_clusters:
             raise PolicyError(f"at most {self.max_clusters} clusters may run at once "
                               f"({owned} running); stop one first")
-        cluster = Cluster(spec=spec, owned=True, step="queued")
+        cluster = Cluster(spec=spec, owned=True, owner=self.owner, step="queued")
         self._clusters[spec.name] = cluster
         return cluster
 
@@ -342,6 +343,8 @@ class ClusterManager(LoggingConfigurable):
                     await cluster.reconciler.run()
                 except ClusterNotFound:
                     self._forget(cluster, "stopped by another process")
+                except HeadLost as exc:
+                    await self._lost(cluster, str(exc))
 
         self._tg.start_soon(autoscale, name=f"raykube-autoscaler-{cluster.name}")
 
@@ -417,6 +420,16 @@ class ClusterManager(LoggingConfigurable):
         if cluster.handle is not None and not failed:
             await self.backend.delete_cluster(cluster.handle)
         self._forget(cluster, reason)
+
+    async def _lost(self, cluster: Cluster, reason: str) -> None:
+        """The head died: remove what is left and keep the record, failed, saying why."""
+        cluster.state = "failed"
+        cluster.error = reason
+        cluster.events.add(time.time(), "error", f"cluster failed: {reason}")
+        self.log.error("Ray cluster %s failed: %s", cluster.name, reason)
+        assert cluster.handle is not None
+        with anyio.CancelScope(shield=True):
+            await self.backend.delete_cluster(cluster.handle)
 
     def _forget(self, cluster: Cluster, reason: str) -> None:
         cluster.state = "stopped"

@@ -134,9 +134,9 @@ class ClusterWidget(w.VBox):
         name = group["name"]
         if name not in self._group_rows:
             low = w.BoundedIntText(value=group["min"], min=0, max=10_000, description="min",
-                                   layout=w.Layout(width="9em"))
+                                   layout=w.Layout(width="11em"))
             high = w.BoundedIntText(value=group["max"], min=0, max=10_000, description="max",
-                                    layout=w.Layout(width="9em"))
+                                    layout=w.Layout(width="11em"))
             count = w.HTML()
             apply = w.Button(description="Apply", disabled=self._scale is None, layout=w.Layout(width="6em"))
             apply.on_click(lambda _, g=name: self._on_scale(g))
@@ -164,7 +164,7 @@ class ClusterWidget(w.VBox):
         self.stop_button.disabled = True
         self._stop(self.cluster_name)
         self._stopped.set()
-        self.header.value += "<div>stopped</div>"
+        self._render({**self.snapshot, "state": "stopped", "step": "", "nodes": [], "demand": []})
 
 
 def _refresh_loop(ref: Callable[[], ClusterWidget | None], interval_s: float, stopped: threading.Event) -> None:
@@ -176,7 +176,7 @@ def _refresh_loop(ref: Callable[[], ClusterWidget | None], interval_s: float, st
         try:
             snap = widget._fetch(widget.cluster_name)
         except ClusterNotFound:
-            widget._render({**widget.snapshot, "state": "stopped", "step": ""})
+            widget._render({**widget.snapshot, "state": "stopped", "step": "", "nodes": [], "demand": []})
             stopped.set()
             return
         except Exception as exc:  # keep the last view; say why it is stale  # noqa: BLE001

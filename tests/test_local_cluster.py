@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -22,6 +23,7 @@ from jupyter_raykube.backends.local import LocalBackend, _free_ports
 from jupyter_raykube.blocking import BlockingManager
 from jupyter_raykube.client import LocalClient
 from jupyter_raykube.magics import RayClusterMagics
+from jupyter_raykube.spec import ClusterSpec, WorkerGroup
 
 from .conftest import cluster_processes
 
@@ -219,3 +221,21 @@ def _start_foreign_ray(tmp_path: Path) -> subprocess.Popen[bytes]:
     time.sleep(3)
     assert proc.poll() is None
     return proc
+
+
+def test_head_crash_fails_the_cluster_and_removes_the_rest(blocking_manager: BlockingManager) -> None:
+    manager = blocking_manager.manager
+    spec = ClusterSpec(name="t-crash", groups=(WorkerGroup("cpu", cpus=1, min=1, max=1),))
+    cluster = blocking_manager.call(manager.create, spec)
+    uid = cluster.handle.details["uid"]
+    head = manager.backend.store.read("t-crash")["nodes"]["t-crash-head"]
+    os.killpg(head["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while cluster.state != "failed":
+        assert time.monotonic() < deadline, cluster.snapshot()
+        time.sleep(0.2)
+    assert "head node t-crash-head stopped" in cluster.error
+    assert any(e["kind"] == "error" for e in cluster.snapshot()["events"])
+    _wait(lambda: cluster_processes(uid) == [], 30, "the worker to be removed")
+    blocking_manager.call(manager.stop, "t-crash")  # the failed record goes away on request
+    assert "t-crash" not in [c.name for c in blocking_manager.call(manager.list)]

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ray._raylet import GcsClient
-from ray.autoscaler.v2.sdk import get_cluster_resource_state
 from ray.core.generated import autoscaler_pb2
 
 from .planner import GangDemand, ResourceDemand
@@ -60,12 +59,16 @@ class ClusterState:
 class GcsReader:
     """A GCS client for one cluster. The process must already present the cluster's token."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, *, timeout_s: float = 5.0) -> None:
         self.address = address
         self._client = GcsClient(address=address)
+        self._timeout_s = timeout_s
 
     def read(self) -> ClusterState:
-        return parse_state(get_cluster_resource_state(self._client))
+        """One bounded call: a GCS that does not answer raises instead of hanging a round."""
+        reply = autoscaler_pb2.GetClusterResourceStateReply()
+        reply.ParseFromString(self._client.get_cluster_resource_state(timeout_s=self._timeout_s))
+        return parse_state(reply.cluster_resource_state)
 
     def drain_idle_node(self, node_id: str, message: str) -> tuple[bool, str]:
         """Ask Ray to drain an idle node; the raylet refuses if the node is running work or

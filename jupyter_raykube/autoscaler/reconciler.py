@@ -28,6 +28,10 @@ from .planner import NodeGroup, NodeView, PendingStatus, PlanReply, PlanRequest,
 NodeState = Literal["starting", "running", "draining", "failed"]
 
 
+class HeadLost(RuntimeError):
+    """The head node's process or Pod has exited: the cluster cannot recover by itself."""
+
+
 @dataclass(frozen=True)
 class AutoscalerSettings:
     interval_s: float = 1.0  # how often the GCS is read; demand shows up there within ~0.25 s
@@ -104,7 +108,7 @@ class Reconciler:
         """One round. Never raises (except cancellation): failures become events."""
         try:
             return await self._step()
-        except ClusterNotFound:
+        except (ClusterNotFound, HeadLost):
             raise
         except Exception as exc:  # one bad round must not stop autoscaling
             self.log.exception("autoscaler round failed for %s", self.handle.name)
@@ -114,6 +118,9 @@ class Reconciler:
     async def _step(self) -> Observation:
         self._rounds += 1
         backend_nodes = await self.backend.list_nodes(self.handle)
+        head = next((n for n in backend_nodes if n.is_head), None)
+        if head is not None and head.phase == "exited":
+            raise HeadLost(f"the head node {head.name} stopped: {head.message or 'it exited'}")
         state = await anyio.to_thread.run_sync(self.reader.read)
         now = self.clock()
         nodes = await self._observe(backend_nodes, state, now)

@@ -132,6 +132,7 @@ class LocalBackend(Backend):
             self.store.create(record)
         except FileExistsError:
             raise ClusterExists(f"a cluster named {spec.name!r} already exists") from None
+        shutil.rmtree(self._log_path(spec.name, "x").parent, ignore_errors=True)  # an older crash's
         handle = _handle_from(record)
         try:
             memory, object_store = self._head_sizes(spec.head)
@@ -242,13 +243,19 @@ class LocalBackend(Backend):
         nodes = (record or {}).get("nodes", {})
         workers = [(n, e) for n, e in nodes.items() if e["group"] != HEAD_GROUP]
         heads = [(n, e) for n, e in nodes.items() if e["group"] == HEAD_GROUP]
+        crashed = bool(heads) and not any(
+            processes.ProcessRef(e["pid"], e["create_time"]).alive() for _, e in heads)
         for batch in (workers, heads):  # workers first: they leave through the head's GCS
             processes.terminate_groups(
                 [(processes.ProcessRef(e["pid"], e["create_time"]), self._children.pop(n, None))
                  for n, e in batch], grace_s=self.stop_grace_s)
         processes.kill_marked(processes.CLUSTER_MARKER, handle.details["uid"])
         shutil.rmtree(handle.details["temp_dir"], ignore_errors=True)
-        shutil.rmtree(self._log_path(handle.name, "x").parent, ignore_errors=True)
+        logs = self._log_path(handle.name, "x").parent
+        if crashed:  # keep what the nodes printed: it is how a crash gets explained
+            self.log.warning("Ray cluster %s had crashed; its node logs are kept in %s", handle.name, logs)
+        else:
+            shutil.rmtree(logs, ignore_errors=True)
         self.store.delete(handle.name)
 
     async def discover(self) -> list[ClusterHandle]:
