@@ -12,18 +12,23 @@ of distinct shapes and distinct node states, not with the number of pending task
 
 Packing: shapes are sorted first-fit-decreasing (accelerator shapes first, then by dominant
 share of the largest node offering each resource). Free capacity of running and starting nodes
-is filled first, tightest node first. What is left is covered one node *pattern* at a time: for
-the largest remaining shape, every group that may take it simulates one node filled with that
-shape and then with smaller remaining shapes; the group with the lowest cost per unit of demand
-served wins and that pattern is opened as many times as the remaining counts and the limits
-allow.
+is filled first, tightest node first. What is left is covered one node *pattern* at a time
+(``_launch_patterns``): for the largest remaining shape, every group that may take it simulates
+a node holding a few different counts of that shape with the gaps filled by smaller shapes; the
+pattern with the lowest cost per unit of demand served (counting the cheapest cover of the last
+copies) wins and is opened as many times as the remaining counts and the limits allow. A last
+pass (``_consolidate``) drops any launched node whose tasks fit in what the others have left.
+Identical placement groups are packed together the same way, all-or-nothing per group.
+CPU-only demand never launches an accelerator node while some other group could hold it: when
+that group is at its max the demand is reported ``capped``, GPUs are not spent on it.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Iterable, Literal, Mapping, NamedTuple
+from typing import Literal, NamedTuple
 
 Resources = Mapping[str, float]
 
@@ -121,7 +126,9 @@ class PlanReply:
 # Accelerators are what make a node expensive. A node offering one is an "accelerator node";
 # CPU-only demand never launches one while a group without accelerators could hold it.
 ACCELERATORS = ("GPU", "TPU", "HPU", "NPU", "neuron_cores")
-NODE_OVERHEAD = 3.0  # per node: raylet, object store, daemon pods; favours fewer, larger nodes
+# Per node, whatever its size: Ray's own processes, a Kubernetes node/pod slot, minutes of
+# start-up. Three CPUs' worth: a tail of tasks goes to one bigger node rather than three small.
+NODE_OVERHEAD = 3.0
 CPU_WEIGHT = 1.0
 ACCELERATOR_WEIGHT = 50.0  # one GPU ~ 50 vCPUs in cloud list prices
 MEMORY_WEIGHT_PER_GIB = 1.0 / 8  # 8 GiB of memory ~ one vCPU
@@ -131,10 +138,10 @@ _GIB = float(2**30)
 def default_cost(resources: Resources) -> float:
     """Relative price of one node offering ``resources``, used when a group sets no cost.
 
-    ``1 + CPU + 50 * (GPU + other accelerators) + memory_GiB / 8``. The constant is a per-node
+    ``3 + CPU + 50 * (GPU + other accelerators) + memory_GiB / 8``. The constant is a per-node
     overhead so that, at equal utilization, fewer larger nodes win; GPUs weigh far more than
-    CPUs so the planner never spends a GPU node where a CPU node will do. Custom resources and
-    ``object_store_memory`` (a slice of ``memory``) are free.
+    CPUs (list prices: one GPU ~ 50 vCPUs) so an idle GPU is the most expensive waste. Custom
+    resources and ``object_store_memory`` (a slice of ``memory``) are free.
     """
     return NODE_OVERHEAD + _price(resources)
 
@@ -148,7 +155,7 @@ def format_shape(shape: Resources) -> str:
 
 def plan(request: PlanRequest) -> PlanReply:
     """Decide what to launch and what to release for one snapshot of the cluster."""
-    return _schedule(request).reply()
+    return _reply(_schedule(request))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,12 +246,12 @@ def _format_seconds(s: float) -> str:
 
 @dataclass(frozen=True)
 class _Shape:
-    """A canonical demand shape, with what the passes need precomputed once."""
+    """A canonical demand shape, with what the passes need computed once."""
 
     key: ShapeKey
     vec: Sparse
     accelerator: bool
-    value: float  # what serving one unit is worth, to compare node patterns across groups
+    value: float  # what serving one copy is worth, to compare node patterns across groups
     order: tuple  # first-fit-decreasing sort key
 
     @property
@@ -254,11 +261,13 @@ class _Shape:
 
 @dataclass
 class _Group:
+    """A node group with its capacity vector, price, and how many nodes it has and gets."""
+
     spec: NodeGroup
     total: Vector
     cost: float
     accelerator: bool
-    alive: int = 0  # starting + running nodes, minus those terminated by this plan
+    alive: int = 0  # starting + running nodes, minus those this plan terminates
     launched: int = 0
 
     @property
@@ -278,8 +287,12 @@ class _Bin(NamedTuple):
     spare: bool  # running and idle past its timeout: used last, so it can be released
     accelerator: bool
     avail: Vector
-    nodes: tuple[str, ...]  # least idle first, so placements keep the idlest nodes free
+    # Existing nodes: their ids, least idle first, so placements keep the idlest nodes free.
+    # Nodes this plan launches: a range of sequence numbers, so launching a million nodes
+    # costs no more than launching one.
+    nodes: tuple[str, ...] | range
     load: tuple[tuple[str, ShapeKey, int], ...] = ()  # (tag, shape, copies) on EACH node
+    opened_for: tuple = ()  # launched nodes: ("min",), ("task", shape), ("rr", shape), ("pg", tag)
 
 
 class _Pool:
@@ -317,55 +330,53 @@ class _Pool:
                 self.bins[bid] = old
         self._journal = None
 
-    def remove_nodes(self, node_ids: set[str]) -> None:
+    def remove_existing(self, node_ids: set[str]) -> None:
+        """Forget existing nodes (terminated before any placement)."""
         for bid, b in list(self.bins.items()):
-            if any(n in node_ids for n in b.nodes):
+            if b.origin != "new" and any(n in node_ids for n in b.nodes):
                 kept = tuple(n for n in b.nodes if n not in node_ids)
                 self._set(bid, b._replace(nodes=kept) if kept else None)
 
-    def _candidates(self, shape: _Shape, tag: str | None = None) -> list[tuple[int, int]]:
+    def remove_new(self, group: str, seq: int) -> None:
+        """Un-launch node ``seq`` of ``group``, whichever bin it is in."""
+        for bid, b in list(self.bins.items()):
+            if b.origin == "new" and b.group == group and seq in b.nodes:
+                i = b.nodes.index(seq)
+                before, after = b.nodes[:i], b.nodes[i + 1:]
+                self._set(bid, b._replace(nodes=before) if before else None)
+                if after:
+                    self.add(b._replace(nodes=after))
+                return
+
+    def _candidates(self, shape: _Shape, tag: str, avoid: str | None, new_only: bool,
+                    ) -> list[tuple[int, int]]:
         """(bin id, copies per node) that fit ``shape``: GPU nodes last for CPU-only shapes,
-        spare (releasable) nodes last, tightest fit first (best-fit decreasing)."""
+        spare (releasable) nodes last, tightest fit first (best-fit decreasing). Bins holding a
+        load whose tag starts with ``avoid`` (other than ``tag`` itself) are skipped."""
         found = []
         for bid, b in self.bins.items():
+            if new_only and b.origin != "new":
+                continue
             k = _how_many(b.avail, shape.vec)
-            if k and (tag is None or all(t != tag for t, _, _ in b.load)):
+            if k and not (avoid and any(t != tag and t.startswith(avoid) for t, _, _ in b.load)):
                 found.append((b.accelerator and not shape.accelerator, b.spare, k, bid))
         found.sort()
         return [(bid, k) for _, _, k, bid in found]
 
-    def place(self, shape: _Shape, count: int, tag: str) -> tuple[int, list[tuple[_Bin, int, int]]]:
-        """Put up to ``count`` copies of ``shape`` on free capacity; per bin, in O(1).
-
-        Returns the copies left over and, per bin touched, (bin, nodes used, copies placed).
-        """
-        placed = []
-        for bid, k in self._candidates(shape):
-            b = self.bins[bid]
+    def place(self, shape: _Shape, count: int, tag: str, *, avoid: str | None = None,
+              new_only: bool = False) -> int:
+        """Put up to ``count`` copies of ``shape`` on free capacity, O(1) per bin; returns
+        how many copies found no room."""
+        for bid, k in self._candidates(shape, tag, avoid, new_only):
+            nodes = len(self.bins[bid].nodes)
             full, rest = divmod(count, k)
-            if full >= len(b.nodes):
-                full, rest = len(b.nodes), 0
-            used = full + (1 if rest else 0)
+            if full >= nodes:
+                full, rest = nodes, 0
             self._split(bid, [(full, k), (1 if rest else 0, rest)], shape, tag)
-            copies = full * k + rest
-            placed.append((b, used, copies))
-            count -= copies
+            count -= full * k + rest
             if count == 0:
                 break
-        return count, placed
-
-    def spread(self, shape: _Shape, count: int, tag: str) -> tuple[int, list[tuple[_Bin, int, int]]]:
-        """Put up to ``count`` copies of ``shape`` on distinct nodes that hold nothing of ``tag``."""
-        placed = []
-        for bid, _ in self._candidates(shape, tag):
-            b = self.bins[bid]
-            used = min(len(b.nodes), count)
-            self._split(bid, [(used, 1)], shape, tag)
-            placed.append((b, used, used))
-            count -= used
-            if count == 0:
-                break
-        return count, placed
+        return count
 
     def _split(self, bid: int, takes: list[tuple[int, int]], shape: _Shape, tag: str) -> None:
         """The first nodes of bin ``bid`` take (nodes, copies each) in turn; the rest stay."""
@@ -383,32 +394,16 @@ class _Pool:
         self._set(bid, b._replace(nodes=rest) if rest else None)
 
 
-class _Tally:
-    """How the units of one pending (kind, shape) were served, to write its status."""
-
-    def __init__(self, kind: str, shape: dict[str, float], bundles: tuple = ()) -> None:
-        self.kind, self.shape, self.bundles = kind, shape, bundles
-        self.on_running = 0  # units on free capacity of running nodes
-        self.on_starting = 0  # units on starting nodes or nodes launched by this plan
-        self.nodes_starting: dict[str, int] = defaultdict(int)  # group -> nodes
-        self.unplaced: dict[tuple[str, str], int] = defaultdict(int)  # (status, reason) -> units
-
-    def record(self, placed: Iterable[tuple[str, str, int, int]]) -> None:
-        for origin, group, nodes, units in placed:
-            if origin == "running":
-                self.on_running += units
-            else:
-                self.on_starting += units
-                self.nodes_starting[group] += nodes
+Unplaced = dict[tuple[str, str], int]  # (status, reason) -> units
 
 
 @dataclass
 class _Ctx:
-    """State shared by the passes of one plan; built from the request, read by ``reply()``."""
+    """State shared by the passes of one plan; built from the request, read by ``_reply``."""
 
     request: PlanRequest
     index: dict[str, int]  # resource name -> position in every Vector
-    groups: dict[str, _Group]
+    groups: dict[str, _Group]  # by name, sorted
     nodes: list[NodeView]  # non-draining, sorted by node_id
     free: _Pool = field(default_factory=_Pool)  # the demand view: what each node has free
     held: _Pool = field(default_factory=_Pool)  # request_resources view: what each node offers
@@ -416,16 +411,19 @@ class _Ctx:
     max_capacity: Vector = ()  # per resource, the most any group or node offers
     node_totals: set[Vector] = field(default_factory=set)  # distinct totals of existing nodes
     shapes: dict[ShapeKey, _Shape] = field(default_factory=dict)
-    tasks: list[list] = field(default_factory=list)  # [shape, units left], FFD order
-    tallies: dict[tuple, _Tally] = field(default_factory=dict)
+    tasks: list[list] = field(default_factory=list)  # [shape, copies not yet placed], FFD order
+    # Every pending (kind, ident) the reply reports on: its label, and what was not placed.
+    labels: dict[tuple, tuple[dict[str, float], tuple]] = field(default_factory=dict)
+    unplaced: dict[tuple, Unplaced] = field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))
+    # Identical placement groups are placed as one batch: tag -> (kind, ident), ids placed.
+    batches: dict[str, tuple[tuple, list[str]]] = field(default_factory=dict)
     terminate: list[Termination] = field(default_factory=list)
-    why: dict[str, dict[tuple, int]] = field(default_factory=lambda: defaultdict(dict))
-    new_ids: int = 0
-    min_ids: set[str] = field(default_factory=set)
+    new_ids: int = 0  # sequence numbers handed to launched nodes so far
+    min_ids: list[range] = field(default_factory=list)  # launched for min_nodes
     _eligible: dict[ShapeKey, list[_Group]] = field(default_factory=dict)
 
     @classmethod
-    def from_request(cls, req: PlanRequest) -> "_Ctx":
+    def from_request(cls, req: PlanRequest) -> _Ctx:
         nodes = sorted((n for n in req.nodes if n.state != "draining"), key=lambda n: n.node_id)
         names: set[str] = set()
         for g in req.groups:
@@ -444,20 +442,30 @@ class _Ctx:
                 raise ValueError(f"duplicate node group name {g.name!r}")
             cost = default_cost(g.resources) if g.cost is None else g.cost
             ctx.groups[g.name] = _Group(g, ctx.vector(g.resources), cost, _has_accelerator(g.resources))
+        # Nodes repeat the same few resource mappings: convert each distinct one once.
+        vectors: dict[tuple, Vector] = {}
+
+        def vector(res: Resources) -> Vector:
+            key = tuple(res.items())
+            if key not in vectors:
+                vectors[key] = ctx.vector(res)
+            return vectors[key]
+
+        accelerators = [i for name, i in ctx.index.items() if name in ACCELERATORS]
         free: dict[tuple, list[NodeView]] = defaultdict(list)
         held: dict[tuple, list[NodeView]] = defaultdict(list)
         for n in nodes:
             if n.group in ctx.groups:
                 ctx.groups[n.group].alive += 1
-            total = ctx.vector(n.total)
-            avail = ctx.vector(n.available) if n.state == "running" else total
+            total = vector(n.total)
+            avail = vector(n.available) if n.state == "running" else total
             ctx.node_totals.add(total)
-            head = (n.group, n.state, ctx.is_spare(n), _has_accelerator(n.total))
+            head = (n.group, n.state, ctx.is_spare(n), any(total[i] for i in accelerators))
             free[(*head, avail)].append(n)
             held[(*head, total)].append(n)
         for pool, bins in ((ctx.free, free), (ctx.held, held)):
             for key in sorted(bins):
-                members = sorted(bins[key], key=lambda n: (n.idle_s, n.node_id))
+                members = sorted(bins[key], key=lambda n: n.idle_s)  # stable: then by node_id
                 pool.add(_Bin(*key, nodes=tuple(n.node_id for n in members)))
         ctx.alive_total = len(nodes)
         capacity = [0] * len(ctx.index)
@@ -486,9 +494,15 @@ class _Ctx:
                       for i, v in vec]
             accel = _has_accelerator(dict(key))
             order = (not accel, -max(shares, default=0.0), -sum(shares), key)
-            s = _Shape(key, vec, accel, _price(dict(key)) + 0.01, order)
-            self.shapes[key] = s
+            # +0.01: a copy of a shape made only of free resources (custom ones) is still worth
+            # serving, and more copies per node is still better.
+            s = self.shapes[key] = _Shape(key, vec, accel, _price(dict(key)) + 0.01, order)
         return s
+
+    def pending(self, kind: str, ident, shape: dict[str, float], bundles: tuple = ()) -> Unplaced:
+        """Register something the reply must give a status; returns its unplaced tally."""
+        self.labels.setdefault((kind, ident), (shape, bundles))
+        return self.unplaced[(kind, ident)]
 
     # --- limits -------------------------------------------------------------------------------
 
@@ -520,10 +534,10 @@ class _Ctx:
         if self.eligible(shape) or any(_fits(total, shape.vec) for total in self.node_totals):
             return None
         what = what or format_shape(shape.resources)
-        offered = {r for g in self.groups.values() for r, v in g.spec.resources.items() if v > 0}
-        missing = sorted(r for r, _ in shape.key if r not in offered)
         if not self.groups:
             return f"no worker group can hold {what}: there are no worker groups"
+        offered = {r for g in self.groups.values() for r, v in g.spec.resources.items() if v > 0}
+        missing = sorted(r for r, _ in shape.key if r not in offered)
         if missing:
             return f"no worker group offers {', '.join(missing)} (needed by {what})"
 
@@ -537,32 +551,26 @@ class _Ctx:
     def capped_reason(self, shape: _Shape) -> str:
         """Name the limit that keeps ``shape`` from getting a new node."""
         parts: list[str] = []
-        at_global = False
+        group_has_room = False
         for g in self.eligible(shape):
             if g.name in self.request.blocked_groups:
                 parts.append(f"{g.name} group is backed off: {self.request.blocked_groups[g.name]}")
             elif g.room <= 0:
                 parts.append(f"{g.name} group is at its max of {_plural(g.spec.max_nodes, 'node')}")
             else:
-                at_global = True
-        if at_global and self.global_room <= 0:
+                group_has_room = True
+        if group_has_room and self.global_room <= 0:
             parts.append(f"cluster is at max_workers={self.request.max_workers}")
-        if not parts:
+        if not parts:  # only existing nodes of a group no longer configured can hold it
             return "no worker group can be launched for it; waiting for busy nodes to free up"
         return "; ".join(parts)
 
-    # --- bookkeeping --------------------------------------------------------------------------
-
-    def tally(self, kind: str, ident, shape: dict, bundles: tuple = ()) -> _Tally:
-        t = self.tallies.get((kind, ident))
-        if t is None:
-            t = self.tallies[(kind, ident)] = _Tally(kind, shape, bundles)
-        return t
+    # --- changes ------------------------------------------------------------------------------
 
     def open_nodes(self, g: _Group, n: int, content: list[tuple[_Shape, int]], tag: str,
-                   *, view: Literal["free", "held"] = "free") -> tuple[str, ...]:
+                   opened_for: tuple, *, view: Literal["free", "held"] = "free") -> range:
         """Launch ``n`` nodes of ``g``, each holding ``content`` in ``view``; both views see them."""
-        ids = tuple(f"+{g.name}-{self.new_ids + i}" for i in range(n))
+        ids = range(self.new_ids, self.new_ids + n)
         self.new_ids += n
         g.launched += n
         used = g.total
@@ -573,7 +581,7 @@ class _Ctx:
         for pool, name in ((self.free, "free"), (self.held, "held")):
             mine = name == view
             pool.add(_Bin(g.name, "new", False, g.accelerator, used if mine else g.total, ids,
-                          tuple(load) if mine else ()))
+                          tuple(load) if mine else (), opened_for))
         return ids
 
     def savepoint(self) -> tuple:
@@ -592,56 +600,6 @@ class _Ctx:
         self.free.commit()
         self.held.commit()
 
-    # --- the reply ----------------------------------------------------------------------------
-
-    def reply(self) -> PlanReply:
-        launch = {g.name: g.launched for g in self.groups.values() if g.launched > 0}
-        reasons = {name: self._launch_reason(name) for name in launch}
-        return PlanReply(launch, tuple(self.terminate), self._pending(), reasons)
-
-    def _launch_reason(self, group: str) -> str:
-        why = self.why.get(group, {})
-        parts = []
-        if ("min",) in why:
-            parts.append(f"min_nodes={self.groups[group].spec.min_nodes}")
-        rr = [(n, k) for k, n in why.items() if k[0] == "rr"]
-        if rr:
-            parts.append("request_resources(" + ", ".join(
-                f"{n} x {format_shape(dict(k[1]))}" for n, k in sorted(rr, key=lambda x: (-x[0], x[1]))
-            ) + ")")
-        pgs = sorted(k[1] for k in why if k[0] == "pg")
-        if pgs:
-            shown = ", ".join(pgs[:2])
-            more = f" and {len(pgs) - 2} more" if len(pgs) > 2 else ""
-            parts.append(f"placement group{'s' if len(pgs) > 1 else ''} {shown}{more}")
-        tasks = sorted(((n, k[1]) for k, n in why.items() if k[0] == "task"), key=lambda x: (-x[0], x[1]))
-        for n, key in tasks[:3]:
-            parts.append(f"{n} pending {format_shape(dict(key))} {'task' if n == 1 else 'tasks'}")
-        if len(tasks) > 3:
-            parts.append(f"{len(tasks) - 3} more task shapes")
-        return ", ".join(parts)
-
-    def _pending(self) -> tuple[PendingStatus, ...]:
-        out = []
-        for t in self.tallies.values():
-            waiting = t.on_starting + (t.on_running if t.kind != "request_resources" else 0)
-            if waiting:
-                parts = [f"{_plural(n, g + ' node')} starting" for g, n in sorted(t.nodes_starting.items())]
-                if t.on_running and t.kind != "request_resources":
-                    parts.append("fits on free capacity of running nodes")
-                out.append(PendingStatus(t.kind, t.shape, waiting, "waiting", "; ".join(parts), t.bundles))
-            for (status, reason), n in sorted(t.unplaced.items()):
-                out.append(PendingStatus(t.kind, t.shape, n, status, reason, t.bundles))  # type: ignore[arg-type]
-        kinds = {"task": 0, "placement_group": 1, "request_resources": 2}
-        statuses = {"waiting": 0, "capped": 1, "infeasible": 2}
-        out.sort(key=lambda p: (kinds[p.kind], _shape_key(p.shape),
-                                tuple(_shape_key(b) for b in p.bundles), statuses[p.status], p.reason))
-        return tuple(out)
-
-
-def _placements(placed: list[tuple[_Bin, int, int]]) -> list[tuple[str, str, int, int]]:
-    return [(b.origin, b.group, nodes, units) for b, nodes, units in placed]
-
 
 # ---------------------------------------------------------------------------------------------
 # The passes, in the order ``_schedule`` runs them
@@ -651,7 +609,7 @@ def _placements(placed: list[tuple[_Bin, int, int]]) -> list[tuple[str, str, int
 def _schedule(request: PlanRequest) -> _Ctx:
     ctx = _Ctx.from_request(request)
     for step in (_enforce_max, _enforce_min, _fit_constraints, _fit_gangs, _fit_existing,
-                 _launch_for_demand, _scale_down_idle):
+                 _launch_for_demand, _consolidate, _scale_down_idle):
         step(ctx)
     return ctx
 
@@ -664,37 +622,31 @@ def _termination_order(n: NodeView) -> tuple:
 
 def _enforce_max(ctx: _Ctx) -> None:
     """Release idle nodes above a group's max or above max_workers (e.g. the user lowered it).
-    Busy, starting and draining nodes are never taken; they go when they become idle."""
+    Busy, starting and draining nodes are never taken; they go once they are idle."""
     victims: set[str] = set()
     idle = sorted((n for n in ctx.nodes if n.state == "running" and n.idle_s > 0
                    and n.group in ctx.groups), key=_termination_order)
+
+    def take(n: NodeView, why: str) -> None:
+        victims.add(n.node_id)
+        ctx.groups[n.group].alive -= 1
+        ctx.alive_total -= 1
+        ctx.terminate.append(Termination(n.node_id, n.group, f"{why}; idle for {_format_seconds(n.idle_s)} s"))
+
     for g in ctx.groups.values():
         excess = g.alive - g.spec.max_nodes
         for n in [n for n in idle if n.group == g.name][:max(0, excess)]:
-            victims.add(n.node_id)
-            g.alive -= 1
-            ctx.alive_total -= 1
-            ctx.terminate.append(Termination(n.node_id, n.group, (
-                f"{g.name} group is over its max of {_plural(g.spec.max_nodes, 'node')}; "
-                f"idle for {_format_seconds(n.idle_s)} s")))
+            take(n, f"{g.name} group is over its max of {_plural(g.spec.max_nodes, 'node')}")
     cap = ctx.request.max_workers
-    if cap is not None and ctx.alive_total > cap:
-        for n in idle:
-            g = ctx.groups[n.group]
-            if ctx.alive_total <= cap:
-                break
-            if n.node_id in victims or g.alive <= g.spec.min_nodes:
-                continue
-            victims.add(n.node_id)
-            g.alive -= 1
-            ctx.alive_total -= 1
-            ctx.terminate.append(Termination(n.node_id, n.group, (
-                f"cluster is over max_workers={cap}; idle for {_format_seconds(n.idle_s)} s")))
+    for n in idle:
+        if cap is None or ctx.alive_total <= cap:
+            break
+        if n.node_id not in victims and ctx.groups[n.group].alive > ctx.groups[n.group].spec.min_nodes:
+            take(n, f"cluster is over max_workers={cap}")
     if victims:
         ctx.nodes = [n for n in ctx.nodes if n.node_id not in victims]
-        ctx.free.remove_nodes(victims)
-        ctx.held.remove_nodes(victims)
-    assert all(g.alive >= 0 for g in ctx.groups.values())
+        ctx.free.remove_existing(victims)
+        ctx.held.remove_existing(victims)
 
 
 def _enforce_min(ctx: _Ctx) -> None:
@@ -702,121 +654,125 @@ def _enforce_min(ctx: _Ctx) -> None:
     for g in ctx.groups.values():
         n = min(g.spec.min_nodes - g.alive - g.launched, ctx.room(g))
         if n > 0:
-            ctx.min_ids.update(ctx.open_nodes(g, n, [], "min"))
-            ctx.why[g.name][("min",)] = n
+            ctx.min_ids.append(ctx.open_nodes(g, n, [], "min", ("min",)))
 
 
 def _fit_constraints(ctx: _Ctx) -> None:
     """request_resources(): the cluster's TOTAL resources must hold every bundle, whoever uses
     them. Pack against totals of existing nodes (busy ones first, so idle ones stay releasable),
-    then launch what is missing. Partial: if limits stop us, launch what fits and say why."""
+    then launch what is missing. If limits stop us, launch what fits and say why (Ray's v2
+    scheduler launches nothing for a constraint it cannot fully meet)."""
     units: dict[ShapeKey, int] = defaultdict(int)
     for d in ctx.request.constraints:
         if d.count > 0 and _shape_key(d.shape):
             units[_shape_key(d.shape)] += d.count
     items = []
-    for key in units:
-        shape = ctx.shape(dict(key))
-        tally = ctx.tally("request_resources", key, shape.resources)
+    for shape in sorted((ctx.shape(dict(key)) for key in units), key=lambda s: s.order):
+        unplaced = ctx.pending("request_resources", shape.key, shape.resources)
         reason = ctx.infeasible_reason(shape)
         if reason:
-            tally.unplaced[("infeasible", reason)] += units[key]
-            continue
-        left, placed = ctx.held.place(shape, units[key], "rr")
-        tally.record(_placements(placed))
-        items.append([shape, left])
-    items.sort(key=lambda it: it[0].order)
+            unplaced[("infeasible", reason)] += units[shape.key]
+        else:
+            items.append([shape, ctx.held.place(shape, units[shape.key], "rr")])
     _launch_patterns(ctx, items, "rr", view="held")
+    for shape, left in items:
+        if left:
+            ctx.unplaced[("request_resources", shape.key)][("capped", ctx.capped_reason(shape))] += left
 
 
 def _fit_gangs(ctx: _Ctx) -> None:
-    """Placement groups, all-or-nothing: on free capacity first, then on new nodes. A gang that
-    cannot be fully placed reserves nothing (every change is rolled back) and gets a status."""
-    def order(g: GangDemand) -> tuple:
-        strict = g.strategy in ("STRICT_SPREAD", "STRICT_PACK")
-        return (not strict, -len(g.bundles), g.id)
+    """Placement groups, each all-or-nothing: on free capacity first, then on new nodes.
 
-    for gang in sorted(ctx.request.gangs, key=order):
-        bundles = [ctx.shape(b) for b in gang.bundles if _shape_key(b)]
-        bundles.sort(key=lambda s: s.order)
-        if not bundles:
-            continue
-        bundle_dicts = tuple(s.resources for s in bundles)
-        tally = ctx.tally("placement_group", (gang.strategy, tuple(s.key for s in bundles)),
-                          bundles[0].resources, bundle_dicts)
-        tag = f"pg:{gang.id}"
-        if gang.strategy == "STRICT_PACK":
+    Identical groups (same strategy and bundles; Tune and Train make many) form one batch that
+    is packed like tasks: g copies of every bundle at once. The largest g that fits is found by
+    trying all, then bisecting; every failed try is rolled back, so a group that does not fit
+    reserves nothing, and the rest get a status naming the limit.
+    """
+    batches: dict[tuple, list[GangDemand]] = defaultdict(list)
+    parts_of: dict[tuple, list[_Shape]] = {}
+    for gang in ctx.request.gangs:
+        bundles = sorted((ctx.shape(b) for b in gang.bundles if _shape_key(b)), key=lambda s: s.order)
+        if bundles:
+            ident = (gang.strategy, tuple(s.key for s in bundles))
+            batches[ident].append(gang)
+            parts_of[ident] = bundles
+
+    def order(ident: tuple) -> tuple:
+        strategy, keys = ident
+        return (strategy not in ("STRICT_SPREAD", "STRICT_PACK"), -len(keys), ident)
+
+    for n, ident in enumerate(sorted(batches, key=order)):
+        strategy, bundles = ident[0], parts_of[ident]
+        ids = sorted(g.id for g in batches[ident])
+        tag = f"pg:{n}"
+        unplaced = ctx.pending("placement_group", ident, bundles[0].resources,
+                               tuple(s.resources for s in bundles))
+        what = None
+        if strategy == "STRICT_PACK":  # one node holds the sum
             total: dict[str, float] = defaultdict(float)
             for s in bundles:
                 for r, v in s.key:
                     total[r] += v
-            parts = [ctx.shape(total)]
-            what = f"all bundles on one node (STRICT_PACK, {format_shape(parts[0].resources)} in total)"
-        else:
-            parts = bundles
-            what = None
-        reason = None
-        for s in parts:
-            reason = ctx.infeasible_reason(s, what)
-            if reason:
-                break
+            bundles = [ctx.shape(total)]
+            what = f"all bundles on one node (STRICT_PACK, {format_shape(bundles[0].resources)} in total)"
+        reason = next(filter(None, (ctx.infeasible_reason(s, what) for s in bundles)), None)
         if reason:
-            tally.unplaced[("infeasible", reason)] += 1
+            unplaced[("infeasible", reason)] += len(ids)
             continue
 
+        placed, lo, hi = len(ids), 0, len(ids) - 1
         sp = ctx.savepoint()
-        counts: dict[ShapeKey, int] = defaultdict(int)
-        for s in parts:
-            counts[s.key] += 1
-        failed, placed = _place_gang(ctx, gang, [ctx.shapes[k] for k in counts], counts, tag)
-        if failed is not None:
+        reason = _try_gangs(ctx, strategy, bundles, placed, tag, len(ident[1]))
+        if reason:
             ctx.rollback(sp)
-            prefix = ""
-            if gang.strategy == "STRICT_SPREAD":
-                prefix = f"needs {len(bundles)} distinct nodes (STRICT_SPREAD): "
-            tally.unplaced[("capped", prefix + ctx.capped_reason(failed))] += 1
-            continue
+            while lo < hi:  # the largest number that fits is in [lo, hi]
+                mid = (lo + hi + 1) // 2
+                sp = ctx.savepoint()
+                why = _try_gangs(ctx, strategy, bundles, mid, tag, len(ident[1]))
+                ctx.rollback(sp)
+                lo, hi, reason = (mid, hi, reason) if why is None else (lo, mid - 1, why)
+            placed = lo
+            sp = ctx.savepoint()
+            if placed:
+                _try_gangs(ctx, strategy, bundles, placed, tag, len(ident[1]))
         ctx.commit()
-        by_group: dict[tuple[str, str], int] = defaultdict(int)
-        for origin, group, nodes, _ in placed:
-            by_group[(origin, group)] += nodes
-            if origin == "new":
-                ctx.why[group][("pg", gang.id)] = ctx.why[group].get(("pg", gang.id), 0) + nodes
-        tally.record((origin, group, nodes, 0) for (origin, group), nodes in by_group.items())
-        if any(origin != "running" for origin, _, _, _ in placed):
-            tally.on_starting += 1
-        else:
-            tally.on_running += 1
+        ctx.batches[tag] = (("placement_group", ident), ids[:placed])
+        if placed < len(ids):
+            unplaced[("capped", reason)] += len(ids) - placed
 
 
-def _place_gang(ctx: _Ctx, gang: GangDemand, shapes: list[_Shape], counts: dict[ShapeKey, int],
-                tag: str) -> tuple[_Shape | None, list[tuple[str, str, int, int]]]:
-    """Place one gang's bundles; returns (the shape that did not fit or None, placements)."""
-    placed: list[tuple[str, str, int, int]] = []
-    if gang.strategy == "STRICT_SPREAD":
-        for s in shapes:
-            left, where = ctx.free.spread(s, counts[s.key], tag)
-            placed += _placements(where)
-            for g in sorted(ctx.eligible(s), key=lambda g: (g.cost, g.name)):
-                n = min(left, ctx.room(g))
-                if n > 0:
-                    ctx.open_nodes(g, n, [(s, 1)], tag)
-                    placed.append(("new", g.name, n, n))
-                    left -= n
-            if left:
-                return s, placed
-        return None, placed
-    items = []
-    for s in shapes:
-        left, where = ctx.free.place(s, counts[s.key], tag)
-        placed += _placements(where)
-        items.append([s, left])
-    for g, nodes, _ in _launch_patterns(ctx, items, tag, view="free"):
-        placed.append(("new", g, nodes, 0))
-    for s, left in items:
-        if left:
-            return s, placed
-    return None, placed
+def _try_gangs(ctx: _Ctx, strategy: str, bundles: list[_Shape], copies: int, tag: str,
+               size: int) -> str | None:
+    """Place ``copies`` gangs of ``size`` bundles; None, or the limit that stopped it (as this
+    attempt met it). The caller commits or rolls back."""
+    failed = _place_gangs(ctx, strategy, bundles, copies, tag)
+    if failed is None:
+        return None
+    if strategy == "STRICT_SPREAD":
+        return f"needs {size} distinct nodes (STRICT_SPREAD): {ctx.capped_reason(failed)}"
+    return ctx.capped_reason(failed)
+
+
+def _place_gangs(ctx: _Ctx, strategy: str, bundles: list[_Shape], copies: int, tag: str) -> _Shape | None:
+    """Place ``copies`` identical gangs; returns None, or a bundle shape that found no room.
+
+    STRICT_SPREAD: bundle j of every gang goes on nodes that hold no other bundle of the batch
+    (tag "pg:N#j"), so the bundles of one gang are on distinct nodes while the j-th bundles of
+    different gangs may share one.
+    """
+    why = ("pg", tag)
+    if strategy == "STRICT_SPREAD":
+        for j, s in enumerate(bundles):
+            position = f"{tag}#{j}"
+            items = [[s, ctx.free.place(s, copies, position, avoid=f"{tag}#")]]
+            _launch_patterns(ctx, items, position, view="free", opened_for=why)
+            if items[0][1]:
+                return s
+        return None
+    counts = Counter(s.key for s in bundles)
+    items = [[ctx.shapes[key], ctx.free.place(ctx.shapes[key], n * copies, tag)] for key, n in counts.items()]
+    _launch_patterns(ctx, items, tag, view="free", opened_for=why)
+    return next((s for s, left in items if left), None)
 
 
 def _fit_existing(ctx: _Ctx) -> None:
@@ -828,21 +784,16 @@ def _fit_existing(ctx: _Ctx) -> None:
             units[_shape_key(d.shape)] += d.count
     for key in sorted(units):
         shape = ctx.shape(dict(key))
-        tally = ctx.tally("task", key, shape.resources)
+        unplaced = ctx.pending("task", key, shape.resources)
         if not key:
-            tally.unplaced[("waiting", "needs no resources; Ray places it on any node")] += units[key]
-            continue
-        reason = ctx.infeasible_reason(shape)
-        if reason:
-            tally.unplaced[("infeasible", reason)] += units[key]
-            continue
-        ctx.tasks.append([shape, units[key]])
-    ctx.tasks.sort(key=lambda it: it[0].order)
+            unplaced[("waiting", "needs no resources; Ray places it on any node")] += units[key]
+        elif reason := ctx.infeasible_reason(shape):
+            unplaced[("infeasible", reason)] += units[key]
+        else:
+            ctx.tasks.append([shape, units[key]])
+    ctx.tasks.sort(key=lambda item: item[0].order)
     for item in ctx.tasks:
-        shape, count = item
-        left, placed = ctx.free.place(shape, count, "task")
-        ctx.tallies[("task", shape.key)].record(_placements(placed))
-        item[1] = left
+        item[1] = ctx.free.place(item[0], item[1], "task")
 
 
 def _launch_for_demand(ctx: _Ctx) -> None:
@@ -850,15 +801,15 @@ def _launch_for_demand(ctx: _Ctx) -> None:
     _launch_patterns(ctx, ctx.tasks, "task", view="free")
     for shape, left in ctx.tasks:
         if left:
-            ctx.tallies[("task", shape.key)].unplaced[("capped", ctx.capped_reason(shape))] += left
+            ctx.unplaced[("task", shape.key)][("capped", ctx.capped_reason(shape))] += left
 
 
 _VARIANTS = 4  # first-shape counts tried per group: 2x5 + 2x3 fills 16 CPUs, 3x5 does not
 
 
 def _launch_patterns(ctx: _Ctx, items: list[list], tag: str, *, view: Literal["free", "held"],
-                     ) -> list[tuple[str, int, list[tuple[_Shape, int]]]]:
-    """Cover ``items`` ([shape, units left], FFD order; updated in place) with new nodes.
+                     opened_for: tuple | None = None) -> None:
+    """Cover ``items`` ([shape, copies left], FFD order; updated in place) with new nodes.
 
     One node *pattern* at a time. For the largest shape left, every group that may take it
     simulates one node: c copies of that shape (c = as many as fit, and a few less), then the
@@ -867,10 +818,8 @@ def _launch_patterns(ctx: _Ctx, items: list[list], tag: str, *, view: Literal["f
     single-group cover of the last few copies -- per unit of demand value served, so a nearly
     empty big node loses to a small one, and four small nodes lose to one big one. The best
     pattern is opened as many times as the remaining counts and the limits allow.
-    Cost: O(patterns x groups x shapes), never O(tasks). Returns (group, nodes, pattern) opened.
+    Cost: O(patterns x groups x shapes), never O(tasks).
     """
-    opened = []
-    kind = {"task": "task", "rr": "request_resources"}.get(tag)  # gangs tally themselves
     first = 0
     while first < len(items):
         shape, left = items[first]
@@ -881,36 +830,30 @@ def _launch_patterns(ctx: _Ctx, items: list[list], tag: str, *, view: Literal["f
         if not groups:
             first += 1  # capped: later (smaller) shapes may still go elsewhere
             continue
-        fit = {g.name: _how_many(g.total, shape.vec) for g in groups}
-
-        def tail_cost(t: int) -> float:
-            return min(-(-t // fit[h.name]) * h.cost for h in groups) if t else 0.0
-
+        fit = [(g, _how_many(g.total, shape.vec)) for g in groups]
         best = None
-        for g in groups:
-            most = min(fit[g.name], left)
+        for g, most in fit:
+            most = min(most, left)
             for copies in range(most, max(0, most - _VARIANTS), -1):
                 pattern, node_value = _fill_pattern(g.total, items, first, copies)
                 full, tail = divmod(left, copies)
-                served = tail * shape.value
-                for j, take in pattern:
-                    served += min(items[j][1], full * take) * items[j][0].value
-                score = ((full * g.cost + tail_cost(tail)) / served, -node_value, g.name, -copies)
+                cover = [(g.total, copies, full)]
+                cost = full * g.cost
+                if tail:  # the last copies go on the fewest nodes of whichever group is cheapest
+                    tail_cost, _, _, h, k = min((-(-tail // k) * h.cost, -k, h.name, h, k) for h, k in fit)
+                    nodes = -(-tail // k)
+                    cover.append((h.total, -(-tail // nodes), nodes))
+                    cost += tail_cost
+                served = _cover_value(items, first, left, cover)
+                score = (cost / served, -node_value, g.name, -copies)
                 if best is None or score < best[0]:
                     best = (score, g, pattern)
         _, g, pattern = best
         n = min([ctx.room(g)] + [items[j][1] // take for j, take in pattern])
-        content = [(items[j][0], take) for j, take in pattern]
-        ctx.open_nodes(g, n, content, tag, view=view)
+        ctx.open_nodes(g, n, [(items[j][0], take) for j, take in pattern], tag,
+                       opened_for or (tag, shape.key), view=view)
         for j, take in pattern:
             items[j][1] -= n * take
-            if kind:
-                ctx.tallies[(kind, items[j][0].key)].record([("new", g.name, n, n * take)])
-        if kind:  # the event log names what the nodes were opened for, not what fills them
-            why = ctx.why[g.name]
-            why[(tag, shape.key)] = why.get((tag, shape.key), 0) + n * pattern[0][1]
-        opened.append((g.name, n, content))
-    return opened
 
 
 def _fill_pattern(total: Vector, items: list[list], first: int, copies: int,
@@ -937,12 +880,80 @@ def _fill_pattern(total: Vector, items: list[list], first: int, copies: int,
     return pattern, value
 
 
+def _cover_value(items: list[list], first: int, copies: int,
+                 nodes: list[tuple[Vector, int, int]]) -> float:
+    """Value served by putting ``copies`` of ``items[first]`` on ``nodes`` -- (capacity, copies
+    per node, how many such nodes) -- with the gaps filled by the other shapes left. The gaps
+    are pooled (a shape counts only where one copy fits a single gap), so a filler that runs out
+    is replaced by the next one, as it will be by the patterns opened after this one."""
+    shape = items[first][0]
+    gaps = []
+    pooled = [0] * len(nodes[0][0])
+    for total, per_node, n in nodes:
+        gap = list(total)
+        for i, v in shape.vec:
+            gap[i] -= v * per_node
+        gaps.append((gap, n))
+        pooled = [p + x * n for p, x in zip(pooled, gap)]
+    value = copies * shape.value
+    for j, (other, units) in enumerate(items):
+        if units <= 0 or j == first:
+            continue
+        room = sum(_how_many(gap, other.vec) * n for gap, n in gaps)
+        if not room:
+            continue
+        take = min(units, room, _how_many(pooled, other.vec))
+        for i, v in other.vec:
+            pooled[i] -= v * take
+        value += take * other.value
+    return value
+
+
+def _consolidate(ctx: _Ctx) -> None:
+    """Drop a launched node when all the tasks on it fit in what other launched nodes have left.
+
+    Pattern-by-pattern packing can open a node for a shape that a node opened later, for a shape
+    only that later group can hold, could have taken too. One pass over the launched bins, least
+    loaded first, undoes that. Only launched nodes can receive: every shape still pending after
+    ``_fit_existing`` is one that no existing node has room for. A cheap necessary test (the
+    node's load fits in the sum of what the others have left) skips most attempts.
+    """
+    slack = [0] * len(ctx.index)
+    for b in ctx.free.bins.values():
+        if b.origin == "new":
+            slack = [s + a * len(b.nodes) for s, a in zip(slack, b.avail)]
+
+    def used_value(bid: int) -> float:
+        b = ctx.free.bins[bid]
+        return sum(copies * ctx.shapes[key].value for _, key, copies in b.load)
+
+    candidates = [bid for bid, b in ctx.free.bins.items() if b.origin == "new" and b.load
+                  and b.opened_for[:1] == ("task",) and all(tag == "task" for tag, _, _ in b.load)]
+    for bid in sorted(candidates, key=lambda bid: (used_value(bid), bid)):
+        while bid in ctx.free.bins:
+            b = ctx.free.bins[bid]
+            g = ctx.groups[b.group]
+            # Its load (total - avail) must fit in the others' slack (slack - avail).
+            if any(t > s for t, s in zip(g.total, slack)):
+                break
+            sp = ctx.savepoint()
+            ctx.free.remove_new(b.group, b.nodes[-1])
+            ctx.held.remove_new(b.group, b.nodes[-1])
+            g.launched -= 1
+            if any(ctx.free.place(ctx.shapes[key], copies, tag, new_only=True)
+                   for tag, key, copies in b.load):
+                ctx.rollback(sp)
+                break
+            ctx.commit()
+            slack = [s - t for s, t in zip(slack, g.total)]
+
+
 def _scale_down_idle(ctx: _Ctx) -> None:
     """Release running nodes idle past their group's timeout that hold nothing of this plan
     (no pending demand would go on them, no request_resources bundle needs them) and are not
     needed for min_nodes; longest idle first. Starting and draining nodes are never touched."""
-    needed = {node for pool in (ctx.free, ctx.held) for b in pool.bins.values() if b.load
-              for node in b.nodes}
+    needed = {node for pool in (ctx.free, ctx.held) for b in pool.bins.values()
+              if b.load and b.origin != "new" for node in b.nodes}
     for n in sorted((n for n in ctx.nodes if ctx.is_spare(n) and n.node_id not in needed),
                     key=_termination_order):
         g = ctx.groups[n.group]
@@ -951,6 +962,106 @@ def _scale_down_idle(ctx: _Ctx) -> None:
         g.alive -= 1
         ctx.terminate.append(Termination(n.node_id, n.group, (
             f"idle for {_format_seconds(n.idle_s)} s (timeout {_format_seconds(g.spec.idle_timeout_s)} s)")))
+
+
+# ---------------------------------------------------------------------------------------------
+# The reply: statuses and reasons are read off the final bins, so they always agree with what
+# was placed where.
+# ---------------------------------------------------------------------------------------------
+
+
+def _reply(ctx: _Ctx) -> PlanReply:
+    launch = {g.name: g.launched for g in ctx.groups.values() if g.launched > 0}
+    return PlanReply(launch, tuple(ctx.terminate), _pending(ctx),
+                     {name: _launch_reason(ctx, name) for name in launch})
+
+
+class _Served:
+    """How the placed units of one pending (kind, ident) are spread over nodes."""
+
+    def __init__(self) -> None:
+        self.on_running = 0  # units on free capacity of running nodes
+        self.on_starting = 0  # units on starting nodes or on nodes this plan launches
+        self.nodes_starting: Counter[str] = Counter()  # group -> those nodes
+
+
+def _pending(ctx: _Ctx) -> tuple[PendingStatus, ...]:
+    served: dict[tuple, _Served] = defaultdict(_Served)
+    gangs: dict[str, dict[int, _Bin]] = defaultdict(dict)  # batch tag -> bins holding it
+    for pool, view in ((ctx.free, "free"), (ctx.held, "held")):
+        for bid, b in pool.bins.items():
+            for tag, key, copies in b.load:
+                if tag.startswith("pg:"):
+                    gangs[tag.split("#")[0]][bid] = b
+                    continue
+                kind = {("free", "task"): "task", ("held", "rr"): "request_resources"}.get((view, tag))
+                if kind is None:
+                    continue
+                s = served[(kind, key)]
+                if b.origin == "running":
+                    s.on_running += copies * len(b.nodes)
+                else:
+                    s.on_starting += copies * len(b.nodes)
+                    s.nodes_starting[b.group] += len(b.nodes)
+    for tag, bins in gangs.items():
+        ident, placed = ctx.batches[tag]
+        s = served[ident]
+        starting = [b for b in bins.values() if b.origin != "running"]
+        if starting:
+            s.on_starting += len(placed)
+            for b in starting:
+                s.nodes_starting[b.group] += len(b.nodes)
+        else:
+            s.on_running += len(placed)
+
+    out = []
+    for (kind, ident), (shape, bundles) in ctx.labels.items():
+        s = served.get((kind, ident), _Served())
+        # request_resources bundles held by running nodes are met, not pending.
+        waiting = s.on_starting + (s.on_running if kind != "request_resources" else 0)
+        if waiting:
+            parts = [f"{_plural(n, g + ' node')} starting" for g, n in sorted(s.nodes_starting.items())]
+            if s.on_running and kind != "request_resources":
+                parts.append("fits on free capacity of running nodes")
+            out.append(PendingStatus(kind, shape, waiting, "waiting", "; ".join(parts), bundles))  # type: ignore[arg-type]
+        for (status, reason), n in sorted(ctx.unplaced[(kind, ident)].items()):
+            out.append(PendingStatus(kind, shape, n, status, reason, bundles))  # type: ignore[arg-type]
+    kinds = {"task": 0, "placement_group": 1, "request_resources": 2}
+    statuses = {"waiting": 0, "capped": 1, "infeasible": 2}
+    out.sort(key=lambda p: (kinds[p.kind], _shape_key(p.shape),
+                            tuple(_shape_key(b) for b in p.bundles), statuses[p.status], p.reason))
+    return tuple(out)
+
+
+def _launch_reason(ctx: _Ctx, group: str) -> str:
+    """What the event log says the group's new nodes are for: "3 pending {CPU: 1} tasks"."""
+    opened: Counter[tuple] = Counter()  # opened_for -> nodes
+    units: Counter[tuple] = Counter()  # (tag, shape) -> copies on nodes opened for that shape
+    for pool in (ctx.free, ctx.held):
+        for b in pool.bins.values():
+            if b.origin != "new" or b.group != group:
+                continue
+            if pool is ctx.free:
+                opened[b.opened_for] += len(b.nodes)
+            for tag, key, copies in b.load:
+                if b.opened_for[0] == tag:  # units of the shape the node was opened for
+                    units[(tag, key)] += copies * len(b.nodes)
+    parts = []
+    if opened[("min",)]:
+        parts.append(f"min_nodes={ctx.groups[group].spec.min_nodes}")
+    rr = sorted(((n, key) for (tag, key), n in units.items() if tag == "rr"), key=lambda x: (-x[0], x[1]))
+    if rr:
+        parts.append("request_resources(" + ", ".join(f"{n} x {format_shape(dict(k))}" for n, k in rr) + ")")
+    pgs = sorted(pg for why in opened if why[0] == "pg" for pg in ctx.batches[why[1]][1])
+    if pgs:
+        more = f" and {len(pgs) - 2} more" if len(pgs) > 2 else ""
+        parts.append(f"placement group{'s' if len(pgs) > 1 else ''} {', '.join(pgs[:2])}{more}")
+    tasks = sorted(((n, key) for (tag, key), n in units.items() if tag == "task"), key=lambda x: (-x[0], x[1]))
+    for n, key in tasks[:3]:
+        parts.append(f"{n} pending {format_shape(dict(key))} {'task' if n == 1 else 'tasks'}")
+    if len(tasks) > 3:
+        parts.append(f"{len(tasks) - 3} more task shapes")
+    return ", ".join(parts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -973,21 +1084,30 @@ class _NodeLoad:
 class _Assignment:
     reply: PlanReply
     nodes: tuple[_NodeLoad, ...]
+    gangs: Mapping[str, tuple[str, ...]]  # batch tag ("pg:N") -> ids of the gangs it placed
 
 
 def _assign(request: PlanRequest) -> _Assignment:
-    """Run the planner and return its reply plus where every unit of demand was put."""
+    """Run the planner; return its reply and where every unit of demand was put. O(nodes), so
+    for tests and bench only. Gang loads are tagged "pg:N" (STRICT_SPREAD: "pg:N#<bundle>"), N
+    a batch of identical gangs; a STRICT_PACK gang shows as one bundle, the sum of its own."""
     ctx = _schedule(request)
     demand: dict[str, list] = defaultdict(list)
     held: dict[str, list] = defaultdict(list)
-    info: dict[str, tuple[str, str]] = {}
+    info: dict[str, tuple[str, str, bool]] = {}
     for pool, out in ((ctx.free, demand), (ctx.held, held)):
         for b in pool.bins.values():
             for node in b.nodes:
-                info[node] = (b.group, b.origin)
+                if b.origin == "new":
+                    for_min = any(node in r for r in ctx.min_ids)
+                    node = f"+{b.group}-{node}"
+                else:
+                    for_min = False
+                info[node] = (b.group, b.origin, for_min)
                 out[node].extend((tag, dict(key), n) for tag, key, n in b.load)
     nodes = tuple(
-        _NodeLoad(node, *info[node], tuple(demand[node]), tuple(held[node]), node in ctx.min_ids)
-        for node in sorted(info)
+        _NodeLoad(node, group, origin, tuple(demand[node]), tuple(held[node]), for_min)
+        for node, (group, origin, for_min) in sorted(info.items())
     )
-    return _Assignment(ctx.reply(), nodes)
+    gangs = {tag: tuple(ids) for tag, (_, ids) in ctx.batches.items()}
+    return _Assignment(_reply(ctx), nodes, gangs)

@@ -23,7 +23,15 @@ from ..backends.base import Backend, BackendNode, ClusterHandle, ClusterNotFound
 from ..events import EventLog
 from ..spec import ClusterSpec
 from .demand import ClusterState, GcsReader, RayNode
-from .planner import NodeGroup, NodeView, PendingStatus, PlanReply, PlanRequest, format_shape, plan
+from .planner import (
+    NodeGroup,
+    NodeView,
+    PendingStatus,
+    PlanReply,
+    PlanRequest,
+    format_shape,
+    plan,
+)
 
 NodeState = Literal["starting", "running", "draining", "failed"]
 

@@ -1,0 +1,1 @@
+"""Benchmark: our autoscaler planner vs Ray's v2 ResourceDemandScheduler, same snapshots."""

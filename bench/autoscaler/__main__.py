@@ -1,0 +1,5 @@
+"""``python -m bench.autoscaler``: see run.py."""
+
+from .run import main
+
+main()
