@@ -173,7 +173,7 @@ def test_free_capacity_of_running_nodes_is_used_and_reported():
 def test_min_nodes_is_enforced_without_demand():
     cpu = NodeGroup("cpu", {"CPU": 4}, min_nodes=2, max_nodes=5)
     assert plan(PlanRequest((cpu,))).launch == {"cpu": 2}
-    assert plan(PlanRequest((cpu,))).launch_reasons == {"cpu": "min_nodes=2"}
+    assert plan(PlanRequest((cpu,))).launch_reasons == {"cpu": "the group's minimum of 2"}
     one = plan(PlanRequest((cpu,), nodes=(running("a", cpu, {"CPU": 4}, idle_s=5),)))
     assert one.launch == {"cpu": 1}
 

@@ -1048,7 +1048,7 @@ def _launch_reason(ctx: _Ctx, group: str) -> str:
                     units[(tag, key)] += copies * len(b.nodes)
     parts = []
     if opened[("min",)]:
-        parts.append(f"min_nodes={ctx.groups[group].spec.min_nodes}")
+        parts.append(f"the group's minimum of {ctx.groups[group].spec.min_nodes}")
     rr = sorted(((n, key) for (tag, key), n in units.items() if tag == "rr"), key=lambda x: (-x[0], x[1]))
     if rr:
         parts.append("request_resources(" + ", ".join(f"{n} x {format_shape(dict(k))}" for n, k in rr) + ")")

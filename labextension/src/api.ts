@@ -1,0 +1,203 @@
+/**
+ * The REST client: every call to the jupyter_raykube server extension goes through
+ * `requestAPI()`, which uses the server's auth (token + XSRF) via ServerConnection.
+ * The interfaces mirror the cluster snapshot JSON (DESIGN.md, "The snapshot").
+ */
+import { URLExt } from '@jupyterlab/coreutils';
+import { ServerConnection } from '@jupyterlab/services';
+
+export type ClusterState = 'starting' | 'running' | 'stopping' | 'stopped' | 'failed';
+export type NodeState = 'starting' | 'running' | 'draining';
+export type DemandStatus = 'waiting' | 'capped' | 'infeasible';
+
+/** Resource name to amount, e.g. `{CPU: 1, memory: 2e9}`. */
+export type Resources = Record<string, number>;
+
+/** One worker group of a cluster, with its node counts. */
+export interface IGroup {
+  name: string;
+  min: number;
+  max: number;
+  resources: Resources;
+  /** Nodes of the group that are running. */
+  nodes: number;
+  starting: number;
+  draining?: number;
+}
+
+/** One Ray node (the head or a worker). */
+export interface INode {
+  id: string;
+  name: string;
+  group: string;
+  state: NodeState;
+  head: boolean;
+  resources_total: Resources;
+  resources_used: Resources;
+  object_store_used_bytes: number;
+  object_store_total_bytes: number;
+  idle_s: number;
+  activity: string[];
+  message?: string;
+  age_s?: number;
+}
+
+/** A pending resource shape and why it is not served yet. */
+export interface IDemand {
+  kind?: 'task' | 'placement_group' | 'request_resources';
+  shape: Resources;
+  label?: string;
+  count: number;
+  status: DemandStatus;
+  reason: string;
+}
+
+/** One autoscaler or lifecycle event. */
+export interface IEvent {
+  time: string;
+  kind: string;
+  message: string;
+}
+
+/** A cluster snapshot, as returned by the server. Extend-only. */
+export interface ICluster {
+  name: string;
+  backend: string;
+  state: ClusterState;
+  step: string;
+  error: string;
+  owner: string;
+  address: string;
+  dashboard_url: string;
+  ray_version: string;
+  python_version: string;
+  created_at: number | null;
+  idle_timeout_s: number | null;
+  max_workers: number | null;
+  groups: IGroup[];
+  nodes: INode[];
+  demand: IDemand[];
+  events: IEvent[];
+}
+
+/** A worker group in a create request; every key but `name` is optional. */
+export interface IGroupRequest {
+  name: string;
+  min?: number;
+  max?: number;
+  cpus?: number;
+}
+
+/** Body of `POST clusters`. */
+export interface ICreateRequest {
+  name: string;
+  groups?: IGroupRequest[];
+  idle_timeout_s?: number;
+}
+
+/** Body of `PATCH clusters/{name}`: new bounds per group name. */
+export type GroupBounds = Record<string, { min?: number; max?: number }>;
+
+/**
+ * Call the raykube REST API.
+ *
+ * @param endPoint - path below `{base}raykube/api/`
+ * @param init - fetch options (method, body)
+ * @returns the decoded JSON body (undefined for an empty body, e.g. 204)
+ * @throws ServerConnection.NetworkError when the server cannot be reached, and
+ *   ServerConnection.ResponseError (message: the server's `message`) for non-2xx replies.
+ */
+export async function requestAPI<T>(
+  endPoint: string,
+  init: RequestInit = {},
+  settings: ServerConnection.ISettings = ServerConnection.makeSettings()
+): Promise<T> {
+  const url = URLExt.join(settings.baseUrl, 'raykube', 'api', endPoint);
+  let response: Response;
+  try {
+    response = await ServerConnection.makeRequest(url, init, settings);
+  } catch (error) {
+    throw new ServerConnection.NetworkError(error as TypeError);
+  }
+  const text = await response.text();
+  let data: any = undefined;
+  let isJSON = false;
+  if (text.length > 0) {
+    try {
+      data = JSON.parse(text);
+      isJSON = true;
+    } catch (error) {
+      // Not JSON: e.g. the HTML 404 page when the server extension is not enabled.
+    }
+  }
+  if (!response.ok) {
+    const message =
+      (isJSON && data && (data.message || data.reason)) ||
+      `${response.status} ${response.statusText || 'error'} from ${url}`;
+    throw new ServerConnection.ResponseError(response, message);
+  }
+  if (text.length > 0 && !isJSON) {
+    throw new ServerConnection.ResponseError(response, `the reply from ${url} is not JSON`);
+  }
+  return data as T;
+}
+
+/** Typed functions over the cluster endpoints. */
+export class RayKubeAPI {
+  constructor(
+    readonly serverSettings: ServerConnection.ISettings = ServerConnection.makeSettings()
+  ) {}
+
+  async listClusters(): Promise<ICluster[]> {
+    const reply = await this._request<{ clusters: ICluster[] }>('clusters');
+    return reply.clusters;
+  }
+
+  getCluster(name: string): Promise<ICluster> {
+    return this._request<ICluster>(clusterPath(name));
+  }
+
+  createCluster(request: ICreateRequest): Promise<ICluster> {
+    return this._request<ICluster>('clusters', {
+      method: 'POST',
+      body: JSON.stringify(request)
+    });
+  }
+
+  scaleCluster(name: string, groups: GroupBounds): Promise<ICluster> {
+    return this._request<ICluster>(clusterPath(name), {
+      method: 'PATCH',
+      body: JSON.stringify({ groups })
+    });
+  }
+
+  async stopCluster(name: string): Promise<void> {
+    await this._request<void>(clusterPath(name), { method: 'DELETE' });
+  }
+
+  async clusterEvents(name: string): Promise<IEvent[]> {
+    const reply = await this._request<{ events: IEvent[] }>(
+      URLExt.join(clusterPath(name), 'events')
+    );
+    return reply.events;
+  }
+
+  private _request<T>(endPoint: string, init: RequestInit = {}): Promise<T> {
+    return requestAPI<T>(endPoint, init, this.serverSettings);
+  }
+}
+
+function clusterPath(name: string): string {
+  return URLExt.join('clusters', encodeURIComponent(name));
+}
+
+/** The human message of an error thrown by `requestAPI` (or anything else). */
+export function errorMessage(error: unknown): string {
+  if (error instanceof ServerConnection.ResponseError) {
+    return error.message || `${error.response.status} ${error.response.statusText}`;
+  }
+  if (error instanceof Error) {
+    return error.message;
+  }
+  return String(error);
+}
