@@ -4,15 +4,18 @@ session-wide check that fails the run if any test leaves Ray processes of ours b
 from __future__ import annotations
 
 import os
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from jupyter_raykube.backends import processes
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
+T = TypeVar("T")
 
 _runtime = Path(os.environ.get("RAYKUBE_TEST_RUNTIME", "/tmp")) / f"raykube-tests-{os.getpid()}"
 os.environ["JUPYTER_RUNTIME_DIR"] = str(_runtime)  # every process the tests start inherits it
@@ -45,6 +48,17 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 @pytest.fixture(scope="session")
 def runtime_dir() -> Path:
     return _runtime
+
+
+def wait_for(predicate: Callable[[], T], timeout: float = 60.0, what: str = "condition") -> T:
+    """Poll `predicate` until it returns something truthy; fail naming `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def cluster_processes(uid: str) -> list[int]:

@@ -22,7 +22,7 @@ from jupyter_raykube.connect import connect_driver
 from jupyter_raykube.manager import Cluster
 from jupyter_raykube.spec import ClusterSpec, WorkerGroup
 
-from .conftest import cluster_processes
+from .conftest import cluster_processes, wait_for
 
 IDLE_S = 5.0
 
@@ -46,13 +46,10 @@ class Handle:
         return [e["message"] for e in self.cluster.events if kind is None or e.kind == kind]
 
     def wait(self, predicate: Callable[[], Any], timeout: float = 90.0, what: str = "condition") -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            time.sleep(0.25)
-        raise AssertionError(f"timed out waiting for {what}; snapshot: {self.snapshot()}")
+        try:
+            return wait_for(predicate, timeout, what)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; snapshot: {self.snapshot()}") from None
 
     def settle(self) -> None:
         """No workers left from an earlier test."""

@@ -25,7 +25,7 @@ from jupyter_raykube.client import LocalClient
 from jupyter_raykube.magics import RayClusterMagics
 from jupyter_raykube.spec import ClusterSpec, WorkerGroup
 
-from .conftest import cluster_processes
+from .conftest import cluster_processes, wait_for
 
 @pytest.fixture
 def shell(blocking_manager: BlockingManager) -> Iterator[InteractiveShell]:
@@ -38,16 +38,6 @@ def shell(blocking_manager: BlockingManager) -> Iterator[InteractiveShell]:
 
 def _alive_workers(address: str, group: str) -> list:
     return [n for n in GcsReader(address).read().nodes if n.node_type == group and n.status != "dead"]
-
-
-def _wait(predicate, timeout: float = 60.0, what: str = "condition"):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def test_magic_runs_ray_programs_and_stops_cleanly(shell: InteractiveShell, runtime_dir: Path) -> None:
@@ -110,7 +100,7 @@ def test_scale_two_clusters_and_a_foreign_ray(shell: InteractiveShell, tmp_path:
         assert _alive_workers(two["address"], "cpu") == []  # t-one's workers joined t-one only
 
         shell.run_line_magic("raycluster", "scale cpu 0 --cluster t-one")
-        _wait(lambda: not _alive_workers(one["address"], "cpu"), what="t-one's workers to leave")
+        wait_for(lambda: not _alive_workers(one["address"], "cpu"), what="t-one's workers to leave")
 
         backend = LocalBackend()
         uid_one, uid_two = backend.store.read("t-one")["uid"], backend.store.read("t-two")["uid"]
@@ -236,6 +226,6 @@ def test_head_crash_fails_the_cluster_and_removes_the_rest(blocking_manager: Blo
         time.sleep(0.2)
     assert "head node t-crash-head stopped" in cluster.error
     assert any(e["kind"] == "error" for e in cluster.snapshot()["events"])
-    _wait(lambda: cluster_processes(uid) == [], 30, "the worker to be removed")
+    wait_for(lambda: cluster_processes(uid) == [], 30, "the worker to be removed")
     blocking_manager.call(manager.stop, "t-crash")  # the failed record goes away on request
     assert "t-crash" not in [c.name for c in blocking_manager.call(manager.list)]

@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-import time
-
 from jupyter_raykube.blocking import BlockingManager
 from jupyter_raykube.client import LocalClient
 from jupyter_raykube.spec import ClusterSpec, WorkerGroup
 from jupyter_raykube.widgets import ClusterWidget
 
-from .conftest import cluster_processes
-
-
-def _until(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+from .conftest import cluster_processes, wait_for
 
 
 def test_widget_follows_a_scale_up_and_the_stop(blocking_manager: BlockingManager) -> None:
@@ -35,8 +24,8 @@ def test_widget_follows_a_scale_up_and_the_stop(blocking_manager: BlockingManage
         low.value, high.value = 1, 1
         widget._on_scale("cpu")  # what the Apply button does; returns at once
         assert "cpu set to 1..1" in widget.message.value
-        _until(lambda: "[cpu]" in widget.nodes.value, 120, "the new cpu node in the widget")
-        _until(lambda: "1 running" in count.value, 60, "the group row to count the node")
+        wait_for(lambda: "[cpu]" in widget.nodes.value, 120, "the new cpu node in the widget")
+        wait_for(lambda: "1 running" in count.value, 60, "the group row to count the node")
         assert "launched 1 cpu node" in widget.events.value
         widget._on_stop()
         assert not widget.live
@@ -51,7 +40,7 @@ def test_widget_notices_a_cluster_stopped_elsewhere(blocking_manager: BlockingMa
     widget = ClusterWidget("t-widget2", client.status, interval_s=0.2)
     try:
         client.stop("t-widget2")
-        _until(lambda: not widget.live, 30, "the refresh loop to end")
+        wait_for(lambda: not widget.live, 30, "the refresh loop to end")
         assert "stopped" in widget.header.value
     finally:
         widget.close()
