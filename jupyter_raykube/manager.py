@@ -123,7 +123,8 @@ class ClusterManager(LoggingConfigurable):
         use, mode 0600). Default: <jupyter runtime dir>/raykube/auth_token.""")
 
     autoscale_interval_s = Float(1.0, config=True, help="Seconds between autoscaler rounds.")
-    max_launch_in_flight = Int(8, config=True, help="Worker nodes starting at once, per cluster.")
+    max_launch_in_flight = Int(config=True, help="""Worker nodes starting at once, per cluster.
+        Default: the backend's suggestion (local: the number of cores; Kubernetes: 8).""")
     join_timeout_s = Float(120.0, config=True, help="A worker that has not joined Ray by then is removed.")
     backoff_s = Float(60.0, config=True, help="How long a group that failed to start a node waits.")
     start_timeout_s = Float(180.0, config=True, help="Seconds a new cluster may take to be ready.")
@@ -138,6 +139,10 @@ class ClusterManager(LoggingConfigurable):
     @default("owner")
     def _default_owner(self) -> str:
         return os.environ.get("JUPYTERHUB_USER") or getpass.getuser()
+
+    @default("max_launch_in_flight")
+    def _default_launch_in_flight(self) -> int:
+        return self.backend.launch_concurrency() if self.backend is not None else 8
 
     @default("token_path")
     def _default_token_path(self) -> str:

@@ -76,6 +76,11 @@ class Backend(LoggingConfigurable, metaclass=_AbstractTraitsMeta):
 
     name: ClassVar[str] = ""
 
+    def launch_concurrency(self) -> int:
+        """How many nodes may start at once without starving each other (the manager's
+        default for `max_launch_in_flight`)."""
+        return 8
+
     @abstractmethod
     def node_resources(self, spec: ClusterSpec, group: WorkerGroup) -> dict[str, float]:
         """The Ray resources a node of `group` will advertise, backend defaults included."""

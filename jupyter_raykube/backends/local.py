@@ -91,6 +91,12 @@ class LocalBackend(Backend):
         self.store = LocalStateStore(Path(self.state_dir) / "clusters")
         self._children: dict[str, subprocess.Popen[bytes]] = {}  # node name -> our Popen
 
+    def launch_concurrency(self) -> int:
+        """Nodes share this machine: each start runs several Python agents that import Ray,
+        and Ray gives a node 30 s to register. More parallel starts than cores make all of them
+        slower, not the cluster faster."""
+        return max(2, os.cpu_count() or 1)
+
     # --- resources ---------------------------------------------------------------------------
 
     def node_resources(self, spec: ClusterSpec, group: WorkerGroup) -> dict[str, float]:
