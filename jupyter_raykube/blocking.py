@@ -8,6 +8,8 @@ Clusters this manager started are stopped when the process exits.
 from __future__ import annotations
 
 import atexit
+import signal
+import sys
 import threading
 from collections.abc import Callable, Coroutine
 from contextlib import AbstractContextManager
@@ -32,6 +34,7 @@ class BlockingManager:
         self._serve = self.portal.start_task(self.manager.serve)[0]
         self._closed = False
         atexit.register(self.close)
+        _exit_cleanly_on_sigterm()
 
     def call(self, func: Callable[..., Coroutine[Any, Any, T]], *args: Any, **kwargs: Any) -> T:
         return self.portal.call(lambda: func(*args, **kwargs))
@@ -49,6 +52,14 @@ class BlockingManager:
         except BaseException:  # noqa: BLE001 - cancelled is the normal outcome
             pass
         self._portal_cm.__exit__(None, None, None)
+
+
+def _exit_cleanly_on_sigterm() -> None:
+    """SIGTERM (how process managers stop a program) would skip `atexit` and leave this
+    process's clusters running; make it a normal exit instead, unless someone else already
+    handles the signal."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 async def _build(factory: Callable[[], ClusterManager]) -> ClusterManager:

@@ -164,35 +164,49 @@ def test_unknown_group_and_duplicate_name(shell: InteractiveShell) -> None:
     assert cluster_processes(uid) == []
 
 
-def test_cluster_of_a_killed_process_is_reaped(blocking_manager: BlockingManager) -> None:
-    script = textwrap.dedent("""
-        import sys, time
-        from jupyter_raykube.blocking import BlockingManager
-from jupyter_raykube.client import LocalClient
-        from jupyter_raykube.spec import default_spec
-        bm = BlockingManager()
-        bm.call(bm.manager.create, default_spec("t-orphan").with_group_range("cpu", 1, 1))
-        print("READY", flush=True)
-        time.sleep(600)
-        """)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+_OWNER_SCRIPT = textwrap.dedent("""
+    import time
+    from jupyter_raykube.blocking import BlockingManager
+    from jupyter_raykube.spec import default_spec
+    bm = BlockingManager()
+    bm.call(bm.manager.create, default_spec("{name}").with_group_range("cpu", 1, 1))
+    print("READY", flush=True)
+    time.sleep(600)
+    """)
+
+
+def _start_owner(name: str) -> tuple[subprocess.Popen[str], str]:
+    """A separate process that starts a cluster and then just waits."""
+    proc = subprocess.Popen([sys.executable, "-c", _OWNER_SCRIPT.format(name=name)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    try:
-        assert proc.stdout is not None
-        output = []
-        for line in proc.stdout:
-            output.append(line)
-            if line.startswith("READY"):
-                break
-        assert output and output[-1].startswith("READY"), "".join(output)[-3000:]
-        uid = LocalBackend().store.read("t-orphan")["uid"]
-        assert cluster_processes(uid)
-    finally:
-        proc.kill()  # SIGKILL: no atexit, no cleanup in that process
-        proc.wait()
+    assert proc.stdout is not None
+    output = []
+    for line in proc.stdout:
+        output.append(line)
+        if line.startswith("READY"):
+            break
+    if not output or not output[-1].startswith("READY"):
+        proc.kill()
+        raise AssertionError("".join(output)[-3000:])
+    return proc, LocalBackend().store.read(name)["uid"]
+
+
+def test_cluster_of_a_killed_process_is_reaped(blocking_manager: BlockingManager) -> None:
+    proc, uid = _start_owner("t-orphan")
+    assert cluster_processes(uid)
+    proc.kill()  # SIGKILL: no atexit, no cleanup in that process
+    proc.wait()
     names = [c.name for c in blocking_manager.call(blocking_manager.manager.list)]
     assert "t-orphan" not in names
     assert cluster_processes(uid) == []
+
+
+def test_sigterm_stops_the_process_clusters() -> None:
+    proc, uid = _start_owner("t-sigterm")
+    proc.terminate()
+    assert proc.wait(60) == 128 + signal.SIGTERM
+    assert cluster_processes(uid) == []
+    assert LocalBackend().store.read("t-sigterm") is None
 
 
 def _start_foreign_ray(tmp_path: Path) -> subprocess.Popen[bytes]:
