@@ -43,7 +43,7 @@ class Handle:
         return [n for n in self.snapshot()["nodes"] if n["group"] == group and (state is None or n["state"] == state)]
 
     def events(self, kind: str | None = None) -> list[str]:
-        return [e["message"] for e in self.cluster.events if kind is None or e.kind == kind]
+        return [e.message for e in self.cluster.events if kind is None or e.kind == kind]
 
     def wait(self, predicate: Callable[[], Any], timeout: float = 90.0, what: str = "condition") -> Any:
         try:
