@@ -40,8 +40,9 @@ def test_quickstart_notebook_runs_and_cleans_up(runtime_dir: Path) -> None:
     assert "2 ready, 2 not ready yet" in outputs[3] and "[0, 1, 2, 3]" in outputs[3]
     assert "(1000, 1000)" in outputs[4]
     assert "[1, 1, 1, 1]" in outputs[5]
-    status = "".join(o.get("data", {}).get("text/plain", "") for o in code[6].outputs)
-    assert "Ray cluster" in status and "group cpu" in status
+    status = [o for o in code[6].outputs if o.get("output_type") == "execute_result"]
+    assert status and "application/vnd.jupyter.widget-view+json" in status[0]["data"]  # the live widget
+    assert "Ray cluster" in status[0]["data"]["text/plain"]
     assert "stopped" in outputs[7]
     assert seen_uids, "the start cell must have registered a cluster"
     assert all(cluster_processes(uid) == [] for uid in seen_uids)
