@@ -1,0 +1,378 @@
+"""The Kubernetes objects of one Ray cluster, as pure functions (kubespawner's `objects.py`).
+
+`make_head_pod()`, `make_worker_pod()`, `make_head_service()` and `make_token_secret()` are
+functions of their arguments only: no client, no environment, no clock, no randomness. Each
+returns a `V1*` model; same inputs give an equal object, which is what the golden-dict tests
+compare. The backend (`kubernetes.py`) resolves configuration into the frozen `ClusterMeta`,
+`PodSettings` and `NodeSize` below and calls these once per object.
+
+What a Ray user expects in these Pods (KubeRay does the same): `ray start --block` as the
+container's main process, `--num-cpus/--num-gpus/--memory` equal to what the container is
+given, a memory-backed `/dev/shm` sized for the object store, Ray's own health endpoints as
+probes, the Ray token from a Secret, and `RAY_CLOUD_INSTANCE_ID` = the Pod name, which is how
+the autoscaler matches a Ray node back to its Pod.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubernetes.client import (
+    V1Container,
+    V1ContainerPort,
+    V1EmptyDirVolumeSource,
+    V1EnvVar,
+    V1EnvVarSource,
+    V1HTTPGetAction,
+    V1LocalObjectReference,
+    V1ObjectFieldSelector,
+    V1ObjectMeta,
+    V1OwnerReference,
+    V1Pod,
+    V1PodSpec,
+    V1Probe,
+    V1ResourceRequirements,
+    V1Secret,
+    V1SecretKeySelector,
+    V1Service,
+    V1ServicePort,
+    V1ServiceSpec,
+    V1Toleration,
+    V1Volume,
+    V1VolumeMount,
+)
+
+from ..spec import ClusterSpec
+
+HEAD = "head"
+WORKER = "worker"
+MANAGED_BY = "jupyter-raykube"
+
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_CLUSTER = "raykube.io/cluster"
+LABEL_CLUSTER_ID = "raykube.io/cluster-id"  # tells a cluster from an older one of the same name
+LABEL_OWNER = "raykube.io/owner"
+LABEL_GROUP = "raykube.io/group"
+LABEL_NODE_TYPE = "raykube.io/node-type"
+ANNOTATION_SPEC = "raykube.io/spec"  # the ClusterSpec as JSON, on the head Pod
+ANNOTATION_OWNER = "raykube.io/owner"  # the owner's name as typed (the label is escaped)
+
+TOKEN_KEY = "token"
+POD_IP_ENV = "RAY_POD_IP"
+HEAD_CONTAINER = "ray-head"
+WORKER_CONTAINER = "ray-worker"
+SHM_VOLUME = "dev-shm"
+
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+_IMAGE_TAG = re.compile(r"^(?P<ray>\d+\.\d+\.\d+)(?:-py(?P<major>\d)(?P<minor>\d+))?(?:-.+)?$")
+
+
+@dataclass(frozen=True)
+class Ports:
+    """The ports Ray listens on inside each Pod (every Pod has its own network namespace)."""
+
+    gcs: int = 6379
+    dashboard: int = 8265
+    client: int = 10001
+    dashboard_agent: int = 52365  # serves /api/local_raylet_healthz, the probes' target
+
+
+@dataclass(frozen=True)
+class ClusterMeta:
+    """Names, labels and owners shared by every object of one cluster."""
+
+    name: str
+    namespace: str
+    cluster_id: str
+    owner: str
+    labels: Mapping[str, str] = field(default_factory=dict)  # extra labels (spec.labels)
+    owner_references: tuple[V1OwnerReference, ...] = ()
+    cluster_domain: str = "cluster.local"
+
+    @property
+    def service_name(self) -> str:
+        return service_name(self.name)
+
+    @property
+    def head_pod_name(self) -> str:
+        return f"{self.name}-head"
+
+    @property
+    def secret_name(self) -> str:
+        return f"{self.name}-ray-token"
+
+    @property
+    def gcs_host(self) -> str:
+        """The head Service's DNS name, as Pods in any namespace of the cluster resolve it."""
+        return f"{self.service_name}.{self.namespace}.svc.{self.cluster_domain}"
+
+    def object_labels(self, group: str, node_type: str) -> dict[str, str]:
+        labels = dict(self.labels)
+        labels.update({LABEL_MANAGED_BY: MANAGED_BY, LABEL_CLUSTER: self.name,
+                       LABEL_CLUSTER_ID: self.cluster_id, LABEL_OWNER: label_value(self.owner),
+                       LABEL_GROUP: group, LABEL_NODE_TYPE: node_type})
+        return labels
+
+    def head_selector(self) -> dict[str, str]:
+        return {LABEL_CLUSTER: self.name, LABEL_CLUSTER_ID: self.cluster_id, LABEL_NODE_TYPE: HEAD}
+
+    def metadata(self, name: str, group: str, node_type: str,
+                 annotations: Mapping[str, str] | None = None) -> V1ObjectMeta:
+        return V1ObjectMeta(
+            name=name, namespace=self.namespace, labels=self.object_labels(group, node_type),
+            annotations={ANNOTATION_OWNER: self.owner, **(annotations or {})},
+            owner_references=list(self.owner_references) or None)
+
+
+@dataclass(frozen=True)
+class PodSettings:
+    """Kubernetes settings of one node type's Pods (resolved from the backend's traits)."""
+
+    image: str
+    ray_command: str = "ray"
+    image_pull_policy: str = "IfNotPresent"
+    ports: Ports = field(default_factory=Ports)
+    env: Mapping[str, str] = field(default_factory=dict)  # extra env, after spec.env
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    tolerations: tuple[V1Toleration, ...] = ()
+    image_pull_secrets: tuple[str, ...] = ()
+    service_account_name: str | None = None
+    volumes: tuple[V1Volume, ...] = ()
+    volume_mounts: tuple[V1VolumeMount, ...] = ()
+    probes: bool = True
+
+
+@dataclass(frozen=True)
+class NodeSize:
+    """What one Ray node gets, in Ray's terms; the container gets the same (see `resources`)."""
+
+    cpus: int
+    memory: int  # bytes of Ray `memory`
+    object_store_memory: int  # bytes, in /dev/shm
+    gpus: int = 0
+    custom: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def container_cpus(self) -> int:
+        """A container needs some CPU even when Ray schedules no CPU work there (`cpus=0`)."""
+        return max(self.cpus, 1)
+
+    @property
+    def container_memory(self) -> int:
+        """Ray's `memory` plus the object store: /dev/shm counts against the memory limit."""
+        return self.memory + self.object_store_memory
+
+
+# --- names and values ----------------------------------------------------------------------
+
+
+def service_name(cluster: str) -> str:
+    """`<cluster>-head-svc` (KubeRay's name). Service names must start with a letter (DNS-1035);
+    cluster names may not."""
+    return f"{cluster}-head-svc" if cluster[:1].isalpha() else f"ray-{cluster}-head-svc"
+
+
+def worker_pod_name(cluster: str, group: str, suffix: str) -> str:
+    """`<cluster>-<group>-<suffix>`: at most 40 + 15 + 5 + 2 = 62 characters (a DNS label)."""
+    return f"{cluster}-{group}-{suffix}"
+
+
+def label_value(text: str) -> str:
+    """`text` as a valid label value: kept when it already is one, else escaped and hashed
+    (JupyterHub user names may be e-mail addresses)."""
+    if len(text) <= 63 and _LABEL_VALUE.match(text):
+        return text
+    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-_.")[:54].rstrip("-_.")
+    return f"{safe}-{digest}" if safe else digest
+
+
+def format_bytes(amount: int) -> str:
+    """A memory quantity: "4Gi"/"512Mi" when exact, else plain bytes (both parse_quantity-clean)."""
+    for suffix, unit in (("Gi", 1024**3), ("Mi", 1024**2), ("Ki", 1024)):
+        if amount and amount % unit == 0:
+            return f"{amount // unit}{suffix}"
+    return str(amount)
+
+
+# --- images --------------------------------------------------------------------------------
+
+
+def default_image(ray_version: str, python_version: tuple[int, int]) -> str:
+    """The official image that matches a kernel, e.g. `rayproject/ray:2.60.0-py311`."""
+    return f"rayproject/ray:{ray_version}-py{python_version[0]}{python_version[1]}"
+
+
+def image_versions(image: str) -> tuple[str, str | None] | None:
+    """(Ray version, "3.11" or None) read from a `rayproject/ray`-style tag, or None when the
+    tag says nothing (a digest, `latest`, a custom tag)."""
+    if "@" in image:
+        return None
+    name, _, tag = image.rpartition(":")
+    if not name or "/" in tag:
+        return None
+    match = _IMAGE_TAG.match(tag)
+    if match is None:
+        return None
+    python = f"{match['major']}.{match['minor']}" if match["major"] else None
+    return match["ray"], python
+
+
+def version_mismatch(image: str, ray_version: str, python_version: str | None, *,
+                     who: str = "this kernel") -> str:
+    """Why `who`, with these versions, cannot use a cluster running `image` ("" if it can, or
+    if the tag does not say). Ray needs the same Ray version on both sides, and the same
+    Python minor version for drivers (pickled functions)."""
+    found = image_versions(image)
+    if found is None:
+        return ""
+    image_ray, image_python = found
+    ray_ok = image_ray == ray_version
+    python_ok = python_version is None or image_python is None or image_python == python_version
+    if ray_ok and python_ok:
+        return ""
+    here = f"Ray {ray_version}" + (f" on Python {python_version}" if python_version else "")
+    there = f"Ray {image_ray}" + (f" on Python {image_python}" if image_python else "")
+    wanted_py = python_version or image_python
+    matching = f"rayproject/ray:{ray_version}" + (f"-py{wanted_py.replace('.', '')}" if wanted_py else "")
+    return (f"version mismatch: {who} has {here} but the cluster image {image} runs {there}. "
+            f"Ray needs the same versions on both sides. Either use a matching image "
+            f"(c.KubernetesBackend.image = {matching!r}, or the cluster spec's image), or run the "
+            f"kernel with ray=={image_ray}" + (f" on Python {image_python}" if image_python else "") + ".")
+
+
+# --- the objects ---------------------------------------------------------------------------
+
+
+def make_token_secret(meta: ClusterMeta, token: str) -> V1Secret:
+    """The Ray token (Ray 2.60 token auth), read by every node through `secretKeyRef`."""
+    return V1Secret(api_version="v1", kind="Secret",
+                    metadata=meta.metadata(meta.secret_name, HEAD, HEAD),
+                    type="Opaque", immutable=True, string_data={TOKEN_KEY: token})
+
+
+def make_head_service(meta: ClusterMeta, ports: Ports) -> V1Service:
+    """GCS, dashboard and Ray Client ports of the head. Not-ready addresses are published so
+    workers can join while the head's readiness probe still waits for the dashboard."""
+    return V1Service(
+        api_version="v1", kind="Service",
+        metadata=meta.metadata(meta.service_name, HEAD, HEAD),
+        spec=V1ServiceSpec(
+            type="ClusterIP", selector=meta.head_selector(), publish_not_ready_addresses=True,
+            ports=[V1ServicePort(name="gcs", port=ports.gcs, target_port="gcs", protocol="TCP"),
+                   V1ServicePort(name="dashboard", port=ports.dashboard, target_port="dashboard",
+                                 protocol="TCP"),
+                   V1ServicePort(name="client", port=ports.client, target_port="client", protocol="TCP")]))
+
+
+def make_head_pod(meta: ClusterMeta, spec: ClusterSpec, size: NodeSize, settings: PodSettings) -> V1Pod:
+    """The head: GCS, dashboard, Ray Client server and a raylet (`--num-cpus=0` by default, so
+    tasks go to autoscaled workers). The spec is kept as an annotation for `discover()`."""
+    ports = settings.ports
+    args = ["start", "--head", "--block", f"--port={ports.gcs}", "--dashboard-host=0.0.0.0",
+            f"--dashboard-port={ports.dashboard}", f"--ray-client-server-port={ports.client}",
+            *_node_args(meta, HEAD, size, ports), "--disable-usage-stats"]
+    container_ports = [V1ContainerPort(name="gcs", container_port=ports.gcs, protocol="TCP"),
+                       V1ContainerPort(name="dashboard", container_port=ports.dashboard, protocol="TCP"),
+                       V1ContainerPort(name="client", container_port=ports.client, protocol="TCP"),
+                       V1ContainerPort(name="dashboard-agent", container_port=ports.dashboard_agent,
+                                       protocol="TCP")]
+    annotations = {ANNOTATION_SPEC: json.dumps(spec.to_dict(), sort_keys=True, separators=(",", ":"))}
+    return _pod(meta, meta.metadata(meta.head_pod_name, HEAD, HEAD, annotations), HEAD_CONTAINER, HEAD,
+                args, container_ports, size, settings, spec.env, health_path="/api/healthz")
+
+
+def make_worker_pod(meta: ClusterMeta, spec: ClusterSpec, group: str, name: str, size: NodeSize,
+                    settings: PodSettings) -> V1Pod:
+    """One Ray worker node of `group`, joining through the head Service's DNS name."""
+    ports = settings.ports
+    args = ["start", "--block", f"--address={meta.gcs_host}:{ports.gcs}", *_node_args(meta, group, size, ports)]
+    container_ports = [V1ContainerPort(name="dashboard-agent", container_port=ports.dashboard_agent,
+                                       protocol="TCP")]
+    return _pod(meta, meta.metadata(name, group, WORKER), WORKER_CONTAINER, group, args, container_ports,
+                size, settings, spec.env, health_path="/api/local_raylet_healthz")
+
+
+def _node_args(meta: ClusterMeta, group: str, size: NodeSize, ports: Ports) -> list[str]:
+    args = [f"--node-ip-address=$({POD_IP_ENV})", f"--dashboard-agent-listen-port={ports.dashboard_agent}",
+            f"--num-cpus={size.cpus}", f"--num-gpus={size.gpus}", f"--memory={size.memory}",
+            f"--object-store-memory={size.object_store_memory}"]
+    if size.custom:
+        args.append("--resources=" + json.dumps({k: size.custom[k] for k in sorted(size.custom)},
+                                                separators=(",", ":")))
+    args.append(f"--labels={LABEL_CLUSTER}={meta.name},{LABEL_GROUP}={group}")
+    return args
+
+
+def resources(size: NodeSize) -> V1ResourceRequirements:
+    """Requests equal to limits (Guaranteed QoS): Ray plans with exactly these numbers."""
+    amounts = {"cpu": str(size.container_cpus), "memory": format_bytes(size.container_memory)}
+    if size.gpus:
+        amounts["nvidia.com/gpu"] = str(size.gpus)
+    return V1ResourceRequirements(requests=dict(amounts), limits=dict(amounts))
+
+
+def _env(node_type_name: str, secret: str, spec_env: Mapping[str, str],
+         extra: Mapping[str, str]) -> list[V1EnvVar]:
+    env = [V1EnvVar(name=k, value=v) for k, v in {**spec_env, **extra}.items()]
+    return env + [
+        V1EnvVar(name="RAY_AUTH_MODE", value="token"),
+        V1EnvVar(name="RAY_AUTH_TOKEN", value_from=V1EnvVarSource(
+            secret_key_ref=V1SecretKeySelector(name=secret, key=TOKEN_KEY))),
+        V1EnvVar(name="RAY_enable_autoscaler_v2", value="1"),
+        V1EnvVar(name="RAY_USAGE_STATS_ENABLED", value="0"),
+        V1EnvVar(name="RAY_CLOUD_INSTANCE_ID", value_from=V1EnvVarSource(
+            field_ref=V1ObjectFieldSelector(field_path="metadata.name"))),
+        V1EnvVar(name="RAY_NODE_TYPE_NAME", value=node_type_name),
+        V1EnvVar(name=POD_IP_ENV, value_from=V1EnvVarSource(
+            field_ref=V1ObjectFieldSelector(field_path="status.podIP"))),
+    ]
+
+
+def _probes(path: str) -> tuple[V1Probe, V1Probe]:
+    """KubeRay's timings: readiness soon and often, liveness patient (10 minutes of failures)."""
+    action = V1HTTPGetAction(path=path, port="dashboard-agent")
+    readiness = V1Probe(http_get=action, initial_delay_seconds=10, period_seconds=5, timeout_seconds=2,
+                        success_threshold=1, failure_threshold=10)
+    liveness = V1Probe(http_get=action, initial_delay_seconds=30, period_seconds=5, timeout_seconds=2,
+                       success_threshold=1, failure_threshold=120)
+    return readiness, liveness
+
+
+def _pod(meta: ClusterMeta, metadata: V1ObjectMeta, container_name: str, group: str, args: list[str],
+         container_ports: list[V1ContainerPort], size: NodeSize, settings: PodSettings,
+         spec_env: Mapping[str, str], *, health_path: str) -> V1Pod:
+    readiness, liveness = _probes(health_path) if settings.probes else (None, None)
+    mounts = [V1VolumeMount(name=SHM_VOLUME, mount_path="/dev/shm"), *settings.volume_mounts]
+    container = V1Container(
+        name=container_name, image=settings.image, image_pull_policy=settings.image_pull_policy,
+        command=[settings.ray_command], args=args, ports=container_ports,
+        env=_env(group, meta.secret_name, spec_env, settings.env), resources=resources(size),
+        volume_mounts=mounts, readiness_probe=readiness, liveness_probe=liveness)
+    shm = V1Volume(name=SHM_VOLUME, empty_dir=V1EmptyDirVolumeSource(
+        medium="Memory", size_limit=format_bytes(size.object_store_memory)))
+    return V1Pod(
+        api_version="v1", kind="Pod", metadata=metadata,
+        spec=V1PodSpec(
+            containers=[container], restart_policy="Never", enable_service_links=False,
+            volumes=[shm, *settings.volumes],
+            node_selector=dict(settings.node_selector) or None,
+            tolerations=list(settings.tolerations) or None,
+            image_pull_secrets=[V1LocalObjectReference(name=n) for n in settings.image_pull_secrets] or None,
+            service_account_name=settings.service_account_name))
+
+
+def owner_reference(pod_name: str, pod_uid: str) -> V1OwnerReference:
+    """A reference to the Pod that runs the Jupyter server: deleting it deletes the cluster.
+    Not `blockOwnerDeletion` (that needs update rights on the owner's finalizers)."""
+    return V1OwnerReference(api_version="v1", kind="Pod", name=pod_name, uid=pod_uid)
+
+
+def to_models(model: Any, items: Sequence[Mapping[str, Any]]) -> tuple[Any, ...]:
+    """Config dicts (Kubernetes JSON spelling) to `V1*` models, e.g. tolerations and volumes."""
+    return tuple(model.from_dict(dict(item)) for item in items)

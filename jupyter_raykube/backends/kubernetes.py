@@ -1,0 +1,799 @@
+"""Ray clusters as Kubernetes Pods: a head Pod + Service + token Secret, one Pod per worker node.
+
+The objects come from the pure builders in `k8s_objects.py`; this module resolves
+configuration (traits) into their inputs, talks to the API server, and reads Pod state from a
+watch-fed cache (`k8s_watch.py`). It uses the official synchronous `kubernetes` client; every
+call runs in a worker thread (`anyio.to_thread`) so the Jupyter server's loop never blocks.
+Calls are retried with exponential backoff while the API server is unavailable (5xx, 429 with
+its `Retry-After`, timeouts, refused connections), up to `retry_timeout`. A Pod's name is
+chosen before its first create attempt, so a create retried after a lost response finds its
+own Pod (409 AlreadyExists with our labels) instead of making a second one.
+
+Every object is labelled (`app.kubernetes.io/managed-by=jupyter-raykube`, `raykube.io/cluster`,
+`raykube.io/cluster-id`, `raykube.io/owner`, `raykube.io/group`, `raykube.io/node-type`), which
+is how `discover()` finds clusters again from any process, and how `delete_cluster()` removes
+them. When the Jupyter server runs in a Pod, every object also gets an ownerReference to that
+Pod, so Kubernetes' garbage collector deletes the cluster together with the server.
+"""
+
+from __future__ import annotations
+
+import base64
+import getpass
+import json
+import os
+import secrets
+import string
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from functools import partial
+from importlib.metadata import version as package_version
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import urllib3
+from kubernetes import config as kube_config
+from kubernetes.client import ApiClient, Configuration, CoreV1Api, V1Pod, V1Toleration, V1Volume, V1VolumeMount
+from kubernetes.client.exceptions import ApiException
+from kubernetes.config.config_exception import ConfigException
+from traitlets import Bool, Dict, Enum, Float, Int, List, Unicode, default
+
+from .. import __version__
+from ..spec import ClusterSpec, WorkerGroup
+from . import k8s_objects as objects
+from .base import HEAD_GROUP, Backend, BackendError, BackendNode, ClusterHandle, ClusterNotFound, NodePhase
+from .k8s_objects import (
+    LABEL_CLUSTER,
+    LABEL_CLUSTER_ID,
+    LABEL_GROUP,
+    LABEL_MANAGED_BY,
+    LABEL_NODE_TYPE,
+    LABEL_OWNER,
+    MANAGED_BY,
+    ClusterMeta,
+    NodeSize,
+    PodSettings,
+    Ports,
+)
+from .k8s_watch import PodReflector
+
+GiB = 1024**3
+_SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+_ORPHAN_GRACE_S = 60.0  # objects without a head this young may still be being created
+T = TypeVar("T")
+
+
+class ClusterExists(BackendError):
+    """A cluster of that name already exists in the namespace."""
+
+
+class PermissionDenied(BackendError):
+    """The API server refused a call (403): the service account lacks a permission."""
+
+
+class RayVersionMismatch(BackendError):
+    """The cluster's image runs another Ray (or Python) version than the driver."""
+
+
+def check_ray_versions(image: str, *, ray_version: str, python_version: str | None = None,
+                       who: str = "this kernel") -> None:
+    """Refuse a driver whose Ray (and Python minor) version differs from the cluster image's.
+    Images whose tag does not name versions pass (nothing to compare). Call it before
+    `ray.init` with the kernel's `ray.__version__` and "3.11"-style Python version."""
+    problem = objects.version_mismatch(image, ray_version, python_version, who=who)
+    if problem:
+        raise RayVersionMismatch(problem)
+
+
+@dataclass(frozen=True)
+class _Call:
+    """What an API call does, in RBAC terms (for error messages)."""
+
+    verb: str
+    resource: str
+    name: str = ""
+
+    def describe(self, namespace: str) -> str:
+        target = f"{self.resource}/{self.name}" if self.name else self.resource
+        return f"{self.verb} {target} in namespace {namespace}"
+
+
+class _NameTaken(BackendError):
+    """An object of that name exists and is not ours."""
+
+
+class KubernetesBackend(Backend):
+    """Ray nodes as Pods in one namespace, found again through their labels."""
+
+    name = "kubernetes"
+
+    # --- where -------------------------------------------------------------------------------
+
+    kubeconfig = Unicode("", config=True, help="""Path of a kubeconfig file. Empty: the Pod's
+        service account when this server runs in a Pod (in-cluster configuration), else
+        $KUBECONFIG or ~/.kube/config, as kubectl does.""")
+
+    context = Unicode("", config=True, help="kubeconfig context to use. Empty: the current context.")
+
+    in_cluster = Bool(config=True, help="""Use the Pod's service account (in-cluster configuration).
+        Default: true when running in a Pod and no kubeconfig is set.""")
+
+    namespace = Unicode(config=True, help="""Namespace of the Ray clusters' Pods, Services and
+        Secrets. Default: the namespace of this server's Pod (in-cluster), else the namespace
+        of the kubeconfig context, else "default". The service account needs the Role in
+        deploy/rbac.yaml there.""")
+
+    cluster_domain = Unicode("cluster.local", config=True, help="""The cluster's DNS domain.
+        Workers reach the head at <service>.<namespace>.svc.<cluster_domain>.""")
+
+    address_type = Enum(["service", "pod-ip"], "service", config=True, help="""How this process
+        reaches a cluster's head (GCS, dashboard, Ray Client). "service": the head Service's
+        DNS name, for a Jupyter server inside the same Kubernetes cluster. "pod-ip": the head
+        Pod's IP, for a server that can route to Pod IPs but does not use the cluster's DNS
+        (a server on a node's host network, or tests). Workers always use the Service.""")
+
+    # --- what runs ---------------------------------------------------------------------------
+
+    image = Unicode(config=True, help="""Container image of head and CPU worker Pods (a
+        cluster spec's `image` overrides it). Default: the official image matching this
+        server's Ray and Python, e.g. rayproject/ray:2.60.0-py311. Drivers need the same Ray
+        and Python versions as the image; `check_ray_versions` refuses a mismatch.""")
+
+    gpu_image = Unicode(config=True, help="""Image of worker Pods of groups with GPUs. Default:
+        the default image's CUDA variant (rayproject/ray:2.60.0-py311-gpu) when `image` is
+        the default, else `image`.""")
+
+    image_pull_policy = Enum(["Always", "IfNotPresent", "Never"], "IfNotPresent", config=True,
+                             help="imagePullPolicy of the Ray containers.")
+
+    image_pull_secrets = List(Unicode(), config=True, help="""Names of Secrets (in the namespace)
+        used to pull the image from a private registry.""")
+
+    ray_command = Unicode("ray", config=True, help="""The `ray` executable in the image, run as
+        `<ray_command> start ... --block` (the container's command).""")
+
+    service_account_name = Unicode("", config=True, help="""Service account of the Ray Pods.
+        Empty: the namespace's default one. Ray itself needs no Kubernetes permissions.""")
+
+    gcs_port = Int(6379, config=True, help="GCS port of the head (what `ray.init(address=...)` uses).")
+    dashboard_port = Int(8265, config=True, help="Ray dashboard port of the head (HTTP).")
+    client_port = Int(10001, config=True, help="Ray Client server port of the head (ray://).")
+    dashboard_agent_port = Int(52365, config=True, help="""Port of each node's dashboard agent,
+        which serves the health endpoints the probes use.""")
+
+    health_probes = Enum(["all", "head", "none"], "all", config=True, help="""Which Pods get
+        readiness and liveness probes on Ray's health endpoints (the head's /api/healthz and
+        each worker's /api/local_raylet_healthz, on the dashboard agent port, as KubeRay
+        does). "head" or "none" where Pods cannot be reached on their own ports, e.g. Pods
+        sharing one network namespace (hostNetwork), whose agent ports must then differ.""")
+
+    node_selector = Dict(config=True, help="""nodeSelector per group: {"gpu": {"cloud.google.com/
+        gke-accelerator": "nvidia-l4"}}. "head" is the head; "*" applies to every Pod and is
+        merged under the group's own entry.""")
+
+    tolerations = Dict(config=True, help="""Tolerations per group, as Kubernetes JSON: {"gpu":
+        [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]}. "head" is
+        the head; "*" entries are added to every Pod.""")
+
+    extra_env = Dict(value_trait=Unicode(), config=True, help="""Environment variables of every
+        Ray container, after the cluster spec's `env`. Ray's own (token, node name) win.""")
+
+    volumes = List(Dict(), config=True, help="""Extra volumes of every Ray Pod, as Kubernetes
+        JSON ({"name": ..., "persistentVolumeClaim": {...}}); mount them with `volume_mounts`.""")
+
+    volume_mounts = List(Dict(), config=True, help="""Extra volumeMounts of every Ray container,
+        as Kubernetes JSON ({"name": ..., "mountPath": ...}).""")
+
+    worker_memory = Int(2 * GiB, config=True, help="""Ray `memory` (bytes) of a worker whose
+        group does not set one. The container's memory limit is this plus the object store.""")
+    worker_object_store_memory = Int(1 * GiB, config=True, help="""Object store (bytes, in a
+        memory-backed /dev/shm) of a worker whose group does not set one.""")
+    head_memory = Int(2 * GiB, config=True, help="Ray `memory` (bytes) of the head, unless the spec sets it.")
+    head_object_store_memory = Int(1 * GiB, config=True,
+                                   help="Object store (bytes) of the head, unless the spec sets it.")
+
+    # --- whose -------------------------------------------------------------------------------
+
+    owner = Unicode(config=True, help="""`discover()` finds only clusters whose raykube.io/owner
+        label is this user. Default: $JUPYTERHUB_USER, else the OS user (as ClusterManager.owner).
+        Empty string: every cluster in the namespace.""")
+
+    owner_pod_name = Unicode(config=True, help="""The Pod running this Jupyter server. When set,
+        every object gets an ownerReference to it, so deleting the server (e.g. stopping it in
+        JupyterHub) deletes its Ray clusters. It must be in `namespace`. Default:
+        $JUPYTER_POD_NAME (set it with the downward API, fieldPath metadata.name).""")
+
+    owner_pod_uid = Unicode(config=True, help="""UID of `owner_pod_name`. Default:
+        $JUPYTER_POD_UID (downward API, fieldPath metadata.uid), else read from the Pod.""")
+
+    # --- how patiently -----------------------------------------------------------------------
+
+    request_timeout = Float(10.0, config=True, help="Seconds one API request may take.")
+
+    retry_timeout = Float(60.0, config=True, help="""Seconds a call is retried while the API
+        server is unavailable (5xx, 429, timeouts), with exponential backoff, before it fails.""")
+
+    delete_wait_s = Float(60.0, config=True, help="""Seconds `delete_cluster` waits for the
+        cluster's Pods to be gone (their containers get SIGTERM and their grace period).""")
+
+    events_after_s = Float(10.0, config=True, help="""A Pending Pod whose status does not say
+        why it waits (no Unschedulable condition, no waiting reason) has its newest Warning
+        Event shown instead (FailedMount, FailedCreatePodSandBox, ...), read after this many
+        seconds and at most that often.""")
+
+    @default("in_cluster")
+    def _default_in_cluster(self) -> bool:
+        return not self.kubeconfig and "KUBERNETES_SERVICE_HOST" in os.environ and \
+            (_SERVICE_ACCOUNT_DIR / "token").exists()
+
+    @default("namespace")
+    def _default_namespace(self) -> str:
+        if self.in_cluster:
+            try:
+                return (_SERVICE_ACCOUNT_DIR / "namespace").read_text().strip() or "default"
+            except OSError:
+                return "default"
+        try:
+            contexts, current = kube_config.list_kube_config_contexts(self.kubeconfig or None)
+        except (ConfigException, OSError):
+            return "default"
+        chosen = next((c for c in contexts if c["name"] == self.context), current) if self.context else current
+        return ((chosen or {}).get("context") or {}).get("namespace") or "default"
+
+    @default("image")
+    def _default_image(self) -> str:
+        return objects.default_image(package_version("ray"), sys.version_info[:2])
+
+    @default("gpu_image")
+    def _default_gpu_image(self) -> str:
+        return self.image + "-gpu" if self.image == self._default_image() else self.image
+
+    @default("owner")
+    def _default_owner(self) -> str:
+        return os.environ.get("JUPYTERHUB_USER") or getpass.getuser()
+
+    @default("owner_pod_name")
+    def _default_owner_pod_name(self) -> str:
+        return os.environ.get("JUPYTER_POD_NAME", "")
+
+    @default("owner_pod_uid")
+    def _default_owner_pod_uid(self) -> str:
+        return os.environ.get("JUPYTER_POD_UID", "")
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.api_client = ApiClient(self._configuration())
+        self.api_client.user_agent = f"jupyter-raykube/{__version__}"  # names us in audit logs
+        self.core = CoreV1Api(self.api_client)
+        self._reflector: PodReflector | None = None
+        self._owner_refs: tuple[Any, ...] | None = None
+        self._event_messages: dict[str, tuple[float, str]] = {}  # pod uid -> (read at, message)
+        self._events_readable = True
+
+    def _configuration(self) -> Configuration:
+        configuration = Configuration()
+        try:
+            if self.in_cluster:
+                kube_config.load_incluster_config(client_configuration=configuration)
+            else:
+                kube_config.load_kube_config(config_file=self.kubeconfig or None, context=self.context or None,
+                                             client_configuration=configuration, persist_config=False)
+        except (ConfigException, OSError) as exc:
+            raise BackendError(f"no Kubernetes configuration found ({exc}); run the server in a Pod "
+                               f"or set c.KubernetesBackend.kubeconfig") from exc
+        configuration.retries = False  # retries (and Retry-After) are ours, see _api()
+        return configuration
+
+    async def close(self) -> None:
+        """Stop watching Pods (a later call starts a new watch)."""
+        reflector, self._reflector = self._reflector, None
+        if reflector is not None:
+            await anyio.to_thread.run_sync(reflector.stop)
+
+    # --- sizes -------------------------------------------------------------------------------
+
+    def node_resources(self, spec: ClusterSpec, group: WorkerGroup) -> dict[str, float]:
+        """What Ray sees on a worker: the group's CPUs/GPUs/custom resources and its `memory`
+        (the container's memory limit less the object store, which lives in /dev/shm)."""
+        resources = group.resources
+        resources.setdefault("memory", self.worker_memory)
+        return resources
+
+    def _worker_size(self, group: WorkerGroup) -> NodeSize:
+        return NodeSize(cpus=group.cpus, gpus=group.gpus, memory=group.memory or self.worker_memory,
+                        object_store_memory=group.object_store_memory or self.worker_object_store_memory,
+                        custom=dict(group.custom))
+
+    def _head_size(self, spec: ClusterSpec) -> NodeSize:
+        return NodeSize(cpus=spec.head.cpus, memory=spec.head.memory or self.head_memory,
+                        object_store_memory=spec.head.object_store_memory or self.head_object_store_memory)
+
+    def _ports(self) -> Ports:
+        return Ports(gcs=self.gcs_port, dashboard=self.dashboard_port, client=self.client_port,
+                     dashboard_agent=self.dashboard_agent_port)
+
+    def _settings(self, spec: ClusterSpec, group: str, gpus: int) -> PodSettings:
+        image = spec.image or (self.gpu_image if gpus else self.image)
+        is_head = group == HEAD_GROUP
+        return PodSettings(
+            image=image, ray_command=self.ray_command, image_pull_policy=self.image_pull_policy,
+            ports=self._ports(), env=dict(self.extra_env),
+            node_selector={**self.node_selector.get("*", {}), **self.node_selector.get(group, {})},
+            tolerations=objects.to_models(V1Toleration, [*self.tolerations.get("*", []),
+                                                         *self.tolerations.get(group, [])]),
+            image_pull_secrets=tuple(self.image_pull_secrets),
+            service_account_name=self.service_account_name or None,
+            volumes=objects.to_models(V1Volume, self.volumes),
+            volume_mounts=objects.to_models(V1VolumeMount, self.volume_mounts),
+            probes=self.health_probes == "all" or (self.health_probes == "head" and is_head))
+
+    def _meta(self, name: str, cluster_id: str, owner: str, labels: Mapping[str, str],
+              owner_refs: tuple[Any, ...]) -> ClusterMeta:
+        return ClusterMeta(name=name, namespace=self.namespace, cluster_id=cluster_id, owner=owner,
+                           labels=dict(labels), owner_references=owner_refs,
+                           cluster_domain=self.cluster_domain)
+
+    def _meta_of(self, handle: ClusterHandle) -> ClusterMeta:
+        refs = tuple(objects.owner_reference(name, uid) for name, uid in handle.details["owner_refs"])
+        return self._meta(handle.name, handle.details["cluster_id"], handle.owner, handle.spec.labels, refs)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def create_cluster(self, spec: ClusterSpec, *, owner: str, token: str,
+                             owner_pid: int | None = None) -> ClusterHandle:
+        """Create the token Secret, the head Service and the head Pod (in that order). With
+        `address_type="pod-ip"`, return once the head Pod has an IP. `owner_pid` is not used:
+        the cluster's lifetime is tied to `owner_pod_name` instead."""
+        head_settings = self._settings(spec, HEAD_GROUP, 0)
+        check_ray_versions(head_settings.image, ray_version=package_version("ray"),
+                           who="the Jupyter server (which reads and drains the cluster)")
+        await self._cache()
+        meta = self._meta(spec.name, secrets.token_hex(4), owner, spec.labels, await self._owner_references())
+        secret = objects.make_token_secret(meta, token)
+        service = objects.make_head_service(meta, self._ports())
+        head = objects.make_head_pod(meta, spec, self._head_size(spec), head_settings)
+        try:
+            await self._create(_Call("create", "secrets", meta.secret_name), self.core.create_namespaced_secret,
+                               self.core.read_namespaced_secret, secret)
+            await self._create(_Call("create", "services", meta.service_name), self.core.create_namespaced_service,
+                               self.core.read_namespaced_service, service)
+            head_pod = await self._create(_Call("create", "pods", meta.head_pod_name), self.core.create_namespaced_pod,
+                                          self.core.read_namespaced_pod, head)
+            (await self._cache()).upsert(head_pod)
+            if self.address_type == "pod-ip":
+                head_pod = await self._wait_for_pod_ip(meta.head_pod_name)
+        except _NameTaken:
+            await self._delete_objects(meta.name, meta.cluster_id, wait=False)
+            raise ClusterExists(f"a Ray cluster named {spec.name!r} already exists in namespace "
+                                f"{self.namespace}") from None
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._delete_objects(meta.name, meta.cluster_id, wait=False)
+            raise
+        return self._handle(meta, spec, head_pod, token)
+
+    async def create_worker(self, handle: ClusterHandle, group: WorkerGroup) -> BackendNode:
+        """Create one worker Pod. Its name is drawn before the first attempt, so retries of a
+        create whose response was lost find the Pod instead of making another one."""
+        cache = await self._cache()
+        meta = self._meta_of(handle)
+        size = self._worker_size(group)
+        settings = replace(self._settings(handle.spec, group.name, group.gpus), ports=handle.details["ports"])
+        for _ in range(3):
+            name = objects.worker_pod_name(handle.name, group.name, _suffix())
+            pod = objects.make_worker_pod(meta, handle.spec, group.name, name, size, settings)
+            try:
+                created = await self._create(_Call("create", "pods", name), self.core.create_namespaced_pod,
+                                             self.core.read_namespaced_pod, pod)
+            except _NameTaken:
+                continue  # someone else's Pod has that name: draw another
+            cache.upsert(created)
+            return BackendNode(name=name, group=group.name, phase="pending", created_at=_created_at(created))
+        raise BackendError(f"could not find a free Pod name for a {group.name} worker of {handle.name}")
+
+    async def remove_node(self, handle: ClusterHandle, node_name: str) -> None:
+        deleted = await self._delete(_Call("delete", "pods", node_name), self.core.delete_namespaced_pod)
+        if isinstance(deleted, V1Pod):
+            (await self._cache()).upsert(deleted)
+
+    async def list_nodes(self, handle: ClusterHandle) -> list[BackendNode]:
+        """From the watch-fed cache: no API call unless a Pending Pod needs its Events read."""
+        cache = await self._cache()
+        pods = [p for p in cache.pods() if _belongs(p, handle.name, handle.details["cluster_id"])]
+        if not any(_labels(p).get(LABEL_NODE_TYPE) == objects.HEAD for p in pods):
+            raise ClusterNotFound(f"no Ray cluster named {handle.name!r} in namespace {self.namespace} "
+                                  f"(its head Pod is gone)")
+        live = [p for p in pods if p.metadata.deletion_timestamp is None]
+        nodes = []
+        for pod in live:
+            phase, message = pod_state(pod)
+            if phase == "pending" and not message:
+                message = await self._event_message(pod)
+            nodes.append(BackendNode(name=pod.metadata.name, group=_labels(pod).get(LABEL_GROUP, ""),
+                                     phase=phase, created_at=_created_at(pod), message=message))
+        return nodes
+
+    async def delete_cluster(self, handle: ClusterHandle) -> None:
+        """Delete every object of the cluster (workers first), then wait for its Pods to go."""
+        await self._delete_objects(handle.name, handle.details["cluster_id"], wait=True)
+
+    async def discover(self) -> list[ClusterHandle]:
+        """Clusters of `owner` in the namespace, found by their head Pods' labels. A cluster
+        whose head Pod has exited is deleted; so are leftovers of a cluster whose head Pod is
+        gone (a server that died while creating or deleting one)."""
+        selector = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+        if self.owner:
+            selector += f",{LABEL_OWNER}={objects.label_value(self.owner)}"
+        pods = await self._list(_Call("list", "pods"), self.core.list_namespaced_pod, selector)
+        secret_list = await self._list(_Call("list", "secrets"), self.core.list_namespaced_secret, selector)
+        service_list = await self._list(_Call("list", "services"), self.core.list_namespaced_service, selector)
+        tokens = {_labels(s).get(LABEL_CLUSTER_ID): _token(s) for s in secret_list}
+        heads = {(_labels(p)[LABEL_CLUSTER], _labels(p)[LABEL_CLUSTER_ID]): p for p in pods
+                 if _labels(p).get(LABEL_NODE_TYPE) == objects.HEAD and p.metadata.deletion_timestamp is None}
+        found = []
+        for (name, cluster_id), head in sorted(heads.items()):
+            phase, message = pod_state(head)
+            token = tokens.get(cluster_id)
+            reason = (f"its head Pod has exited ({message or head.status.phase})" if phase == "exited"
+                      else "its token Secret is gone" if not token and _age(head) > _ORPHAN_GRACE_S else "")
+            if reason:
+                self.log.info("Deleting Ray cluster %s in %s: %s", name, self.namespace, reason)
+                await self._delete_objects(name, cluster_id, wait=False)
+                continue
+            if token is None or (self.address_type == "pod-ip" and not head.status.pod_ip):
+                continue  # still being created by another process
+            handle = self._handle_from_head(head, token)
+            if handle is not None:
+                found.append(handle)
+        leftovers = {(_labels(o)[LABEL_CLUSTER], _labels(o)[LABEL_CLUSTER_ID])
+                     for o in [*pods, *secret_list, *service_list]
+                     if LABEL_CLUSTER_ID in _labels(o) and _age(o) > _ORPHAN_GRACE_S} - set(heads)
+        for name, cluster_id in sorted(leftovers):
+            self.log.info("Deleting leftovers of Ray cluster %s in %s (no head Pod)", name, self.namespace)
+            await self._delete_objects(name, cluster_id, wait=False)
+        return found
+
+    async def logs(self, handle: ClusterHandle, node_name: str, *, tail: int = 200) -> str:
+        call = _Call("get", "pods/log", node_name)
+        try:
+            return await self._api(call, self.core.read_namespaced_pod_log, node_name, self.namespace,
+                                   tail_lines=tail)
+        except ApiException as exc:
+            if exc.status == 404:
+                return ""
+            if exc.status == 400:  # the container has not started: say why
+                return _status_message(exc)
+            raise self._failed(call, exc) from exc
+
+    # --- handles -----------------------------------------------------------------------------
+
+    def _handle(self, meta: ClusterMeta, spec: ClusterSpec, head: V1Pod, token: str) -> ClusterHandle:
+        """The ports come from the head Pod itself: another server may have made the cluster."""
+        host = meta.gcs_host if self.address_type == "service" else head.status.pod_ip
+        ports = _pod_ports(head, self._ports())
+        details = {"cluster_id": meta.cluster_id, "namespace": meta.namespace, "token": token,
+                   "service": meta.service_name, "head_pod": meta.head_pod_name, "ports": ports,
+                   "image": head.spec.containers[0].image,  # for check_ray_versions() before connecting
+                   "owner_refs": [(r.name, r.uid) for r in meta.owner_references]}
+        return ClusterHandle(name=meta.name, backend=self.name, spec=spec, address=f"{host}:{ports.gcs}",
+                             dashboard_address=f"{host}:{ports.dashboard}",
+                             client_address=f"{host}:{ports.client}", owner=meta.owner,
+                             created_at=_created_at(head), details=details)
+
+    def _handle_from_head(self, head: V1Pod, token: str) -> ClusterHandle | None:
+        """Rebuild a handle from a head Pod (its labels, annotations and owner references)."""
+        labels = _labels(head)
+        annotations = head.metadata.annotations or {}
+        name = labels[LABEL_CLUSTER]
+        try:
+            spec = ClusterSpec.from_dict(json.loads(annotations[objects.ANNOTATION_SPEC]),
+                                         defaults=ClusterSpec(name=name, backend=self.name))
+        except (KeyError, ValueError) as exc:
+            self.log.warning("Ignoring Ray cluster %s in %s: unreadable spec annotation (%s)",
+                             name, self.namespace, exc)
+            return None
+        refs = tuple(objects.owner_reference(r.name, r.uid) for r in head.metadata.owner_references or ()
+                     if r.kind == "Pod")
+        owner = annotations.get(objects.ANNOTATION_OWNER, labels.get(LABEL_OWNER, ""))
+        meta = self._meta(name, labels[LABEL_CLUSTER_ID], owner, spec.labels, refs)
+        return self._handle(meta, spec, head, token)
+
+    async def _owner_references(self) -> tuple[Any, ...]:
+        """A reference to the server's Pod (read once, to check it exists in our namespace: a
+        reference to a Pod elsewhere would make the garbage collector delete our objects)."""
+        if self._owner_refs is None:
+            if not self.owner_pod_name:
+                self._owner_refs = ()
+            else:
+                call = _Call("get", "pods", self.owner_pod_name)
+                try:
+                    pod = await self._api(call, self.core.read_namespaced_pod, self.owner_pod_name, self.namespace)
+                except ApiException as exc:
+                    if exc.status == 404:
+                        raise BackendError(
+                            f"owner Pod {self.owner_pod_name!r} not found in namespace {self.namespace}: "
+                            f"owner_pod_name must name this server's Pod, in the clusters' namespace") from exc
+                    raise self._failed(call, exc) from exc
+                if self.owner_pod_uid and pod.metadata.uid != self.owner_pod_uid:
+                    raise BackendError(f"owner Pod {self.owner_pod_name!r} has UID {pod.metadata.uid}, "
+                                       f"not {self.owner_pod_uid} (owner_pod_uid)")
+                self._owner_refs = (objects.owner_reference(self.owner_pod_name, pod.metadata.uid),)
+        return self._owner_refs
+
+    # --- the Pod cache -----------------------------------------------------------------------
+
+    async def _cache(self) -> PodReflector:
+        """The running reflector, after its first list (started on first use)."""
+        if self._reflector is None or not self._reflector.running:
+            self._reflector = PodReflector(
+                self.core, self.namespace, f"{LABEL_MANAGED_BY}={MANAGED_BY}",
+                request_timeout_s=self.request_timeout, log=self.log,
+                describe_error=lambda exc, verb: self._describe(_Call(verb, "pods"), exc)).start()
+        reflector = self._reflector
+        with anyio.move_on_after(self.retry_timeout):
+            while not reflector.first_load.is_set() and not reflector.refused:
+                await anyio.sleep(0.05)
+        if not reflector.first_load.is_set():
+            kind = PermissionDenied if reflector.refused else BackendError
+            raise kind(f"could not list Pods in namespace {self.namespace}: {reflector.last_error}")
+        return reflector
+
+    async def _wait_for_pod_ip(self, name: str) -> V1Pod:
+        cache = await self._cache()
+        while True:
+            pod = cache.get(name)
+            if pod is None or pod.metadata.deletion_timestamp is not None:
+                raise BackendError(f"Pod {name} was deleted while starting")
+            phase, message = pod_state(pod)
+            if phase == "exited":
+                raise BackendError(f"Pod {name} exited while starting: {message}")
+            if pod.status is not None and pod.status.pod_ip:
+                return pod
+            await anyio.sleep(0.1)
+
+    async def _event_message(self, pod: V1Pod) -> str:
+        """The newest Warning Event of a Pending Pod that says nothing else, read once the Pod
+        is `events_after_s` old and at most every `events_after_s` per Pod."""
+        uid = pod.metadata.uid
+        if not self._events_readable or _age(pod) < self.events_after_s:
+            return ""
+        read_at, message = self._event_messages.get(uid, (-1e9, ""))
+        if time.monotonic() - read_at < self.events_after_s:
+            return message
+        selector = f"involvedObject.name={pod.metadata.name},involvedObject.uid={uid},type=Warning"
+        try:
+            events = await anyio.to_thread.run_sync(partial(
+                self.core.list_namespaced_event, self.namespace, field_selector=selector,
+                _request_timeout=self.request_timeout))
+        except ApiException as exc:
+            if exc.status == 403:
+                self._events_readable = False
+                self.log.warning("Not reading Pod Events: %s", self._describe(_Call("list", "events"), exc))
+            return message
+        except (urllib3.exceptions.HTTPError, OSError):
+            return message
+        newest = max(events.items or [], key=_event_time, default=None)
+        message = f"{newest.reason}: {newest.message}" if newest is not None else ""
+        self._event_messages = {u: v for u, v in self._event_messages.items() if time.monotonic() - v[0] < 600}
+        self._event_messages[uid] = (time.monotonic(), message)
+        return message
+
+    # --- API calls ---------------------------------------------------------------------------
+
+    async def _api(self, call: _Call, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """One API call in a worker thread, retried with exponential backoff while the server is
+        unavailable. A 403 becomes PermissionDenied; other errors are raised as they are."""
+        deadline = time.monotonic() + self.retry_timeout
+        delay = 0.25
+        while True:
+            try:
+                return await anyio.to_thread.run_sync(
+                    partial(fn, *args, _request_timeout=self.request_timeout, **kwargs))
+            except ApiException as exc:
+                if exc.status == 403 or exc.status == 401:
+                    raise self._failed(call, exc) from exc
+                if not (exc.status == 429 or (exc.status or 0) >= 500):
+                    raise
+                wait, why = max(delay, _retry_after(exc)), f"{exc.status} {exc.reason}"
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                wait, why = delay, f"{type(exc).__name__}: {exc}"
+            if time.monotonic() + wait > deadline:
+                raise BackendError(f"the Kubernetes API server did not answer {call.describe(self.namespace)} "
+                                   f"for {self.retry_timeout:.0f} s (last: {why})")
+            self.log.debug("retrying %s in %.2f s: %s", call.describe(self.namespace), wait, why)
+            await anyio.sleep(wait)
+            delay = min(delay * 2, 8.0)
+
+    async def _create(self, call: _Call, create: Callable[..., T], read: Callable[..., T], body: Any) -> T:
+        """Create `body`; a 409 for an object that carries our labels (our own earlier attempt,
+        whose response was lost) is success, one for somebody else's object is `_NameTaken`."""
+        deadline = time.monotonic() + self.retry_timeout
+        name = body.metadata.name
+        while True:
+            try:
+                return await self._api(call, create, self.namespace, body)
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise self._failed(call, exc) from exc
+            try:
+                existing = await self._api(_Call("get", call.resource, name), read, name, self.namespace)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise self._failed(_Call("get", call.resource, name), exc) from exc
+                if time.monotonic() > deadline:  # conflicts for an object that is not there
+                    raise BackendError(f"{call.describe(self.namespace)} kept failing with 409 Conflict") from exc
+                await anyio.sleep(0.2)
+                continue
+            if _same_node(existing, body):
+                self.log.debug("%s: already created by an earlier attempt", call.describe(self.namespace))
+                return existing
+            raise _NameTaken(f"{call.resource}/{name} exists and belongs to another cluster")
+
+    async def _delete(self, call: _Call, delete: Callable[..., Any]) -> Any:
+        """Delete by name; already gone (404) is fine."""
+        try:
+            return await self._api(call, delete, call.name, self.namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise self._failed(call, exc) from exc
+
+    async def _list(self, call: _Call, list_fn: Callable[..., Any], selector: str) -> list[Any]:
+        try:
+            listed = await self._api(call, list_fn, self.namespace, label_selector=selector)
+        except ApiException as exc:
+            raise self._failed(call, exc) from exc
+        return list(listed.items or [])
+
+    async def _delete_objects(self, name: str, cluster_id: str, *, wait: bool) -> None:
+        """Delete the Pods (workers, then the head), Service and Secret of one cluster."""
+        selector = f"{LABEL_CLUSTER}={name},{LABEL_CLUSTER_ID}={cluster_id}"
+        pods = await self._list(_Call("list", "pods"), self.core.list_namespaced_pod, selector)
+        workers = [p for p in pods if _labels(p).get(LABEL_NODE_TYPE) != objects.HEAD]
+        heads = [p for p in pods if _labels(p).get(LABEL_NODE_TYPE) == objects.HEAD]
+        cache = self._reflector
+        for batch in (workers, heads):  # workers first: they leave through the head's GCS
+            async with anyio.create_task_group() as tg:
+                for pod in batch:
+                    tg.start_soon(self._delete_pod, pod.metadata.name, cache)
+        for resource, list_fn, delete_fn in (
+                ("services", self.core.list_namespaced_service, self.core.delete_namespaced_service),
+                ("secrets", self.core.list_namespaced_secret, self.core.delete_namespaced_secret)):
+            for obj in await self._list(_Call("list", resource), list_fn, selector):
+                await self._delete(_Call("delete", resource, obj.metadata.name), delete_fn)
+        if wait and pods:
+            await self._wait_pods_gone(name, cluster_id)
+
+    async def _delete_pod(self, name: str, cache: PodReflector | None) -> None:
+        deleted = await self._delete(_Call("delete", "pods", name), self.core.delete_namespaced_pod)
+        if cache is not None and isinstance(deleted, V1Pod):
+            cache.upsert(deleted)
+
+    async def _wait_pods_gone(self, name: str, cluster_id: str) -> None:
+        cache = await self._cache()
+        with anyio.move_on_after(self.delete_wait_s):
+            while any(_belongs(p, name, cluster_id) for p in cache.pods()):
+                await anyio.sleep(0.1)
+            return
+        left = sorted(p.metadata.name for p in cache.pods() if _belongs(p, name, cluster_id))
+        self.log.warning("Pods of Ray cluster %s still terminating after %.0f s: %s", name,
+                         self.delete_wait_s, ", ".join(left))
+
+    def _describe(self, call: _Call, exc: BaseException) -> str:
+        if isinstance(exc, ApiException):
+            if exc.status == 403:
+                return (f"permission denied: the service account may not {call.describe(self.namespace)} "
+                        f"({_status_message(exc)}). Grant it the Role in deploy/rbac.yaml "
+                        f"(verb {call.verb!r} on {call.resource.split('/')[0]!r}"
+                        + (f", subresource {call.resource.split('/')[1]!r}" if "/" in call.resource else "") + ")")
+            if exc.status == 401:
+                return f"the API server rejected our credentials (401) for {call.describe(self.namespace)}"
+            return f"{call.describe(self.namespace)} failed: {exc.status} {_status_message(exc)}"
+        return f"{call.describe(self.namespace)} failed: {type(exc).__name__}: {exc}"
+
+    def _failed(self, call: _Call, exc: ApiException) -> BackendError:
+        kind = PermissionDenied if exc.status == 403 else BackendError
+        return kind(self._describe(call, exc))
+
+
+# --- reading Pods ------------------------------------------------------------------------------
+
+
+def pod_state(pod: V1Pod) -> tuple[NodePhase, str]:
+    """(phase, why): Pending -> pending, Running -> running, Succeeded/Failed -> exited; the
+    message names what a user can act on: Unschedulable and its reason, image pull and
+    config errors, exit codes and OOMKilled, evictions."""
+    status = pod.status
+    if status is None:
+        return "pending", ""
+    phase: NodePhase = {"Running": "running", "Succeeded": "exited", "Failed": "exited"}.get(
+        status.phase or "", "pending")  # type: ignore[assignment]
+    parts = []
+    if status.reason:  # Evicted, DeadlineExceeded, NodeLost, ...
+        parts.append(f"{status.reason}: {status.message}" if status.message else status.reason)
+    for cond in status.conditions or []:
+        if cond.type == "PodScheduled" and cond.status == "False":
+            parts.append(f"{cond.reason or 'Unschedulable'}: {cond.message}" if cond.message else cond.reason or "")
+    for container in status.container_statuses or []:
+        state = container.state
+        if state is None:
+            continue
+        if state.waiting is not None and state.waiting.reason:
+            waiting = state.waiting
+            if waiting.message or waiting.reason not in ("ContainerCreating", "PodInitializing"):
+                parts.append(f"{waiting.reason}: {waiting.message}" if waiting.message else waiting.reason)
+        elif state.terminated is not None:
+            term = state.terminated
+            text = f"container exited with code {term.exit_code}"
+            if term.reason:
+                text += f" ({term.reason})"
+            if term.message:
+                text += f": {term.message.strip()[-300:]}"
+            parts.append(text)
+    return phase, "; ".join(p for p in parts if p)
+
+
+def _pod_ports(pod: V1Pod, default: Ports) -> Ports:
+    """The Ray ports a head Pod declares (by name), else `default`."""
+    declared = {p.name: p.container_port for c in pod.spec.containers[:1] for p in c.ports or ()}
+    return Ports(gcs=declared.get("gcs", default.gcs), dashboard=declared.get("dashboard", default.dashboard),
+                 client=declared.get("client", default.client),
+                 dashboard_agent=declared.get("dashboard-agent", default.dashboard_agent))
+
+
+def _labels(obj: Any) -> dict[str, str]:
+    return dict(obj.metadata.labels or {})
+
+
+def _belongs(pod: V1Pod, cluster: str, cluster_id: str) -> bool:
+    labels = _labels(pod)
+    return labels.get(LABEL_CLUSTER) == cluster and labels.get(LABEL_CLUSTER_ID) == cluster_id
+
+
+def _same_node(existing: Any, wanted: Any) -> bool:
+    mine, theirs = _labels(wanted), _labels(existing)
+    return all(theirs.get(k) == mine.get(k) for k in (LABEL_CLUSTER, LABEL_CLUSTER_ID, LABEL_GROUP, LABEL_NODE_TYPE))
+
+
+def _created_at(obj: Any) -> float:
+    stamp = obj.metadata.creation_timestamp
+    return stamp.timestamp() if stamp is not None else time.time()
+
+
+def _age(obj: Any) -> float:
+    return time.time() - _created_at(obj)
+
+
+def _token(secret: Any) -> str | None:
+    data = (secret.data or {}).get(objects.TOKEN_KEY)
+    return base64.b64decode(data).decode() if data else None
+
+
+def _event_time(event: Any) -> float:
+    for stamp in (event.last_timestamp, event.event_time, event.metadata.creation_timestamp):
+        if stamp is not None:
+            return stamp.timestamp()
+    return 0.0
+
+
+def _retry_after(exc: ApiException) -> float:
+    value = (exc.headers or {}).get("Retry-After") if exc.headers else None
+    try:
+        return min(float(value), 60.0) if value is not None else 0.0
+    except ValueError:
+        return 0.0
+
+
+def _status_message(exc: ApiException) -> str:
+    try:
+        return str(json.loads(exc.body or "")["message"])
+    except (ValueError, KeyError, TypeError):
+        return str(exc.reason or exc.status)
+
+
+def _suffix() -> str:
+    alphabet = string.ascii_lowercase + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(5))
