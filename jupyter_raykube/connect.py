@@ -2,26 +2,45 @@
 
 from __future__ import annotations
 
+import platform
+
 from .auth import use_token
 
+_connected_to = ""  # under Ray Client the GCS address is not available from the runtime context
 
-def connect_driver(address: str, token: str) -> None:
-    """`ray.init(address=...)` to the cluster, replacing a connection to another cluster."""
+
+def connect_driver(address: str, token: str, *, client_address: str = "", image: str = "") -> None:
+    """`ray.init` to the cluster, replacing a connection to another cluster.
+
+    With `client_address` (Kubernetes: a notebook Pod is not a Ray node, and
+    `ray.init(address=GCS)` needs a raylet on the same host) Ray Client is used. With `image`,
+    a Ray/Python mismatch between this kernel and the cluster is refused first, with a message
+    saying both versions and how to fix it."""
     import ray  # heavy: import late
 
+    global _connected_to
     if not address:
         raise RuntimeError("the cluster has no address yet")
+    if image:
+        from .backends.kubernetes import check_ray_versions
+
+        check_ray_versions(image, ray_version=ray.__version__,
+                           python_version=platform.python_version().rsplit(".", 1)[0])
+    target = f"ray://{client_address}" if client_address else address
     if ray.is_initialized():
-        if ray.get_runtime_context().gcs_address == address:
+        if _connected_to == target:
             return
         ray.shutdown()
     if token:
         use_token(token)
-    ray.init(address=address, logging_level="WARNING")  # the widget shows the dashboard link
+    ray.init(address=target, logging_level="WARNING")  # the widget shows the dashboard link
+    _connected_to = target
 
 
 def disconnect_driver() -> None:
     import ray
 
+    global _connected_to
     if ray.is_initialized():
         ray.shutdown()
+    _connected_to = ""

@@ -102,14 +102,14 @@ class RayClusterMagics(Magics):
         snap = self._with_progress(f"Starting Ray cluster {name}", lambda p: self.client.start(spec, p))
         self._current = name
         if not args.no_connect:
-            connect_driver(snap["address"], self.client.token)
+            connect_driver(snap["address"], self.client.token, **_client_route(snap))
         return self._view(name, snap)
 
     def _attach(self, args: Any) -> Any:
         snap = self.client.attach(args.name)
         self._current = args.name
         if not args.no_connect:
-            connect_driver(snap["address"], self.client.token)
+            connect_driver(snap["address"], self.client.token, **_client_route(snap))
         return self._view(args.name, snap)
 
     def _status(self, args: Any) -> Any:
@@ -215,3 +215,10 @@ def _subcommand_usage(parser: argparse.ArgumentParser, command: str) -> str:
 
 def _no_progress(step: str, done: int, total: int) -> None:
     """Widget buttons return at once; the widget's own refresh shows the progress."""
+
+
+def _client_route(snap: dict[str, Any]) -> dict[str, str]:
+    """On Kubernetes the kernel reaches the cluster through Ray Client, after a version check."""
+    if snap.get("backend") != "kubernetes":
+        return {}
+    return {"client_address": snap.get("client_address", ""), "image": snap.get("image", "")}

@@ -99,6 +99,8 @@ class Cluster:
             "owner": handle.owner if handle else self.owner,
             "owned_here": self.owned,
             "address": handle.address if handle else "",
+            "client_address": handle.client_address if handle else "",
+            "image": str(handle.details.get("image", "")) if handle else "",
             "dashboard_url": self.dashboard_url,
             "ray_version": ray.__version__,
             "python_version": platform.python_version().rsplit(".", 1)[0],
@@ -129,6 +131,10 @@ class ClusterManager(LoggingConfigurable):
     backoff_s = Float(60.0, config=True, help="How long a group that failed to start a node waits.")
     start_timeout_s = Float(180.0, config=True, help="Seconds a new cluster may take to be ready.")
     max_clusters = Int(None, allow_none=True, config=True, help="Clusters this manager may run at once (None: no limit).")
+
+    adopt_on_start = Bool(False, config=True, help="""When the manager starts, autoscale this
+        owner's running clusters (found by the backend) as if started here: a restarted server
+        takes over the Kubernetes clusters it left running.""")
 
     stop_clusters_on_close = Bool(True, config=True, help="""Stop the clusters this manager
         started when it closes. With False they keep running and are found again by name.""")
@@ -162,12 +168,16 @@ class ClusterManager(LoggingConfigurable):
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
+                if self.adopt_on_start:
+                    for handle in await self.backend.discover():
+                        await self.adopt(handle.name)
                 task_status.started()
                 await anyio.sleep_forever()
         finally:
             self._tg = None
             with anyio.CancelScope(shield=True):
                 await self._close_clusters()
+                await self.backend.close()
 
     async def _close_clusters(self) -> None:
         for cluster in list(self._clusters.values()):
@@ -268,6 +278,15 @@ class ClusterManager(LoggingConfigurable):
         cluster = self._attached(handle)
         self._clusters[name] = cluster
         await self.refresh(cluster)
+        return cluster
+
+    async def adopt(self, name: str) -> Cluster:
+        """Take over autoscaling of a running cluster whose previous owner is gone."""
+        cluster = await self.attach(name)
+        if not cluster.owned:
+            cluster.owned = True
+            cluster.events.add(time.time(), "info", "this server now autoscales the cluster")
+            self._start_autoscaler(cluster)
         return cluster
 
     async def refresh(self, cluster: Cluster) -> Cluster:

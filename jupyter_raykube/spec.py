@@ -53,6 +53,8 @@ class WorkerGroup:
     def __post_init__(self) -> None:
         prefix = f"groups.{self.name}"
         _check_name("group name", self.name, GROUP_NAME_MAX)
+        if self.name == "head":
+            raise SpecError("group name", self.name, "any name but 'head' (the head node's group)")
         _check_int(f"{prefix}.cpus", self.cpus, low=0)
         _check_int(f"{prefix}.gpus", self.gpus, low=0)
         _check_int(f"{prefix}.min", self.min, low=0)

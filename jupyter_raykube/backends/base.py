@@ -116,3 +116,6 @@ class Backend(LoggingConfigurable, metaclass=_AbstractTraitsMeta):
     @abstractmethod
     async def logs(self, handle: ClusterHandle, node_name: str, *, tail: int = 200) -> str:
         """The last `tail` lines a node printed, for error messages and the UI."""
+
+    async def close(self) -> None:
+        """Release what the backend holds (the Kubernetes Pod watch); clusters keep running."""

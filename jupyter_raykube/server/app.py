@@ -46,6 +46,7 @@ class RayKube(ExtensionApp):
         manager = ClusterManager(
             parent=self, backend=self.backend_class(parent=self), max_clusters=self.max_clusters,
             stop_clusters_on_close=self.stop_clusters_on_shutdown,
+            adopt_on_start=not self.stop_clusters_on_shutdown,
             dashboard_url_template=url_path_join(base_url, "raykube/clusters/{name}/dashboard/"))
         self.settings["raykube_manager"] = manager
         self._serve_task: asyncio.Task[None] | None = None
