@@ -15,8 +15,6 @@ from dataclasses import asdict, dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from kubernetes.utils import parse_quantity
-
 BACKENDS = ("local", "kubernetes")
 CLUSTER_NAME_MAX = 40  # leaves room for "-<group>-<5 chars>" inside a 63-char Pod name
 GROUP_NAME_MAX = 15
@@ -301,6 +299,10 @@ def _reject_unknown(prefix: str, data: Mapping[str, Any], allowed: set[str]) -> 
 
 
 def _quantity(field_name: str, value: Any) -> Decimal:
+    # Imported here: the kubernetes package takes ~2 s to import, most of `%raycluster start`'s
+    # own overhead, and only quantity strings need it.
+    from kubernetes.utils import parse_quantity
+
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise SpecError(field_name, value, "a number or a Kubernetes quantity string")
     try:
