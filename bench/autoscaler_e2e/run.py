@@ -18,7 +18,10 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psutil
 import ray
@@ -78,6 +81,21 @@ def run_ours(tasks: int) -> dict[str, float]:
         bm.close()
 
 
+@contextmanager
+def ray_default_config() -> Iterator[None]:
+    """Ray's monitor process also loads the fake provider's default config from Ray's package
+    dir, where the 2.60 wheel lacks it: place ours there for the run, and remove it after."""
+    target = Path(ray.__file__).parent / "autoscaler/_private/fake_multi_node/example.yaml"
+    placed = not target.exists()
+    if placed:
+        target.write_text(BASE_CONFIG.read_text())
+    try:
+        yield
+    finally:
+        if placed:
+            target.unlink(missing_ok=True)
+
+
 def run_ray(tasks: int) -> dict[str, float]:
     from ray.cluster_utils import FAKE_HEAD_NODE_ID, AutoscalingCluster
 
@@ -100,6 +118,11 @@ def run_ray(tasks: int) -> dict[str, float]:
                                                       "min_workers": 0, "max_workers": MAX_WORKERS}},
                            autoscaler_v2=True, idle_timeout_minutes=IDLE_S / 60)
     env = {"RAY_AUTH_MODE": "disabled"}
+    with ray_default_config():
+        return _run_started(cluster, env, tasks)
+
+
+def _run_started(cluster: Any, env: dict[str, str], tasks: int) -> dict[str, float]:
     cluster.start(override_env=env)
     try:
         os.environ["RAY_AUTH_MODE"] = "disabled"
