@@ -78,7 +78,7 @@ def test_burst_grows_to_max_and_drains_back(scaled: Handle) -> None:
 
     @ray.remote(num_cpus=1)
     def work(i: int) -> int:
-        time.sleep(4)
+        time.sleep(8)  # outlasts a node start, so the demand is still there when nodes join
         return i
 
     refs = [work.remote(i) for i in range(6)]
