@@ -126,7 +126,7 @@ class ClusterManager(LoggingConfigurable):
 
     autoscale_interval_s = Float(1.0, config=True, help="Seconds between autoscaler rounds.")
     max_launch_in_flight = Int(config=True, help="""Worker nodes starting at once, per cluster.
-        Default: the backend's suggestion (local: max(4, cores); Kubernetes: 8).""")
+        Default: the backend's suggestion (local: the cores, at least 2; Kubernetes: 8).""")
     join_timeout_s = Float(120.0, config=True, help="A worker that has not joined Ray by then is removed.")
     backoff_s = Float(60.0, config=True, help="How long a group that failed to start a node waits.")
     start_timeout_s = Float(180.0, config=True, help="Seconds a new cluster may take to be ready.")

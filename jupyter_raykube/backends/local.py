@@ -93,9 +93,9 @@ class LocalBackend(Backend):
 
     def launch_concurrency(self) -> int:
         """Nodes share this machine: each start runs several Python agents that import Ray,
-        and Ray gives a node 30 s to register, so a laptop should not start dozens at once.
-        Fewer than 4 would split small bursts into rounds and starve the demand they serve."""
-        return max(4, os.cpu_count() or 1)
+        and Ray gives a node 30 s to register. More parallel starts than cores make all of them
+        slower (on 2 cores, 3 at once can miss Ray's limit), not the cluster faster."""
+        return max(2, os.cpu_count() or 1)
 
     # --- resources ---------------------------------------------------------------------------
 
