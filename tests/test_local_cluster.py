@@ -222,8 +222,10 @@ def _start_foreign_ray(tmp_path: Path) -> subprocess.Popen[bytes]:
             "--memory=500000000", "--object-store-memory=100000000"]
     with open(tmp_path / "foreign.log", "wb") as log:
         proc = subprocess.Popen(args, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
-    time.sleep(3)
-    assert proc.poll() is None
+    log = tmp_path / "foreign.log"
+    wait_for(lambda: proc.poll() is not None or "Ray runtime started" in log.read_text(errors="replace"),
+             120, "the foreign Ray head to finish starting")  # start ours only after it is up
+    assert proc.poll() is None, log.read_text()[-3000:]
     return proc
 
 
