@@ -41,10 +41,10 @@ from jupyter_raykube.manager import Cluster, ClusterManager
 from jupyter_raykube.spec import ClusterSpec, WorkerGroup
 from tests.kube.emulator import KubeEmulator
 from tests.kube.fixtures import kube_api_client, kube_config_file, kube_emulator, process_kubelet  # noqa: F401
-from tests.kube.fixtures import venv_path
+from tests.kube.fixtures import running_kubelet
 from tests.kube.helpers import pod as pod_manifest
 from tests.kube.helpers import wait_until
-from tests.kube.kubelet import ProcessKubelet, default_base_env
+from tests.kube.kubelet import ProcessKubelet
 
 pytestmark = pytest.mark.k8s
 T = TypeVar("T")
@@ -79,14 +79,7 @@ def own_ports(pod: dict[str, Any], argv: list[str]) -> list[str]:
 @pytest.fixture
 def ray_kubelet(kube_emulator: KubeEmulator) -> Iterator[ProcessKubelet]:
     """`process_kubelet` with per-node ports (see `own_ports`), same teardown checks."""
-    kubelet = ProcessKubelet(kube_emulator, base_env=default_base_env(venv_path()), rewrite_argv=own_ports).start()
-    try:
-        yield kubelet
-    finally:
-        kubelet.stop()
-    leftovers = kubelet.leftover_processes()
-    assert not leftovers, f"processes outlived the kubelet: {[(p.pid, p.cmdline()) for p in leftovers]}"
-    assert not kubelet.errors, f"kubelet errors: {kubelet.errors}"
+    yield from running_kubelet(kube_emulator, rewrite_argv=own_ports)
 
 
 def make_backend(config_file: Path, **traits: Any) -> KubernetesBackend:

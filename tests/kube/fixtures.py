@@ -8,6 +8,8 @@ must not see each other's objects.
 
 from __future__ import annotations
 
+from typing import Any
+
 import os
 import sys
 from pathlib import Path
@@ -51,10 +53,10 @@ def kube_api_client(kube_emulator: KubeEmulator) -> Iterator[kubernetes.client.A
         client.close()
 
 
-@pytest.fixture
-def process_kubelet(kube_emulator: KubeEmulator) -> Iterator[ProcessKubelet]:
-    """A started kubelet on the emulator; teardown kills its processes and fails on leaks or errors."""
-    kubelet = ProcessKubelet(kube_emulator, base_env=default_base_env(venv_path())).start()
+def running_kubelet(emulator: KubeEmulator, **options: Any) -> Iterator[ProcessKubelet]:
+    """A started kubelet; afterwards kills its processes and fails on leaks or kubelet errors.
+    For fixtures that need kubelet options (`yield from running_kubelet(emu, rewrite_argv=...)`)."""
+    kubelet = ProcessKubelet(emulator, base_env=default_base_env(venv_path()), **options).start()
     try:
         yield kubelet
     finally:
@@ -62,3 +64,9 @@ def process_kubelet(kube_emulator: KubeEmulator) -> Iterator[ProcessKubelet]:
     leftovers = kubelet.leftover_processes()
     assert not leftovers, f"processes outlived the kubelet: {[(p.pid, p.cmdline()) for p in leftovers]}"
     assert not kubelet.errors, f"kubelet errors: {kubelet.errors}"
+
+
+@pytest.fixture
+def process_kubelet(kube_emulator: KubeEmulator) -> Iterator[ProcessKubelet]:
+    """A started kubelet on the emulator; teardown kills its processes and fails on leaks or errors."""
+    yield from running_kubelet(kube_emulator)
