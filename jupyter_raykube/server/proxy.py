@@ -26,34 +26,11 @@ class DashboardProxyHandler(JupyterHandler):
         return self.settings["raykube_manager"]
 
     @web.authenticated
-    @authorized
-    async def get(self, name: str, path: str) -> None:
+    @authorized  # the auth action comes from the request's method, so one handler serves all
+    async def _handle(self, name: str, path: str) -> None:
         await self._proxy(name, path)
 
-    @web.authenticated
-    @authorized
-    async def head(self, name: str, path: str) -> None:
-        await self._proxy(name, path)
-
-    @web.authenticated
-    @authorized
-    async def post(self, name: str, path: str) -> None:
-        await self._proxy(name, path)
-
-    @web.authenticated
-    @authorized
-    async def put(self, name: str, path: str) -> None:
-        await self._proxy(name, path)
-
-    @web.authenticated
-    @authorized
-    async def patch(self, name: str, path: str) -> None:
-        await self._proxy(name, path)
-
-    @web.authenticated
-    @authorized
-    async def delete(self, name: str, path: str) -> None:
-        await self._proxy(name, path)
+    get = head = post = put = patch = delete = _handle
 
     async def _proxy(self, name: str, path: str) -> None:
         try:
