@@ -99,7 +99,6 @@ class Reconciler:
     _backoff: dict[str, _Backoff] = field(default_factory=dict)
     _draining: dict[str, _Drain] = field(default_factory=dict)
     _wake: anyio.Event = field(default_factory=anyio.Event)
-    _rounds: int = 0
 
     def wake(self) -> None:
         """Run the next round now (after a scale request) instead of at the next tick."""
@@ -124,7 +123,6 @@ class Reconciler:
             return None
 
     async def _step(self) -> Observation:
-        self._rounds += 1
         backend_nodes = await self.backend.list_nodes(self.handle)
         head = next((n for n in backend_nodes if n.is_head), None)
         if head is not None and head.phase == "exited":
