@@ -17,7 +17,6 @@ from typing import Any, TypeVar
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from .backends.local import LocalBackend
 from .manager import ClusterManager
 
 T = TypeVar("T")
@@ -29,7 +28,7 @@ class BlockingManager:
     def __init__(self, manager_factory: Callable[[], ClusterManager] | None = None) -> None:
         self._portal_cm: AbstractContextManager[BlockingPortal] = start_blocking_portal()
         self.portal = self._portal_cm.__enter__()
-        factory = manager_factory or (lambda: ClusterManager(backend=LocalBackend()))
+        factory = manager_factory or ClusterManager  # its backend: $RAYKUBE_BACKEND, else auto
         self.manager: ClusterManager = self.portal.call(_build, factory)
         self._serve = self.portal.start_task(self.manager.serve)[0]
         self._closed = False

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Protocol
@@ -18,9 +18,9 @@ from urllib.parse import quote
 
 from .backends.base import BackendError, ClusterNotFound
 from .blocking import BlockingManager
-from .spec import ClusterSpec
 
 Snapshot = dict[str, Any]
+Request = Mapping[str, Any]  # a POST clusters body: a name and what differs from the defaults
 Progress = Callable[[str, int, int], None]
 SERVER_URL_ENV = "RAYKUBE_SERVER_URL"  # set by the server extension for the kernels it starts
 SERVER_TOKEN_ENV = "RAYKUBE_SERVER_TOKEN"
@@ -35,7 +35,7 @@ class ClusterClient(Protocol):
     backend_name: str
     token: str
 
-    def start(self, spec: ClusterSpec, progress: Progress) -> Snapshot: ...
+    def start(self, request: Request, progress: Progress) -> Snapshot: ...
     def status(self, name: str) -> Snapshot: ...
     def scale(self, name: str, group: str, low: int, high: int, progress: Progress,
               wait: bool = True) -> Snapshot: ...
@@ -54,7 +54,8 @@ class LocalClient:
         self.backend_name = self.manager.backend.name
         self.token = self.manager.token
 
-    def start(self, spec: ClusterSpec, progress: Progress) -> Snapshot:
+    def start(self, request: Request, progress: Progress) -> Snapshot:
+        spec = self.manager.spec_from_request(request)
         return self._watch(lambda p: self.manager.create(spec, progress=p), progress).snapshot()
 
     def status(self, name: str) -> Snapshot:
@@ -109,14 +110,14 @@ class ServerClient:
         self.backend_name = info["backend"]
         self.token = os.environ.get("RAY_AUTH_TOKEN", "")  # inherited from the server
 
-    def start(self, spec: ClusterSpec, progress: Progress) -> Snapshot:
-        snap = self._request("POST", "/clusters", spec.to_dict())
+    def start(self, request: Request, progress: Progress) -> Snapshot:
+        snap = self._request("POST", "/clusters", dict(request))
         while snap["state"] == "starting":
             progress(snap.get("step", ""), 0, 1)
             time.sleep(self.poll_s)
-            snap = self.status(spec.name)
+            snap = self.status(snap["name"])
         if snap["state"] != "running":
-            raise ClientError(snap.get("error") or f"cluster {spec.name!r} is {snap['state']}")
+            raise ClientError(snap.get("error") or f"cluster {snap['name']!r} is {snap['state']}")
         return snap
 
     def status(self, name: str) -> Snapshot:

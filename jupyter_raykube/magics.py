@@ -1,6 +1,6 @@
 """`%raycluster start|stop|status|scale|list|attach`: a Ray cluster one line away.
 
-The magic parses the line, builds a `ClusterSpec`, calls the manager and connects `ray.init`
+The magic parses the line into a request, calls the cluster owner (manager or server) and connects `ray.init`
 to the result. It owns no lifecycle logic. Bad arguments raise IPython's `UsageError`, which
 prints the reason and the usage, not a traceback.
 """
@@ -11,7 +11,6 @@ import argparse
 import html
 import re
 import time
-from dataclasses import replace
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -23,7 +22,7 @@ from .backends.base import BackendError, ClusterNotFound
 from .client import ClusterClient, default_client
 from .connect import connect_driver, disconnect_driver
 from .display import ClusterStatus, ClusterTable
-from .spec import ClusterSpec, SpecError, default_spec, parse_cpus, parse_range
+from .spec import SpecError, parse_cpus, parse_range
 
 _NAME_CHARS = re.compile(r"[^a-z0-9-]+")
 
@@ -98,8 +97,8 @@ class RayClusterMagics(Magics):
 
     def _start(self, args: Any) -> Any:
         name = args.name or self._default_name()
-        spec = _spec_from_args(name, args, backend=args.backend or self.client.backend_name)
-        snap = self._with_progress(f"Starting Ray cluster {name}", lambda p: self.client.start(spec, p))
+        request = _request_from_args(name, args)
+        snap = self._with_progress(f"Starting Ray cluster {name}", lambda p: self.client.start(request, p))
         self._current = name
         if not args.no_connect:
             connect_driver(snap["address"], self.client.token, **_client_route(snap))
@@ -186,24 +185,29 @@ def _progress_bundle(title: str, step: str, done: int, total: int, elapsed: floa
     return {"text/plain": text, "text/html": f"<div>{bar} {html.escape(text)}</div>"}
 
 
-def _spec_from_args(name: str, args: Any, *, backend: str) -> ClusterSpec:
-    """The cluster the `start` flags describe, on top of the default groups."""
-    spec = default_spec(name, backend)
-    groups = {g.name: g for g in spec.groups}
+def _request_from_args(name: str, args: Any) -> dict[str, Any]:
+    """The `start` flags as a request body: only what the user gave; the owner of the
+    clusters (this kernel's manager or the Jupyter server) fills in its defaults. Flags are
+    checked here so a typo gets the usage line before anything is sent."""
+    request: dict[str, Any] = {"name": name}
+    if args.backend:
+        request["backend"] = args.backend
+    groups: dict[str, dict[str, int]] = {}
     if args.worker_cpus is not None:
-        groups["cpu"] = replace(groups["cpu"], cpus=parse_cpus("--worker-cpus", args.worker_cpus))
+        groups["cpu"] = {"cpus": parse_cpus("--worker-cpus", args.worker_cpus)}
     for flag, group in (("cpu_workers", "cpu"), ("gpu_workers", "gpu")):
         value = getattr(args, flag)
         if value is not None:
             low, high = parse_range(f"--{flag.replace('_', '-')}", value)
-            groups[group] = replace(groups[group], min=low, max=high)
-    values: dict[str, Any] = {"groups": tuple(groups.values())}
+            groups.setdefault(group, {}).update(min=low, max=high)
+    if groups:
+        request["groups"] = groups
     if args.idle_timeout is not None:
         try:
-            values["idle_timeout_s"] = float(args.idle_timeout)
+            request["idle_timeout_s"] = float(args.idle_timeout)
         except ValueError:
             raise SpecError("--idle-timeout", args.idle_timeout, "a number of seconds") from None
-    return replace(spec, **values)
+    return request
 
 
 def _subcommand_usage(parser: argparse.ArgumentParser, command: str) -> str:

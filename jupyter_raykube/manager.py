@@ -13,7 +13,7 @@ import getpass
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -22,15 +22,16 @@ import anyio
 import ray
 from anyio.abc import TaskGroup, TaskStatus
 from jupyter_core.paths import jupyter_runtime_dir
-from traitlets import Bool, Float, Instance, Int, Unicode, default
+from traitlets import Bool, CaselessStrEnum, Dict, Float, Instance, Int, List, TraitError, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
 from .auth import load_or_create_token, use_token
 from .autoscaler.demand import GcsReader
 from .autoscaler.reconciler import AutoscalerSettings, HeadLost, Observation, Reconciler, describe_pending
 from .backends.base import HEAD_GROUP, Backend, BackendError, ClusterHandle, ClusterNotFound
+from .backends.registry import AUTO, CHOICES, backend_class, backend_setting_from_env, resolve_backend
 from .events import EventLog
-from .spec import ClusterSpec, SpecError
+from .spec import ClusterSpec, SpecError, WorkerGroup, default_groups, parse_group
 
 ClusterStateName = Literal["starting", "running", "stopping", "stopped", "failed"]
 Progress = Callable[[str, int, int], None]  # (step, done, total)
@@ -57,6 +58,7 @@ class Cluster:
     """Everything the manager knows about one cluster (one record, not parallel dicts)."""
 
     spec: ClusterSpec
+    backend: Backend
     owned: bool
     owner: str = ""
     events: EventLog = field(default_factory=EventLog)
@@ -115,9 +117,17 @@ class Cluster:
 
 
 class ClusterManager(LoggingConfigurable):
-    """Creates, finds, scales and stops clusters through one backend."""
+    """Creates, finds, scales and stops clusters. Each cluster runs on one backend: the
+    default one, or the one its spec names (`%raycluster start --backend kubernetes`),
+    created on first use and configured from this manager's config."""
 
-    backend = Instance(Backend)
+    default_backend = CaselessStrEnum(CHOICES, config=True, help="""Backend of clusters whose
+        spec does not name one: "local" (ray start processes on this machine), "kubernetes"
+        (Pods), or "auto": kubernetes when this server runs in a Pod with a service account or a
+        kubeconfig with a current context exists, else local. Default: $RAYKUBE_BACKEND, else auto.""")
+
+    backend = Instance(Backend, help="""The default backend. Built from `default_backend`
+        unless given (tests and the server's `backend_class` pass one in).""")
 
     owner = Unicode(config=True, help="The user clusters are created for (a label on every node).")
 
@@ -125,8 +135,9 @@ class ClusterManager(LoggingConfigurable):
         use, mode 0600). Default: <jupyter runtime dir>/raykube/auth_token.""")
 
     autoscale_interval_s = Float(1.0, config=True, help="Seconds between autoscaler rounds.")
-    max_launch_in_flight = Int(config=True, help="""Worker nodes starting at once, per cluster.
-        Default: the backend's suggestion (local: the cores, at least 2; Kubernetes: 8).""")
+    max_launch_in_flight = Int(None, allow_none=True, config=True, help="""Worker nodes
+        starting at once, per cluster. None: the backend's suggestion (local: the cores, at
+        least 2; Kubernetes: 8).""")
     join_timeout_s = Float(120.0, config=True, help="A worker that has not joined Ray by then is removed.")
     backoff_s = Float(60.0, config=True, help="How long a group that failed to start a node waits.")
     start_timeout_s = Float(180.0, config=True, help="Seconds a new cluster may take to be ready.")
@@ -139,6 +150,17 @@ class ClusterManager(LoggingConfigurable):
     stop_clusters_on_close = Bool(True, config=True, help="""Stop the clusters this manager
         started when it closes. With False they keep running and are found again by name.""")
 
+    # --- what a new cluster gets when its request does not say ----------------------------------
+
+    default_groups = List(Dict(), help="""Worker groups of a new cluster, as REST group objects
+        ({"name": "cpu", "cpus": 2, "max": 4}). Empty: a cpu group (1 CPU per node, up to one
+        node per core of this machine) and a gpu group (up to the GPUs this machine has).""")
+    max_workers = Int(None, allow_none=True, help="Worker nodes a new cluster may have in all (None: the groups' maxes).")
+    idle_timeout = Float(60.0, help="Seconds a worker node may stay idle before it is drained and removed.")
+    image = Unicode("", help="Container image of new Kubernetes clusters. Empty: the Ray image matching this kernel.")
+    namespace = Unicode("", help="""Namespace of Kubernetes clusters. Empty: the Kubernetes
+        backend's own default (c.KubernetesBackend.namespace, $RAYKUBE_NAMESPACE, the Pod's).""")
+
     dashboard_url_template = Unicode("", config=True, help="""URL of a cluster's dashboard,
         with {name} and {address} filled in. Empty: the dashboard's own http://address.""")
 
@@ -146,9 +168,25 @@ class ClusterManager(LoggingConfigurable):
     def _default_owner(self) -> str:
         return os.environ.get("JUPYTERHUB_USER") or getpass.getuser()
 
-    @default("max_launch_in_flight")
-    def _default_launch_in_flight(self) -> int:
-        return self.backend.launch_concurrency() if self.backend is not None else 8
+    @validate("default_groups")
+    def _check_default_groups(self, proposal: Any) -> list[dict[str, Any]]:
+        _parse_default_groups(proposal["value"])  # a bad setting fails at start-up, not per request
+        return proposal["value"]
+
+    @default("default_backend")
+    def _default_default_backend(self) -> str:
+        return backend_setting_from_env()
+
+    @default("backend")
+    def _default_backend(self) -> Backend:
+        name = resolve_backend(self.default_backend)
+        try:
+            return self._build_backend(name)
+        except SpecError as exc:
+            if self.default_backend != AUTO:
+                raise
+            self.log.warning("Ray clusters run locally: %s", exc)
+            return self._build_backend("local")
 
     @default("token_path")
     def _default_token_path(self) -> str:
@@ -157,6 +195,7 @@ class ClusterManager(LoggingConfigurable):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._clusters: dict[str, Cluster] = {}
+        self._backends: dict[str, Backend] = {self.backend.name: self.backend}
         self._tg: TaskGroup | None = None
         self.token = load_or_create_token(Path(self.token_path))
         use_token(self.token)
@@ -169,7 +208,7 @@ class ClusterManager(LoggingConfigurable):
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 if self.adopt_on_start:
-                    for handle in await self.backend.discover():
+                    for handle, _ in await self._discover():
                         await self.adopt(handle.name)
                 task_status.started()
                 await anyio.sleep_forever()
@@ -177,7 +216,8 @@ class ClusterManager(LoggingConfigurable):
             self._tg = None
             with anyio.CancelScope(shield=True):
                 await self._close_clusters()
-                await self.backend.close()
+                for backend in self._backends.values():
+                    await backend.close()
 
     async def _close_clusters(self) -> None:
         for cluster in list(self._clusters.values()):
@@ -187,6 +227,21 @@ class ClusterManager(LoggingConfigurable):
                 await self._stop(cluster, reason="the manager closed")
 
     # --- the API -----------------------------------------------------------------------------
+
+    def spec_from_request(self, request: Mapping[str, Any]) -> ClusterSpec:
+        """A full spec from a (partial) request body: what it leaves out comes from this
+        manager's defaults. Bad input raises SpecError naming the field."""
+        if not isinstance(request, Mapping) or not isinstance(request.get("name"), str):
+            raise SpecError("name", request.get("name") if isinstance(request, Mapping) else request,
+                            'a JSON object with a "name" string, e.g. {"name": "alice-1"}')
+        backend = request.get("backend") or self.backend.name
+        if not isinstance(backend, str):
+            raise SpecError("backend", backend, "local or kubernetes")
+        groups = _parse_default_groups(self.default_groups) if self.default_groups else default_groups()
+        defaults = ClusterSpec(name=request["name"], backend=backend, groups=groups,
+                               idle_timeout_s=self.idle_timeout, max_workers=self.max_workers,
+                               image=self.image or None)
+        return ClusterSpec.from_dict(request, defaults=defaults)
 
     async def create(self, spec: ClusterSpec, *, progress: Progress | None = None) -> Cluster:
         """Start a cluster and wait until its head (and `min` workers of each group) are up.
@@ -211,9 +266,8 @@ class ClusterManager(LoggingConfigurable):
         return cluster
 
     async def _register(self, spec: ClusterSpec) -> Cluster:
-        if spec.backend != self.backend.name:
-            raise SpecError("backend", spec.backend, f"{self.backend.name} (the backend this server uses)")
-        if spec.name in self._clusters or spec.name in {h.name for h in await self.backend.discover()}:
+        backend = self.backend_for(spec.backend)
+        if spec.name in self._clusters or spec.name in {h.name for h, _ in await self._discover()}:
             raise ClusterExistsError(f"a cluster named {spec.name!r} already exists; "
                                      f"stop it first or choose another name")
         if spec.name in self._clusters:  # registered by a concurrent request during discover()
@@ -222,7 +276,7 @@ class ClusterManager(LoggingConfigurable):
         if self.max_clusters is not None and owned >= self.max_clusters:
             raise PolicyError(f"at most {self.max_clusters} clusters may run at once "
                               f"({owned} running); stop one first")
-        cluster = Cluster(spec=spec, owned=True, owner=self.owner, step="queued")
+        cluster = Cluster(spec=spec, backend=backend, owned=True, owner=self.owner, step="queued")
         self._clusters[spec.name] = cluster
         return cluster
 
@@ -233,8 +287,8 @@ class ClusterManager(LoggingConfigurable):
         try:
             with anyio.fail_after(self.start_timeout_s):
                 self._step(cluster, report, "starting the head node", 0, total)
-                cluster.handle = await self.backend.create_cluster(
-                    spec, owner=self.owner, token=self.token, **self._owner_kwargs())
+                cluster.handle = await cluster.backend.create_cluster(
+                    spec, owner=self.owner, token=self.token, **self._owner_kwargs(cluster.backend))
                 cluster.dashboard_url = self._dashboard_url(cluster.handle)
                 self._step(cluster, report, "waiting for the head node to join", 1, total)
                 await self._wait_for_head(cluster)
@@ -263,19 +317,19 @@ class ClusterManager(LoggingConfigurable):
 
     async def list(self) -> list[Cluster]:
         """Clusters owned here plus those other processes of this user run."""
-        for handle in await self.backend.discover():
+        for handle, backend in await self._discover():
             if handle.name not in self._clusters:
-                self._clusters[handle.name] = self._attached(handle)
+                self._clusters[handle.name] = self._attached(handle, backend)
         return sorted(self._clusters.values(), key=lambda c: c.name)
 
     async def attach(self, name: str) -> Cluster:
         """Find a running cluster by name (started by any process of this user)."""
         if name in self._clusters:
             return self._clusters[name]
-        handle = next((h for h in await self.backend.discover() if h.name == name), None)
-        if handle is None:
+        found = next(((h, b) for h, b in await self._discover() if h.name == name), None)
+        if found is None:
             raise ClusterNotFound(f"no running cluster named {name!r}")
-        cluster = self._attached(handle)
+        cluster = self._attached(*found)
         self._clusters[name] = cluster
         await self.refresh(cluster)
         return cluster
@@ -325,9 +379,32 @@ class ClusterManager(LoggingConfigurable):
 
     # --- helpers -----------------------------------------------------------------------------
 
-    def _owner_kwargs(self) -> dict[str, Any]:
+    def backend_for(self, name: str) -> Backend:
+        """The backend called `name`, built on first use with this manager's configuration.
+        A backend that cannot work here (no Kubernetes configuration) is a SpecError on
+        `backend`, so the caller sees which field to change."""
+        if name not in self._backends:
+            self._backends[name] = self._build_backend(name)
+        return self._backends[name]
+
+    def _build_backend(self, name: str) -> Backend:
+        cls = backend_class(name)
+        options = {"namespace": self.namespace} if name == "kubernetes" and self.namespace else {}
+        try:
+            return cls(parent=self, **options)
+        except Exception as exc:  # noqa: BLE001 - e.g. kubernetes' ConfigException
+            raise SpecError("backend", name, f"a backend configured on this machine ({name} is not: {exc})") from exc
+
+    async def _discover(self) -> list[tuple[ClusterHandle, Backend]]:
+        """Running clusters of this owner on every backend in use, with their backend."""
+        found = []
+        for backend in list(self._backends.values()):
+            found += [(handle, backend) for handle in await backend.discover()]
+        return found
+
+    def _owner_kwargs(self, backend: Backend) -> dict[str, Any]:
         """Local clusters started by a manager that stops them on close die with its process."""
-        if self.backend.name == "local" and self.stop_clusters_on_close:
+        if backend.name == "local" and self.stop_clusters_on_close:
             return {"owner_pid": os.getpid()}
         return {}
 
@@ -340,24 +417,26 @@ class ClusterManager(LoggingConfigurable):
         cluster.step = step
         report(step, done, total)
 
-    def _reconciler(self, handle: ClusterHandle, events: EventLog, spec: ClusterSpec, act: bool) -> Reconciler:
-        settings = AutoscalerSettings(interval_s=self.autoscale_interval_s,
-                                      max_launch_in_flight=self.max_launch_in_flight,
-                                      join_timeout_s=self.join_timeout_s, backoff_s=self.backoff_s)
-        return Reconciler(handle=handle, backend=self.backend, reader=GcsReader(handle.address),
-                          events=events, spec=spec, settings=settings, act=act, log=self.log)
+    def _reconciler(self, cluster: Cluster, act: bool) -> Reconciler:
+        assert cluster.handle is not None
+        in_flight = self.max_launch_in_flight
+        settings = AutoscalerSettings(
+            interval_s=self.autoscale_interval_s, join_timeout_s=self.join_timeout_s, backoff_s=self.backoff_s,
+            max_launch_in_flight=in_flight if in_flight is not None else cluster.backend.launch_concurrency())
+        return Reconciler(handle=cluster.handle, backend=cluster.backend, reader=GcsReader(cluster.handle.address),
+                          events=cluster.events, spec=cluster.spec, settings=settings, act=act, log=self.log)
 
-    def _attached(self, handle: ClusterHandle) -> Cluster:
-        cluster = Cluster(spec=handle.spec, owned=False, handle=handle, state="running",
+    def _attached(self, handle: ClusterHandle, backend: Backend) -> Cluster:
+        cluster = Cluster(spec=handle.spec, backend=backend, owned=False, handle=handle, state="running",
                           dashboard_url=self._dashboard_url(handle))
-        cluster.reconciler = self._reconciler(handle, cluster.events, handle.spec, act=False)
+        cluster.reconciler = self._reconciler(cluster, act=False)
         return cluster
 
     def _start_autoscaler(self, cluster: Cluster) -> None:
         assert cluster.handle is not None
         if self._tg is None:
             raise RuntimeError("ClusterManager.serve() is not running")
-        cluster.reconciler = self._reconciler(cluster.handle, cluster.events, cluster.spec, act=True)
+        cluster.reconciler = self._reconciler(cluster, act=True)
         cluster.scope = anyio.CancelScope()
 
         async def autoscale() -> None:
@@ -375,13 +454,14 @@ class ClusterManager(LoggingConfigurable):
     async def _wait_for_head(self, cluster: Cluster) -> None:
         """Poll the GCS until the head is an ALIVE Ray node; fail fast if its process died."""
         assert cluster.handle is not None
-        head_name = next(n.name for n in await self.backend.list_nodes(cluster.handle) if n.is_head)
+        backend = cluster.backend
+        head_name = next(n.name for n in await backend.list_nodes(cluster.handle) if n.is_head)
         reader: GcsReader | None = None
         while True:
-            nodes = {n.name: n for n in await self.backend.list_nodes(cluster.handle)}
+            nodes = {n.name: n for n in await backend.list_nodes(cluster.handle)}
             head = nodes.get(head_name)
             if head is None or head.phase == "exited":
-                logs = await self.backend.logs(cluster.handle, head_name, tail=20)
+                logs = await backend.logs(cluster.handle, head_name, tail=20)
                 raise StartError(f"the head node stopped while starting ({head.message if head else 'gone'}):\n{logs}")
             try:
                 if reader is None:
@@ -428,7 +508,7 @@ class ClusterManager(LoggingConfigurable):
             if cluster.scope is not None:
                 cluster.scope.cancel()
             if cluster.handle is not None:
-                await self.backend.delete_cluster(cluster.handle)
+                await cluster.backend.delete_cluster(cluster.handle)
         if not keep:
             self._clusters.pop(cluster.name, None)
         cluster.events.add(time.time(), "error", f"cluster failed to start: {cluster.error}")
@@ -442,7 +522,7 @@ class ClusterManager(LoggingConfigurable):
             if scope is not None:
                 scope.cancel()
         if cluster.handle is not None and not failed:
-            await self.backend.delete_cluster(cluster.handle)
+            await cluster.backend.delete_cluster(cluster.handle)
         self._forget(cluster, reason)
 
     async def _lost(self, cluster: Cluster, reason: str) -> None:
@@ -453,13 +533,25 @@ class ClusterManager(LoggingConfigurable):
         self.log.error("Ray cluster %s failed: %s", cluster.name, reason)
         assert cluster.handle is not None
         with anyio.CancelScope(shield=True):
-            await self.backend.delete_cluster(cluster.handle)
+            await cluster.backend.delete_cluster(cluster.handle)
 
     def _forget(self, cluster: Cluster, reason: str) -> None:
         cluster.state = "stopped"
         cluster.events.add(time.time(), "stopped", f"cluster stopped: {reason}")
         if self._clusters.get(cluster.name) is cluster:
             del self._clusters[cluster.name]
+
+
+def _parse_default_groups(items: list[dict[str, Any]]) -> tuple[WorkerGroup, ...]:
+    groups = []
+    for index, item in enumerate(items):
+        if not isinstance(item.get("name"), str):
+            raise TraitError(f"default_groups[{index}] needs a \"name\" string, got {item!r}")
+        try:
+            groups.append(parse_group(item))
+        except SpecError as exc:
+            raise TraitError(f"default_groups: {exc}") from None
+    return tuple(groups)
 
 
 def _node_json(node: Any, now: float) -> dict[str, Any]:

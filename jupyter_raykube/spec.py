@@ -253,10 +253,22 @@ def _parse_head(data: Any, base: HeadSpec) -> HeadSpec:
 
 
 def _parse_groups(data: Any, base: tuple[WorkerGroup, ...]) -> tuple[WorkerGroup, ...]:
-    """A list of group objects. A group named like a default group starts from its defaults."""
-    if not isinstance(data, list):
-        raise SpecError("groups", data, "a JSON list of group objects")
+    """Either a list of group objects (exactly these groups; one named like a default group
+    starts from its defaults), or an object of name -> changed fields, applied to the default
+    groups (the shape PATCH uses, so a client can change `cpu.max` without knowing the rest)."""
     by_name = {g.name: g for g in base}
+    if isinstance(data, Mapping):
+        changed = dict(by_name)
+        for name, change in data.items():
+            if name not in by_name:
+                raise SpecError("groups", name, f"one of the default groups ({', '.join(by_name) or 'none'}); "
+                                                "to define other groups, send a list of group objects")
+            if not isinstance(change, Mapping):
+                raise SpecError(f"groups.{name}", change, "an object of the group's fields to change")
+            changed[name] = parse_group({**change, "name": name}, by_name[name])
+        return tuple(changed.values())
+    if not isinstance(data, list):
+        raise SpecError("groups", data, "a JSON list of group objects, or an object of group name -> fields")
     groups = []
     for index, item in enumerate(data):
         if not isinstance(item, Mapping) or not isinstance(item.get("name"), str):

@@ -28,17 +28,20 @@ from typing import Any, TypeVar
 import anyio
 import pytest
 import ray
+from IPython.core.interactiveshell import InteractiveShell
 from kubernetes.client import ApiClient, CoreV1Api, CoreV1Event, V1EventSource, V1ObjectMeta, V1ObjectReference, V1Pod
+from traitlets.config import Config
 
-from jupyter_raykube.autoscaler.demand import GcsReader
-from jupyter_raykube.autoscaler.reconciler import AutoscalerSettings, Reconciler
 from jupyter_raykube.backends.base import BackendError, ClusterNotFound
 from jupyter_raykube.backends.k8s_watch import PodReflector
 from jupyter_raykube.backends.kubernetes import ClusterExists, KubernetesBackend, PermissionDenied
+from jupyter_raykube.backends.registry import BACKEND_ENV, resolve_backend
 from jupyter_raykube.blocking import BlockingManager
+from jupyter_raykube.client import LocalClient
 from jupyter_raykube.connect import connect_driver
 from jupyter_raykube.manager import Cluster, ClusterManager
-from jupyter_raykube.spec import ClusterSpec, WorkerGroup
+from jupyter_raykube.magics import RayClusterMagics
+from jupyter_raykube.spec import ClusterSpec, SpecError, WorkerGroup
 from tests.kube.emulator import KubeEmulator
 from tests.kube.fixtures import kube_api_client, kube_config_file, kube_emulator, process_kubelet  # noqa: F401
 from tests.kube.fixtures import running_kubelet
@@ -83,6 +86,11 @@ def ray_kubelet(kube_emulator: KubeEmulator) -> Iterator[ProcessKubelet]:
 
 
 def make_backend(config_file: Path, **traits: Any) -> KubernetesBackend:
+    return KubernetesBackend(**backend_settings(config_file, **traits))
+
+
+def backend_settings(config_file: Path, **traits: Any) -> dict[str, Any]:
+    """KubernetesBackend traits for the emulator and the process kubelet (free ports each time)."""
     gcs, dashboard, client, agent = free_ports(4)
     settings: dict[str, Any] = {
         "kubeconfig": str(config_file), "namespace": NS, "owner": "alice", "address_type": "pod-ip",
@@ -92,7 +100,7 @@ def make_backend(config_file: Path, **traits: Any) -> KubernetesBackend:
         "head_memory": SMALL["memory"], "head_object_store_memory": SMALL["object_store_memory"],
         # several raylets start at once on 2 busy cores: give their agents time (as the local backend does)
         "extra_env": {"RAY_agent_register_timeout_ms": "120000"}}
-    return KubernetesBackend(**{**settings, **traits})
+    return {**settings, **traits}
 
 
 def close_backend(backend: KubernetesBackend) -> None:
@@ -455,24 +463,27 @@ def _stop_and_check_clean(bm: BlockingManager, name: str, config_file: Path, kub
     wait_until(lambda: not kubelet.leftover_processes(), timeout_s=60, what="every Ray process to exit")
 
 
-def test_ray_cluster_autoscales_pods_and_stops_clean(kube_emulator: KubeEmulator, ray_kubelet: ProcessKubelet,
-                                                     kube_config_file: Path, kube_api_client: ApiClient,
-                                                     tmp_path: Path) -> None:
+def test_magic_starts_a_kubernetes_cluster_that_autoscales_pods_and_stops_clean(
+        kube_emulator: KubeEmulator, ray_kubelet: ProcessKubelet, kube_config_file: Path, kube_api_client: ApiClient,
+        tmp_path: Path) -> None:
+    """`%raycluster start --backend kubernetes` from a kernel whose default backend is local:
+    the manager builds the Kubernetes backend from its config on first use."""
     v1 = CoreV1Api(kube_api_client)
-    backend = make_backend(kube_config_file, request_timeout=2.0)
-    bm = _manager(backend)
-    spec = ClusterSpec(name="k-life", backend="kubernetes", idle_timeout_s=5, groups=(
-        WorkerGroup("cpu", cpus=1, max=2, **SMALL), WorkerGroup("gpu", cpus=1, gpus=1, max=1, **SMALL)))
+    config = Config({"KubernetesBackend": backend_settings(kube_config_file, request_timeout=2.0)})
+    bm = BlockingManager(lambda: ClusterManager(default_backend="local", owner="alice", autoscale_interval_s=0.5,
+                                                config=config))
+    shell = InteractiveShell.instance()
+    shell.register_magics(RayClusterMagics(shell, client=LocalClient(bm)))
     try:
-        cluster = bm.call(bm.manager.create, spec)
-        assert cluster.handle is not None
+        shell.run_line_magic("raycluster", "start k-life --backend kubernetes --worker-cpus 1 "
+                                           "--cpu-workers 0:2 --gpu-workers 0:1 --idle-timeout 5")
+        cluster = bm.call(bm.manager.get, "k-life")
+        assert cluster.backend.name == "kubernetes" and bm.manager.backend.name == "local"
         assert v1.read_namespaced_pod("k-life-head", NS).status.phase == "Running"
-        state = GcsReader(cluster.handle.address).read()  # the GCS, reached at the head Pod's IP
-        assert [n.instance_id for n in state.nodes] == ["k-life-head"]
+        assert ray.is_initialized()  # through Ray Client, as a notebook outside the cluster connects
         wait_until(lambda: any(c.type == "Ready" and c.status == "True"
                                for c in v1.read_namespaced_pod("k-life-head", NS).status.conditions),
                    timeout_s=60, what="the head's readiness probe (/api/healthz)")
-        connect_driver(cluster.handle.address, bm.manager.token)
 
         # The API server fails and stalls while the autoscaler creates worker Pods.
         kube_emulator.inject("POST", PODS, status=503, times=2)
@@ -498,12 +509,32 @@ def test_ray_cluster_autoscales_pods_and_stops_clean(kube_emulator: KubeEmulator
         assert any(m.startswith("draining cpu node") for m in scale_down), scale_down
         assert any(m.startswith("removed idle gpu node") for m in scale_down), scale_down
 
-        _stop_and_check_clean(bm, "k-life", kube_config_file, ray_kubelet, tmp_path)
+        shell.run_line_magic("raycluster", "stop k-life")
+        assert not ray.is_initialized()
+        assert kubectl_objects(kube_config_file, "k-life", tmp_path) == []
+        wait_until(lambda: not ray_kubelet.leftover_processes(), timeout_s=60, what="every Ray process to exit")
     finally:
         ray.shutdown()
         bm.close()
-        close_backend(backend)
     assert_api_use_is_clean(kube_emulator)
+
+
+def test_auto_backend_is_kubernetes_where_a_kubeconfig_is(kube_config_file: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(BACKEND_ENV, raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "absent"))
+    assert resolve_backend("auto") == "local"
+    monkeypatch.setenv("KUBECONFIG", str(kube_config_file))
+    assert resolve_backend("auto") == "kubernetes" and resolve_backend("local") == "local"
+    monkeypatch.setenv(BACKEND_ENV, "local")  # what a server or hub forces
+    assert ClusterManager(token_path=str(tmp_path / "token")).backend.name == "local"
+    monkeypatch.delenv(BACKEND_ENV)
+    manager = ClusterManager(token_path=str(tmp_path / "token"), config=Config(
+        {"KubernetesBackend": {"kubeconfig": str(kube_config_file), "owner": "alice"}}))
+    assert manager.backend.name == "kubernetes"
+    anyio.run(manager.backend.close)
+    with pytest.raises(SpecError, match="backend='cloud'.*auto, local, kubernetes"):
+        resolve_backend("cloud")
 
 
 def test_unschedulable_pods_are_explained_and_their_group_backs_off(
@@ -565,22 +596,12 @@ def test_a_new_manager_adopts_a_running_cluster_and_keeps_autoscaling(
     assert v1.read_namespaced_pod("k-adopt-head", NS).status.phase == "Running"
 
     backend = make_backend(kube_config_file)  # a new server: its own (different) port settings
-    bm = _manager(backend)
+    bm = _manager(backend, adopt_on_start=True)  # as RayKube runs when clusters outlive the server
     try:
-        cluster = bm.call(bm.manager.attach, "k-adopt")
-        assert cluster.handle is not None and not cluster.owned
+        cluster = bm.call(bm.manager.get, "k-adopt")
+        assert cluster.handle is not None and cluster.owned
         assert (cluster.handle.address, cluster.spec) == (created.handle.address, spec)
-
-        async def adopt() -> None:
-            """What `ClusterManager.adopt()` should do (not in the manager yet): autoscale it here."""
-            assert cluster.handle is not None
-            cluster.reconciler = Reconciler(
-                handle=cluster.handle, backend=backend, reader=GcsReader(cluster.handle.address),
-                events=cluster.events, spec=cluster.spec, settings=AutoscalerSettings(interval_s=0.5), act=True)
-            cluster.owned = True
-            await cluster.reconciler.run()
-
-        autoscaler = bm.portal.start_task_soon(adopt)
+        assert "this server now autoscales the cluster" in [e["message"] for e in _snapshot(bm, cluster)["events"]]
         connect_driver(cluster.handle.address, bm.manager.token)
         host = ray.get(where.remote(0), timeout=240)
         assert host.startswith("k-adopt-cpu-") and host in [p.metadata.name for p in _worker_pods(v1, "k-adopt")]
@@ -593,7 +614,6 @@ def test_a_new_manager_adopts_a_running_cluster_and_keeps_autoscaling(
                                 env={**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": bm.manager.token},
                                 timeout=180)
         assert "ran on k-adopt-" in client.stdout, client.stderr[-3000:]
-        autoscaler.cancel()
         _stop_and_check_clean(bm, "k-adopt", kube_config_file, ray_kubelet, tmp_path)
     finally:
         ray.shutdown()

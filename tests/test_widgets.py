@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from jupyter_raykube.blocking import BlockingManager
 from jupyter_raykube.client import LocalClient
-from jupyter_raykube.spec import ClusterSpec, WorkerGroup
 from jupyter_raykube.widgets import ClusterWidget
 
 from .conftest import cluster_processes, wait_for
@@ -12,8 +11,8 @@ from .conftest import cluster_processes, wait_for
 
 def test_widget_follows_a_scale_up_and_the_stop(blocking_manager: BlockingManager) -> None:
     client = LocalClient(blocking_manager)
-    spec = ClusterSpec(name="t-widget", idle_timeout_s=30, groups=(WorkerGroup("cpu", cpus=1, min=0, max=1),))
-    snap = client.start(spec, lambda *_: None)
+    snap = client.start({"name": "t-widget", "idle_timeout_s": 30, "groups": [{"name": "cpu", "cpus": 1, "max": 1}]},
+                        lambda *_: None)
     uid = blocking_manager.manager.backend.store.read("t-widget")["uid"]
     widget = ClusterWidget("t-widget", client.status, initial=snap, stop=client.stop,
                            scale=lambda n, g, lo, hi: client.scale(n, g, lo, hi, lambda *_: None, wait=False))
@@ -36,7 +35,7 @@ def test_widget_follows_a_scale_up_and_the_stop(blocking_manager: BlockingManage
 
 def test_widget_notices_a_cluster_stopped_elsewhere(blocking_manager: BlockingManager) -> None:
     client = LocalClient(blocking_manager)
-    client.start(ClusterSpec(name="t-widget2", groups=(WorkerGroup("cpu", cpus=1, max=1),)), lambda *_: None)
+    client.start({"name": "t-widget2", "groups": [{"name": "cpu", "cpus": 1, "max": 1}]}, lambda *_: None)
     widget = ClusterWidget("t-widget2", client.status, interval_s=0.2)
     try:
         client.stop("t-widget2")

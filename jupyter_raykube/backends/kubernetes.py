@@ -61,6 +61,7 @@ from .k8s_objects import (
 from .k8s_watch import PodReflector
 
 GiB = 1024**3
+NAMESPACE_ENV = "RAYKUBE_NAMESPACE"  # set by the JupyterHub hook (jupyter_raykube.hub)
 _SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 _ORPHAN_GRACE_S = 60.0  # objects without a head this young may still be being created
 T = TypeVar("T")
@@ -122,7 +123,8 @@ class KubernetesBackend(Backend):
         Default: true when running in a Pod and no kubeconfig is set.""")
 
     namespace = Unicode(config=True, help="""Namespace of the Ray clusters' Pods, Services and
-        Secrets. Default: the namespace of this server's Pod (in-cluster), else the namespace
+        Secrets. Default: $RAYKUBE_NAMESPACE (the JupyterHub hook sets it), else the
+        namespace of this server's Pod (in-cluster), else the namespace
         of the kubeconfig context, else "default". The service account needs the Role in
         deploy/rbac.yaml there.""")
 
@@ -231,6 +233,8 @@ class KubernetesBackend(Backend):
 
     @default("namespace")
     def _default_namespace(self) -> str:
+        if os.environ.get(NAMESPACE_ENV):
+            return os.environ[NAMESPACE_ENV]
         if self.in_cluster:
             try:
                 return (_SERVICE_ACCOUNT_DIR / "namespace").read_text().strip() or "default"

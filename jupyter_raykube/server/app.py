@@ -10,10 +10,10 @@ from typing import Any
 
 from jupyter_server.extension.application import ExtensionApp
 from jupyter_server.utils import url_path_join
-from traitlets import Bool, Int, Type, default
+from traitlets import Bool, CaselessStrEnum, Dict, Float, Int, List, Type, Unicode, default
 
 from ..backends.base import Backend
-from ..backends.local import LocalBackend
+from ..backends.registry import CHOICES, backend_setting_from_env, resolve_backend
 from ..client import SERVER_TOKEN_ENV, SERVER_URL_ENV
 from ..manager import ClusterManager
 from .handlers import ClusterEventsHandler, ClusterHandler, ClustersHandler, InfoHandler
@@ -27,24 +27,58 @@ class RayKube(ExtensionApp):
 
     name = "jupyter_raykube"
 
-    backend_class = Type(LocalBackend, klass=Backend, config=True, help="""Where clusters run.
-        The default runs local `ray start` processes; `...backends.kubernetes.KubernetesBackend`
-        runs Pods. Configure the chosen class with its own section (c.LocalBackend.*).""")
+    backend = CaselessStrEnum(CHOICES, config=True, help="""Where new clusters run: "local"
+        (`ray start` processes next to this server), "kubernetes" (Pods), or "auto":
+        kubernetes when this server runs in a Pod with a service account or a kubeconfig with
+        a current context exists, else local. A request may still name either backend.
+        Configure each with its own section (c.LocalBackend.*, c.KubernetesBackend.*).
+        Default: $RAYKUBE_BACKEND (the JupyterHub hook sets it), else auto.""")
+
+    backend_class = Type(None, klass=Backend, allow_none=True, config=True, help="""A Backend
+        subclass to use instead of the one `backend` names (a plug-in point: tests inject a
+        backend that refuses every start this way).""")
 
     max_clusters = Int(10, config=True, help="Clusters one user may run at once through this server.")
+
+    default_groups = List(Dict(), config=True, help="""Worker groups of new clusters, as REST
+        group objects: [{"name": "cpu", "cpus": 2, "max": 4}, {"name": "gpu", "gpus": 1, "max": 1}].
+        Empty: a cpu group (1 CPU per node, up to one node per core here) and a gpu group (up
+        to the GPUs this machine has). A request changes them with `groups`.""")
+
+    max_workers = Int(None, allow_none=True, config=True, help="""Worker nodes a new cluster may
+        have in all groups together. None: each group's max is the only limit.""")
+
+    idle_timeout = Float(60.0, config=True, help="""Seconds a worker node may stay idle before
+        the autoscaler drains and removes it (a request's `idle_timeout_s` overrides it).""")
+
+    image = Unicode("", config=True, help="""Container image of Kubernetes clusters. Empty: the
+        rayproject/ray image matching the kernel's Ray and Python versions.""")
+
+    namespace = Unicode("", config=True, help="""Kubernetes namespace of the clusters' Pods.
+        Empty: $RAYKUBE_NAMESPACE, else this server's own Pod's namespace, else the kubeconfig
+        context's, else "default".""")
 
     stop_clusters_on_shutdown = Bool(config=True, help="""Stop this server's clusters when it
         shuts down. With False they keep running and the next server finds them again by name.
         Default: True for the local backend (its processes would otherwise outlive the server).""")
 
+    @default("backend")
+    def _default_backend(self) -> str:
+        return backend_setting_from_env()
+
     @default("stop_clusters_on_shutdown")
     def _default_stop(self) -> bool:
-        return self.backend_class is LocalBackend or issubclass(self.backend_class, LocalBackend)
+        if self.backend_class is not None:
+            return self.backend_class.name == "local"
+        return resolve_backend(self.backend) == "local"
 
     def initialize_settings(self) -> None:
         base_url = self.serverapp.base_url
+        chosen = {"backend": self.backend_class(parent=self)} if self.backend_class is not None else {}
         manager = ClusterManager(
-            parent=self, backend=self.backend_class(parent=self), max_clusters=self.max_clusters,
+            parent=self, default_backend=self.backend, **chosen, max_clusters=self.max_clusters,
+            default_groups=self.default_groups, max_workers=self.max_workers, idle_timeout=self.idle_timeout,
+            image=self.image, namespace=self.namespace,
             stop_clusters_on_close=self.stop_clusters_on_shutdown,
             adopt_on_start=not self.stop_clusters_on_shutdown,
             dashboard_url_template=url_path_join(base_url, "raykube/clusters/{name}/dashboard/"))

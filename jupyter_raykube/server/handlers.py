@@ -17,7 +17,7 @@ from tornado import web
 
 from ..backends.base import BackendError, ClusterNotFound
 from ..manager import ClusterExistsError, ClusterManager, NotOwnedError, PolicyError
-from ..spec import ClusterSpec, SpecError, default_spec
+from ..spec import SpecError
 
 AUTH_RESOURCE = "raykube"
 _STATUS: tuple[tuple[type[BaseException], int], ...] = (
@@ -87,12 +87,7 @@ class ClustersHandler(RayKubeHandler):
     @authorized
     @mapped_errors
     async def post(self) -> None:
-        body = self.json_body()
-        if not isinstance(body, dict) or not isinstance(body.get("name"), str):
-            raise SpecError("name", None if not isinstance(body, dict) else body.get("name"),
-                            'a JSON object with a "name" string, e.g. {"name": "alice-1"}')
-        defaults = default_spec(body["name"], str(body.get("backend", self.manager.backend.name)))
-        spec = ClusterSpec.from_dict(body, defaults=defaults)
+        spec = self.manager.spec_from_request(self.json_body())
         cluster = await self.manager.start(spec)
         self.reply(cluster.snapshot(), status=202)
 
