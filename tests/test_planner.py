@@ -13,12 +13,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jupyter_raykube.autoscaler.planner import (
+    ACCELERATOR_WEIGHT,
     GangDemand,
     NodeGroup,
     NodeView,
     PlanRequest,
     ResourceDemand,
     _assign,
+    _run_passes,
     default_cost,
     format_shape,
     plan,
@@ -273,6 +275,28 @@ def test_fragmentation_prone_shapes_pack_tightly():
 def test_small_tails_go_to_small_nodes():
     groups = (NodeGroup("cpu4", {"CPU": 4}, max_nodes=100), NodeGroup("cpu16", {"CPU": 16}, max_nodes=100))
     assert plan(PlanRequest(groups, demand=(ResourceDemand({"CPU": 1}, 33),))).launch == {"cpu16": 2, "cpu4": 1}
+
+
+def test_one_larger_gpu_node_wins_when_it_saves_nodes_for_one_idle_gpu():
+    cpu8 = NodeGroup("cpu8", {"CPU": 8}, max_nodes=10)
+    gpu1 = NodeGroup("gpu1", {"CPU": 8, "GPU": 1}, max_nodes=10)
+    gpu4 = NodeGroup("gpu4", {"CPU": 32, "GPU": 4}, max_nodes=10)
+    gpu_tasks = ResourceDemand({"CPU": 8, "GPU": 1}, 3)
+    # Cheapest: 3 gpu1 + 1 cpu8 (4 nodes, 3*61 + 11 = 194). One gpu4 holds it all with a GPU
+    # idle (1 node, 235): 41 more for 3 nodes fewer.
+    reply = plan(PlanRequest((cpu8, gpu1, gpu4), demand=(gpu_tasks, ResourceDemand({"CPU": 1}, 8))))
+    assert reply.launch == {"gpu4": 1}
+    # Three idle GPUs to save one node is too dear: gpu1 + cpu8 (72) stays.
+    one = plan(PlanRequest((cpu8, gpu1, gpu4), demand=(ResourceDemand({"CPU": 8, "GPU": 1}, 1),
+                                                       ResourceDemand({"CPU": 1}, 8))))
+    assert one.launch == {"cpu8": 1, "gpu1": 1}
+    # CPU-only sizes stay cost-first: two small nodes are not merged into a half-empty big one.
+    cpu16 = NodeGroup("cpu16", {"CPU": 16}, max_nodes=10)
+    assert plan(PlanRequest((cpu8, cpu16), demand=(ResourceDemand({"CPU": 3}, 2),))).launch == {"cpu8": 1}
+    # With the larger group at its max the cheapest plan stands.
+    full = NodeGroup("gpu4", {"CPU": 32, "GPU": 4}, max_nodes=0)
+    assert plan(PlanRequest((cpu8, gpu1, full), demand=(gpu_tasks, ResourceDemand({"CPU": 1}, 8)))).launch == {
+        "cpu8": 1, "gpu1": 3}
 
 
 def test_default_cost_weighs_gpus_far_above_cpus():
@@ -546,6 +570,17 @@ def test_same_input_same_plan_in_any_order(req, rnd):
     assert plan(permuted) == first
 
 
+def check_nodes_are_traded_for_at_most_one_accelerator_each(req, reply):
+    """Against the passes' own cost-first plan, any extra cost buys fewer nodes, at most one
+    accelerator's price per node saved."""
+    groups = {g.name: g for g in req.groups}
+    cost = sum(n * (default_cost(groups[name].resources) if groups[name].cost is None else groups[name].cost)
+               for name, n in reply.launch.items())
+    first = _run_passes(req, frozenset())
+    saved = first.launched_nodes - sum(reply.launch.values())
+    assert cost - first.launched_cost <= ACCELERATOR_WEIGHT * saved + 1e-6
+
+
 def check_no_gpu_nodes_for_cpu_demand(req, reply):
     """CPU-only demand never launches a GPU node while a CPU group could hold it (capped or not)."""
     cpu_groups = [g for g in req.groups if not g.resources.get("GPU")]
@@ -578,3 +613,29 @@ def test_plan_invariants(req):
     check_fits(req, detail)
     check_every_launched_node_is_needed(req, detail)
     check_no_gpu_nodes_for_cpu_demand(req, detail.reply)
+    check_nodes_are_traded_for_at_most_one_accelerator_each(req, detail.reply)
+
+
+@st.composite
+def gpu_fleets(draw):
+    """A CPU group, a small and a large GPU group, room to spare, GPU and CPU tasks: the
+    snapshots where holding the small GPU group back can win."""
+    small = draw(st.sampled_from([1, 2]))
+    gs = (NodeGroup("cpu", {"CPU": draw(st.sampled_from([4, 8, 16]))}, max_nodes=100),
+          NodeGroup("gpu-small", {"CPU": 8 * small, "GPU": small}, max_nodes=100),
+          NodeGroup("gpu-large", {"CPU": 32, "GPU": 4, "memory": 16e9}, max_nodes=100))
+    gpu = ResourceDemand({"CPU": draw(st.sampled_from([1, 2, 4, 8])), "GPU": 1}, draw(st.integers(1, 9)))
+    demand = tuple(ResourceDemand(draw(shapes()), draw(st.integers(1, 12)))
+                   for _ in range(draw(st.integers(0, 4))))
+    return PlanRequest(gs, demand=(gpu, *demand))
+
+
+@settings(max_examples=200, deadline=None)
+@given(gpu_fleets())
+def test_plan_invariants_when_gpu_nodes_are_traded(req):
+    detail = _assign(req)
+    assert plan(req) == detail.reply
+    check_limits(req, detail.reply)
+    check_fits(req, detail)
+    check_every_launched_node_is_needed(req, detail)
+    check_nodes_are_traded_for_at_most_one_accelerator_each(req, detail.reply)

@@ -17,7 +17,13 @@ from pathlib import Path
 
 import ray
 
-from jupyter_raykube.autoscaler.planner import PlanRequest, _assign, default_cost, plan
+from jupyter_raykube.autoscaler.planner import (
+    PlanRequest,
+    _assign,
+    _run_passes,
+    default_cost,
+    plan,
+)
 
 from . import ray_side
 from .traces import Trace, traces
@@ -47,7 +53,17 @@ def _ours(req: PlanRequest) -> dict:
         + any(p.status == status and p.kind == "request_resources" for p in reply.pending)
         for status in ("infeasible", "capped")
     }
-    return _summary(req, times, dict(reply.launch), gpu_for_cpu, unplaced, len(reply.terminate))
+    out = _summary(req, times, dict(reply.launch), gpu_for_cpu, unplaced, len(reply.terminate))
+    out["cost_first"] = _cost_first(req)
+    return out
+
+
+def _cost_first(req: PlanRequest) -> dict:
+    """The passes' own cost-first plan, before any accelerator group is held back, so the notes
+    can say what the node-for-accelerator trade changed."""
+    ctx = _run_passes(req, frozenset())
+    launch = {g.name: g.launched for g in ctx.groups.values() if g.launched}
+    return {"launch": launch, "nodes": ctx.launched_nodes, "cost": round(ctx.launched_cost, 2)}
 
 
 def _ray(req: PlanRequest, runs: int) -> dict:
@@ -164,20 +180,28 @@ section from the JSON).
 
 
 def _notes(rows: list[dict]) -> str:
-    """Where ours launches more nodes than Ray, say by how much and what it saves."""
-    lines = []
+    """Where ours launches more nodes or cost than Ray, say so; where the node-for-accelerator
+    trade changed ours, say from what and at what price."""
+    worse, traded = [], []
     for r in rows:
         o, t = r["ours"], r["ray"]
-        if t.get("skipped") or o["nodes"] <= t["nodes"]:
-            continue
-        gpus = [sum(n * r["gpus_per_node"].get(g, 0) for g, n in side["launch"].items()) for side in (o, t)]
-        lines.append(f"`{r['name']}` (+{o['nodes'] - t['nodes']} nodes, cost {o['cost'] - t['cost']:+.0f}: "
-                     f"GPUs launched {gpus[0]} vs {gpus[1]} for {r['gpu_demand']:g} GPUs of demand)")
-    text = ("Ours never launches more cost than Ray. It launches more nodes than Ray on "
-            + "; ".join(lines) + ". In each case ours covers the last few single-GPU tasks with "
-            "one-GPU nodes where Ray opens another four-GPU node and leaves some of its GPUs idle; "
-            "our cost model (a GPU priced at 50 CPUs, a node at 3) prefers the extra nodes.") if lines else (
-            "Ours never launches more nodes or more cost than Ray.")
+        if not t.get("skipped") and (o["nodes"] > t["nodes"] or o["cost"] > t["cost"]):
+            worse.append(f"`{r['name']}` ({o['nodes'] - t['nodes']:+} nodes, cost {o['cost'] - t['cost']:+.0f})")
+        first = o.get("cost_first")
+        if first and first["launch"] != o["launch"]:
+            gpus = [sum(n * r["gpus_per_node"].get(g, 0) for g, n in side["launch"].items()) for side in (first, o)]
+            same = ", Ray's launch exactly" if o["launch"] == t.get("launch") else ""
+            traded.append(f"`{r['name']}` {first['nodes']:,} → {o['nodes']:,} nodes, cost {first['cost']:,.0f} → "
+                          f"{o['cost']:,.0f} ({o['cost'] - first['cost']:+.0f}; GPUs {gpus[0]:,g} → {gpus[1]:,g} for "
+                          f"{r['gpu_demand']:,g} GPUs of demand{same})")
+    text = ("Ours launches more nodes or cost than Ray on " + "; ".join(worse) + "."
+            if worse else "Ours never launches more nodes or more cost than Ray.")
+    if traded:
+        text += (" Cost alone would cover the last single-GPU tasks with one-GPU nodes; the planner "
+                 "also plans with the one-GPU group held back and takes that plan when it saves nodes "
+                 "for at most one GPU's price (50) each: the four-GPU node leaves a GPU or more idle "
+                 "and its spare CPUs take CPU tasks off other nodes. Cost-first plan → chosen plan: "
+                 + "; ".join(traded) + ".")
     return text + """
 
 `cpu-capped-gpu-free` shows the GPU rule: with the CPU groups at their max, Ray spends GPU nodes

@@ -21,6 +21,9 @@ pass (``_consolidate``) drops any launched node whose tasks fit in what the othe
 Identical placement groups are packed together the same way, all-or-nothing per group.
 CPU-only demand never launches an accelerator node while some other group could hold it: when
 that group is at its max the demand is reported ``capped``, GPUs are not spent on it.
+Cost alone always prefers several small accelerator nodes to one larger node with an idle
+accelerator, so when nothing is capped the plan is made again with each smaller accelerator group
+held back, and fewer nodes win at up to one idle accelerator per node saved (``_plan_score``).
 """
 
 from __future__ import annotations
@@ -420,10 +423,11 @@ class _Ctx:
     terminate: list[Termination] = field(default_factory=list)
     new_ids: int = 0  # sequence numbers handed to launched nodes so far
     min_ids: list[range] = field(default_factory=list)  # launched for min_nodes
+    held_back: frozenset[str] = frozenset()  # groups this candidate plan launches nothing for
     _eligible: dict[ShapeKey, list[_Group]] = field(default_factory=dict)
 
     @classmethod
-    def from_request(cls, req: PlanRequest) -> _Ctx:
+    def from_request(cls, req: PlanRequest, held_back: frozenset[str] = frozenset()) -> _Ctx:
         nodes = sorted((n for n in req.nodes if n.state != "draining"), key=lambda n: n.node_id)
         names: set[str] = set()
         for g in req.groups:
@@ -436,7 +440,7 @@ class _Ctx:
         for gang in req.gangs:
             for b in gang.bundles:
                 names.update(b)
-        ctx = cls(req, {name: i for i, name in enumerate(sorted(names))}, {}, nodes)
+        ctx = cls(req, {name: i for i, name in enumerate(sorted(names))}, {}, nodes, held_back=held_back)
         for g in sorted(req.groups, key=lambda g: g.name):
             if g.name in ctx.groups:
                 raise ValueError(f"duplicate node group name {g.name!r}")
@@ -517,6 +521,24 @@ class _Ctx:
         if g.name in self.request.blocked_groups:
             return 0
         return max(0, min(g.room, self.global_room))
+
+    def launchable(self, shape: _Shape) -> list[_Group]:
+        """Groups a new node may be opened in for ``shape`` now: eligible, with room, and not
+        held back by this candidate plan."""
+        return [g for g in self.eligible(shape) if self.room(g) > 0 and g.name not in self.held_back]
+
+    @property
+    def launched_cost(self) -> float:
+        return sum(g.launched * g.cost for g in self.groups.values())
+
+    @property
+    def launched_nodes(self) -> int:
+        return sum(g.launched for g in self.groups.values())
+
+    @property
+    def capped(self) -> bool:
+        """Whether a limit left some demand without a node."""
+        return any(status == "capped" for tally in self.unplaced.values() for status, _ in tally)
 
     def eligible(self, shape: _Shape) -> list[_Group]:
         """Groups that may be launched for ``shape``, ignoring limits. CPU-only shapes get
@@ -607,11 +629,46 @@ class _Ctx:
 
 
 def _schedule(request: PlanRequest) -> _Ctx:
-    ctx = _Ctx.from_request(request)
+    """The passes' plan, or the one made with a smaller accelerator group held back when that
+    scores better (``_plan_score``). Limits decide a capped plan, so it is not second-guessed."""
+    best = _run_passes(request, frozenset())
+    if best.capped:
+        return best
+    for name in _smaller_accelerator_groups(best):
+        other = _run_passes(request, frozenset({name}))
+        if not other.capped and _plan_score(other) < _plan_score(best):
+            best = other
+    return best
+
+
+def _run_passes(request: PlanRequest, held_back: frozenset[str]) -> _Ctx:
+    ctx = _Ctx.from_request(request, held_back)
     for step in (_enforce_max, _enforce_min, _fit_constraints, _fit_gangs, _fit_existing,
                  _launch_for_demand, _consolidate, _scale_down_idle):
         step(ctx)
     return ctx
+
+
+def _smaller_accelerator_groups(ctx: _Ctx) -> list[str]:
+    """Accelerator groups the plan launches that another launchable accelerator group outsizes
+    in every resource: holding one back moves its work onto fewer, larger nodes."""
+    def outsized(g: _Group) -> bool:
+        return any(h is not g and h.accelerator and h.total != g.total and ctx.room(h) > 0
+                   and all(a >= b for a, b in zip(h.total, g.total)) for h in ctx.groups.values())
+
+    return [g.name for g in ctx.groups.values() if g.accelerator and g.launched and outsized(g)]
+
+
+def _plan_score(ctx: _Ctx) -> tuple[float, int]:
+    """Launched cost plus one accelerator's price (``ACCELERATOR_WEIGHT``) per launched node,
+    then node count: lower is better.
+
+    By cost alone several small accelerator nodes always beat one larger node with an idle
+    accelerator, since an accelerator is priced far above a node's overhead. But every node is
+    also a pod to schedule, start and watch, so a plan may leave up to one more accelerator idle
+    for each node it saves.
+    """
+    return (ctx.launched_cost + ACCELERATOR_WEIGHT * ctx.launched_nodes, ctx.launched_nodes)
 
 
 def _termination_order(n: NodeView) -> tuple:
@@ -826,7 +883,7 @@ def _launch_patterns(ctx: _Ctx, items: list[list], tag: str, *, view: Literal["f
         if left <= 0:
             first += 1
             continue
-        groups = [g for g in ctx.eligible(shape) if ctx.room(g) > 0]
+        groups = ctx.launchable(shape)
         if not groups:
             first += 1  # capped: later (smaller) shapes may still go elsewhere
             continue
