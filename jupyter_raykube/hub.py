@@ -33,19 +33,21 @@ from typing import TYPE_CHECKING, Any, Callable
 from traitlets import Dict, Float, Int, TraitError, Unicode, validate
 from traitlets.config import LoggingConfigurable
 
+from .backends.registry import BACKEND_ENV
+from .policy import POLICY_ENV, Policy
+
 if TYPE_CHECKING:
     from kubespawner import KubeSpawner
 
 ENV_POD_NAME = "JUPYTER_POD_NAME"
 ENV_POD_UID = "JUPYTER_POD_UID"
 ENV_NAMESPACE = "RAYKUBE_NAMESPACE"
-ENV_BACKEND = "RAYKUBE_BACKEND"
-ENV_POLICY = "RAYKUBE_POLICY"
+ENV_BACKEND = BACKEND_ENV
+ENV_POLICY = POLICY_ENV
 BACKEND = "kubernetes"
 
 COUNT_KEYS = ("max_gpus", "max_workers", "max_clusters")
-POLICY_KEYS = ("max_cpus", "max_gpus", "max_workers", "max_clusters", "max_lifetime_s", "idle_scale_down_s",
-               "idle_stop_s")
+POLICY_KEYS = tuple(f.name for f in fields(Policy))  # the server reads exactly these (policy.py)
 
 RBAC_GROUP = "rbac.authorization.k8s.io"
 
@@ -118,6 +120,8 @@ class RayCaps:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def to_json(self) -> str:
+        """RAYKUBE_POLICY, checked by the parser the server uses, so the two cannot drift."""
+        Policy.from_mapping(self.as_dict())
         return json.dumps(self.as_dict(), separators=(",", ":"))
 
 
