@@ -37,6 +37,8 @@ def status_lines(snap: Snapshot) -> list[str]:
     if snap.get("error"):
         lines.append(f"  error: {snap['error']}")
     lines.append(f"  address: {snap['address']}   dashboard: {snap['dashboard_url']}")
+    if (snap.get("policy") or {}).get("summary"):
+        lines.append(f"  limits: {snap['policy']['summary']}")
     for group in snap["groups"]:
         lines.append(f"  group {group['name']}: {group['nodes']} running, {group['starting']} starting"
                      f" (min {group['min']}, max {group['max']})")

@@ -31,6 +31,7 @@ from .autoscaler.reconciler import AutoscalerSettings, HeadLost, Observation, Re
 from .backends.base import HEAD_GROUP, Backend, BackendError, ClusterHandle, ClusterNotFound
 from .backends.registry import AUTO, CHOICES, backend_class, backend_setting_from_env, resolve_backend
 from .events import EventLog
+from .policy import Policy, PolicyError, describe_duration
 from .spec import ClusterSpec, SpecError, WorkerGroup, default_groups, parse_group
 
 ClusterStateName = Literal["starting", "running", "stopping", "stopped", "failed"]
@@ -43,10 +44,6 @@ class ClusterExistsError(BackendError):
 
 class NotOwnedError(BackendError):
     """The cluster is autoscaled by another process; change it there."""
-
-
-class PolicyError(BackendError):
-    """A limit set by the administrator would be exceeded."""
 
 
 class StartError(BackendError):
@@ -69,6 +66,9 @@ class Cluster:
     dashboard_url: str = ""
     reconciler: Reconciler | None = None
     scope: anyio.CancelScope | None = None  # the autoscaler loop
+    policy: Policy = field(default_factory=Policy)
+    idle_since: float | None = None  # no driver attached and no work since then (epoch s)
+    saved_ranges: dict[str, tuple[int, int]] | None = None  # group ranges before an idle scale-to-0
     start_scope: anyio.CancelScope | None = None  # a background start, cancelled by stop()
 
     @property
@@ -108,6 +108,8 @@ class Cluster:
             "python_version": platform.python_version().rsplit(".", 1)[0],
             "created_at": handle.created_at if handle else None,
             "idle_timeout_s": self.spec.idle_timeout_s,
+            "idle_s": max(0.0, time.time() - self.idle_since) if self.idle_since is not None else 0.0,
+            "policy": {**self.policy.to_json(), "summary": self.policy.describe()},
             "max_workers": self.spec.max_workers,
             "groups": groups,
             "nodes": [_node_json(n, obs.at if obs else 0.0) for n in nodes],
@@ -161,6 +163,9 @@ class ClusterManager(LoggingConfigurable):
     namespace = Unicode("", help="""Namespace of Kubernetes clusters. Empty: the Kubernetes
         backend's own default (c.KubernetesBackend.namespace, $RAYKUBE_NAMESPACE, the Pod's).""")
 
+    policy = Instance(Policy, help="""This user's limits (caps, idle and lifetime rules).
+        Default: $RAYKUBE_POLICY, which the JupyterHub hook sets; no limits without it.""")
+
     dashboard_url_template = Unicode("", config=True, help="""URL of a cluster's dashboard,
         with {name} and {address} filled in. Empty: the dashboard's own http://address.""")
 
@@ -172,6 +177,10 @@ class ClusterManager(LoggingConfigurable):
     def _check_default_groups(self, proposal: Any) -> list[dict[str, Any]]:
         _parse_default_groups(proposal["value"])  # a bad setting fails at start-up, not per request
         return proposal["value"]
+
+    @default("policy")
+    def _default_policy(self) -> Policy:
+        return Policy.from_env()
 
     @default("default_backend")
     def _default_default_backend(self) -> str:
@@ -203,12 +212,16 @@ class ClusterManager(LoggingConfigurable):
     # --- running -----------------------------------------------------------------------------
 
     async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Host the autoscaler loops until cancelled; then stop owned clusters (if configured)."""
+        """Host the autoscaler loops until cancelled; then stop owned clusters (if configured).
+
+        It starts by looking for this user's clusters: the backend reaps those whose owner
+        died (a server killed with SIGKILL), and with `adopt_on_start` the rest are taken over."""
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
+                found = await self._discover()
                 if self.adopt_on_start:
-                    for handle, _ in await self._discover():
+                    for handle, _ in found:
                         await self.adopt(handle.name)
                 task_status.started()
                 await anyio.sleep_forever()
@@ -276,7 +289,9 @@ class ClusterManager(LoggingConfigurable):
         if self.max_clusters is not None and owned >= self.max_clusters:
             raise PolicyError(f"at most {self.max_clusters} clusters may run at once "
                               f"({owned} running); stop one first")
-        cluster = Cluster(spec=spec, backend=backend, owned=True, owner=self.owner, step="queued")
+        self.policy.check(spec, self._committed_specs(except_name=spec.name))
+        cluster = Cluster(spec=spec, backend=backend, owned=True, owner=self.owner, step="queued",
+                          policy=self.policy)
         self._clusters[spec.name] = cluster
         return cluster
 
@@ -361,11 +376,11 @@ class ClusterManager(LoggingConfigurable):
         if not cluster.owned:
             raise NotOwnedError(f"cluster {name!r} is autoscaled by the process that started it; "
                                 f"scale it there (or through the Jupyter server that owns it)")
-        cluster.spec = new_spec
-        assert cluster.reconciler is not None
-        cluster.reconciler.spec = new_spec
+        self.policy.check(new_spec, self._committed_specs(except_name=name))
+        if cluster.saved_ranges is not None:  # scaled to 0 while idle: the user's range wins
+            cluster.saved_ranges = None
+        self._set_spec(cluster, new_spec)
         cluster.events.add(time.time(), "scaled", f"{group} group set to {min_nodes}..{max_nodes} nodes")
-        cluster.reconciler.wake()
         if wait:
             await self._wait_for_group(cluster, group, progress)
         return cluster
@@ -378,6 +393,24 @@ class ClusterManager(LoggingConfigurable):
         await self._close_clusters()
 
     # --- helpers -----------------------------------------------------------------------------
+
+    def _committed_specs(self, *, except_name: str) -> list[ClusterSpec]:
+        """What this user's other clusters may grow to (idle-scaled ones at their saved range)."""
+        specs = []
+        for cluster in self._clusters.values():
+            if cluster.name == except_name or not cluster.owned or cluster.state in ("failed", "stopped"):
+                continue
+            spec = cluster.spec
+            for group, (low, high) in (cluster.saved_ranges or {}).items():
+                spec = spec.with_group_range(group, low, high)
+            specs.append(spec)
+        return specs
+
+    def _set_spec(self, cluster: Cluster, spec: ClusterSpec) -> None:
+        cluster.spec = spec
+        if cluster.reconciler is not None:
+            cluster.reconciler.spec = spec
+            cluster.reconciler.wake()
 
     def backend_for(self, name: str) -> Backend:
         """The backend called `name`, built on first use with this manager's configuration.
@@ -428,7 +461,7 @@ class ClusterManager(LoggingConfigurable):
 
     def _attached(self, handle: ClusterHandle, backend: Backend) -> Cluster:
         cluster = Cluster(spec=handle.spec, backend=backend, owned=False, handle=handle, state="running",
-                          dashboard_url=self._dashboard_url(handle))
+                          dashboard_url=self._dashboard_url(handle), policy=self.policy)
         cluster.reconciler = self._reconciler(cluster, act=False)
         return cluster
 
@@ -443,13 +476,63 @@ class ClusterManager(LoggingConfigurable):
             assert cluster.scope is not None and cluster.reconciler is not None
             with cluster.scope:
                 try:
-                    await cluster.reconciler.run()
+                    async with anyio.create_task_group() as loops:
+                        loops.start_soon(self._keep_within_policy, cluster)
+                        await cluster.reconciler.run()
                 except ClusterNotFound:
                     self._forget(cluster, "stopped by another process")
                 except HeadLost as exc:
                     await self._lost(cluster, str(exc))
 
         self._tg.start_soon(autoscale, name=f"raykube-autoscaler-{cluster.name}")
+
+    async def _keep_within_policy(self, cluster: Cluster) -> None:
+        """The administrator's lifetime and idle rules, checked once per autoscaler round.
+        Idle means no driver attached and nothing running or pending; a driver that connects
+        to a cluster scaled to 0 gets its workers back."""
+        policy = cluster.policy
+        if policy.max_lifetime_s is None and policy.idle_scale_down_s is None and policy.idle_stop_s is None:
+            return
+        while True:
+            await anyio.sleep(self.autoscale_interval_s)
+            obs, handle, now = cluster.observation, cluster.handle, time.time()
+            if obs is None or handle is None or cluster.state != "running":
+                continue
+            if policy.max_lifetime_s is not None and now - handle.created_at >= policy.max_lifetime_s:
+                self._stop_soon(cluster, f"it reached the maximum lifetime of "
+                                         f"{describe_duration(policy.max_lifetime_s)} set by your administrator")
+                return
+            busy = obs.ray.drivers > 0 or bool(obs.pending) or any(_running_work(n) for n in obs.nodes)
+            cluster.idle_since = None if busy else (cluster.idle_since or now)
+            idle_s = 0.0 if cluster.idle_since is None else now - cluster.idle_since
+            action = policy.idle_action(idle_s=idle_s, scaled_down=cluster.saved_ranges is not None)
+            why = f"idle for {describe_duration(idle_s)} (no driver attached, nothing running)"
+            if action == "stop":
+                self._stop_soon(cluster, why)
+                return
+            if action == "scale_to_zero":
+                cluster.saved_ranges = {g.name: (g.min, g.max) for g in cluster.spec.groups}
+                spec = cluster.spec
+                for group in spec.groups:
+                    spec = spec.with_group_range(group.name, 0, 0)
+                self._set_spec(cluster, spec)
+                cluster.events.add(now, "scale_down", f"{why}: every group scaled to 0 workers; "
+                                                      f"connecting a driver brings them back")
+            elif action == "restore" and cluster.saved_ranges is not None:
+                spec = cluster.spec
+                for name, (low, high) in cluster.saved_ranges.items():
+                    spec = spec.with_group_range(name, low, high)
+                ranges = ", ".join(f"{g.name} {g.min}..{g.max}" for g in spec.groups)
+                cluster.saved_ranges = None
+                self._set_spec(cluster, spec)
+                cluster.events.add(now, "scaled", f"in use again: group ranges restored ({ranges})")
+
+    def _stop_soon(self, cluster: Cluster, reason: str) -> None:
+        """Stop from inside the cluster's own loop: the stop runs in the manager's task group,
+        since stopping cancels the loop that asked for it."""
+        cluster.events.add(time.time(), "info", f"stopping the cluster: {reason}")
+        if self._tg is not None:
+            self._tg.start_soon(lambda: self._stop(cluster, reason=reason), name=f"raykube-stop-{cluster.name}")
 
     async def _wait_for_head(self, cluster: Cluster) -> None:
         """Poll the GCS until the head is an ALIVE Ray node; fail fast if its process died."""
@@ -540,6 +623,12 @@ class ClusterManager(LoggingConfigurable):
         cluster.events.add(time.time(), "stopped", f"cluster stopped: {reason}")
         if self._clusters.get(cluster.name) is cluster:
             del self._clusters[cluster.name]
+
+
+def _running_work(node: Any) -> bool:
+    """A node with CPUs or GPUs in use (object-store bytes alone do not keep a cluster busy)."""
+    used = node.ray.used if node.ray else {}
+    return any(v > 0 for k, v in used.items() if k in ("CPU", "GPU"))
 
 
 def _parse_default_groups(items: list[dict[str, Any]]) -> tuple[WorkerGroup, ...]:

@@ -120,6 +120,8 @@ class ClusterWidget(w.VBox):
         link = (f" &middot; <a href='{html.escape(snap['dashboard_url'])}' target='_blank'>dashboard</a>"
                 if snap.get("dashboard_url") else "")
         error = f"<div style='color:var(--jp-error-color1,red)'>{html.escape(snap['error'])}</div>" if snap.get("error") else ""
+        limits = (snap.get("policy") or {}).get("summary")
+        error += f"<div style='font-size:12px'>Limits: {html.escape(limits)}</div>" if limits else ""
         self.header.value = (f"<h4 style='margin:4px 0'>Ray cluster {html.escape(snap['name'])} "
                              f"&middot; {html.escape(state)}</h4><div style='font-size:12px'>"
                              f"{html.escape(snap['backend'])} &middot; Ray {html.escape(snap['ray_version'])}"

@@ -23,7 +23,7 @@ from jupyter_client import BlockingKernelClient
 
 from jupyter_raykube.backends.local import _free_ports
 
-from .conftest import cluster_processes
+from .conftest import cluster_processes, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -187,3 +187,29 @@ def test_cluster_created_over_rest_survives_kernel_restart(live_server: LiveServ
     assert [c["name"] for c in live_server.api("GET", "clusters").json()["clusters"]] == ["k-rest"]
     assert live_server.api("DELETE", "clusters/k-rest").status_code == 204
     assert cluster_processes(record["uid"]) == []
+
+
+def test_clusters_of_a_killed_server_are_reaped_when_the_next_one_starts(tmp_path: Path) -> None:
+    """SIGKILL runs no cleanup at all: the next server's start finds the orphan and removes it."""
+    first = _start_server(tmp_path)
+    try:
+        created = first.api("POST", "clusters", {"name": "k-orphan", "groups": [{"name": "cpu", "max": 0}]})
+        assert created.status_code == 202, created.text
+        deadline = time.monotonic() + 180
+        while (snap := first.api("GET", "clusters/k-orphan").json())["state"] == "starting":
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        assert snap["state"] == "running", snap
+        uid = json.loads((first.runtime_dir / "raykube" / "clusters" / "k-orphan.json").read_text())["uid"]
+    finally:
+        first.proc.kill()
+        first.proc.wait()
+    assert cluster_processes(uid), "the killed server's cluster should still be running until reaped"
+
+    second = _start_server(tmp_path)
+    try:
+        wait_for(lambda: not cluster_processes(uid), 60, "the orphaned cluster's processes to be reaped")
+        assert second.api("GET", "clusters").json()["clusters"] == []
+        assert not (second.runtime_dir / "raykube" / "clusters" / "k-orphan.json").exists()
+    finally:
+        _stop_server(second, tmp_path / "server.log")

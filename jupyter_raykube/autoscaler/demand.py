@@ -10,7 +10,7 @@ not. Calls block, so callers on an event loop run them in a thread.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from ray._raylet import GcsClient
@@ -54,6 +54,7 @@ class ClusterState:
     demand: tuple[ResourceDemand, ...]
     gangs: tuple[GangDemand, ...]
     constraints: tuple[ResourceDemand, ...]
+    drivers: int = 0  # connected drivers (live jobs): a cluster someone is attached to is in use
 
 
 class GcsReader:
@@ -68,7 +69,10 @@ class GcsReader:
         """One bounded call: a GCS that does not answer raises instead of hanging a round."""
         reply = autoscaler_pb2.GetClusterResourceStateReply()
         reply.ParseFromString(self._client.get_cluster_resource_state(timeout_s=self._timeout_s))
-        return parse_state(reply.cluster_resource_state)
+        jobs = self._client.get_all_job_info(skip_submission_job_info_field=True,
+                                             skip_is_running_tasks_field=True, timeout=self._timeout_s)
+        drivers = sum(1 for job in jobs.values() if not job.is_dead)
+        return replace(parse_state(reply.cluster_resource_state), drivers=drivers)
 
     def drain_idle_node(self, node_id: str, message: str) -> tuple[bool, str]:
         """Ask Ray to drain an idle node; the raylet refuses if the node is running work or

@@ -16,6 +16,7 @@ from ..backends.base import Backend
 from ..backends.registry import CHOICES, backend_setting_from_env, resolve_backend
 from ..client import SERVER_TOKEN_ENV, SERVER_URL_ENV
 from ..manager import ClusterManager
+from ..policy import Policy
 from .handlers import ClusterEventsHandler, ClusterHandler, ClustersHandler, InfoHandler
 from .proxy import DashboardProxyHandler
 
@@ -72,9 +73,26 @@ class RayKube(ExtensionApp):
             return self.backend_class.name == "local"
         return resolve_backend(self.backend) == "local"
 
+    restrict_to_owner = Bool(config=True, help="""Only the user the clusters belong to (their
+        raykube.io/owner, $JUPYTERHUB_USER) may list or change them through the API; anyone
+        else the server lets in (a Hub admin) gets 403. Default: true under JupyterHub, where
+        callers have names; a standalone server's callers are anonymous.""")
+
+    policy = Dict(config=True, help="""Limits for this server's user, as the JSON
+        $RAYKUBE_POLICY holds: {"max_cpus": 16, "max_gpus": 1, "max_workers": 8,
+        "max_clusters": 2, "max_lifetime_s": 28800, "idle_scale_down_s": 1800,
+        "idle_stop_s": 7200}; null or absent means no limit. Empty: $RAYKUBE_POLICY (the
+        JupyterHub hook sets it), else no limits.""")
+
+    @default("restrict_to_owner")
+    def _default_restrict(self) -> bool:
+        return bool(os.environ.get("JUPYTERHUB_USER"))
+
     def initialize_settings(self) -> None:
         base_url = self.serverapp.base_url
-        chosen = {"backend": self.backend_class(parent=self)} if self.backend_class is not None else {}
+        chosen: dict[str, Any] = {"backend": self.backend_class(parent=self)} if self.backend_class is not None else {}
+        if self.policy:
+            chosen["policy"] = Policy.from_mapping(self.policy)
         manager = ClusterManager(
             parent=self, default_backend=self.backend, **chosen, max_clusters=self.max_clusters,
             default_groups=self.default_groups, max_workers=self.max_workers, idle_timeout=self.idle_timeout,
@@ -83,6 +101,7 @@ class RayKube(ExtensionApp):
             adopt_on_start=not self.stop_clusters_on_shutdown,
             dashboard_url_template=url_path_join(base_url, "raykube/clusters/{name}/dashboard/"))
         self.settings["raykube_manager"] = manager
+        self.settings["raykube_restrict_to_owner"] = self.restrict_to_owner
         self._serve_task: asyncio.Task[None] | None = None
         # Kernels this server starts inherit these, so `%raycluster` talks to this API.
         os.environ[SERVER_URL_ENV] = self._local_url()

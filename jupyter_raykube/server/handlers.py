@@ -16,12 +16,19 @@ from jupyter_server.base.handlers import APIHandler
 from tornado import web
 
 from ..backends.base import BackendError, ClusterNotFound
-from ..manager import ClusterExistsError, ClusterManager, NotOwnedError, PolicyError
+from ..manager import ClusterExistsError, ClusterManager, NotOwnedError
+from ..policy import PolicyError
 from ..spec import SpecError
 
 AUTH_RESOURCE = "raykube"
+
+
+class NotYours(Exception):
+    """The caller is not the user this server's clusters belong to."""
+
+
 _STATUS: tuple[tuple[type[BaseException], int], ...] = (
-    (SpecError, 400), (PolicyError, 403), (ClusterNotFound, 404),
+    (SpecError, 400), (PolicyError, 403), (NotYours, 403), (ClusterNotFound, 404),
     (ClusterExistsError, 409), (NotOwnedError, 409), (BackendError, 503),
 )
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
@@ -37,6 +44,7 @@ def mapped_errors(method: F) -> F:
     @wraps(method)
     async def wrapper(self: RayKubeHandler, *args: Any, **kwargs: Any) -> Any:
         try:
+            self.check_caller()
             return await method(self, *args, **kwargs)
         except _BadRequest as exc:
             raise web.HTTPError(400, str(exc)) from None
@@ -55,6 +63,14 @@ class RayKubeHandler(APIHandler):
     @property
     def manager(self) -> ClusterManager:
         return self.settings["raykube_manager"]
+
+    def check_caller(self) -> None:
+        """Under JupyterHub (or with `restrict_to_owner`), only the clusters' owner may use
+        the API; an admin who can reach this server is still not that user."""
+        owner = self.manager.owner
+        caller = getattr(self.current_user, "username", None)
+        if self.settings.get("raykube_restrict_to_owner") and caller != owner:
+            raise NotYours(f"these Ray clusters belong to {owner!r}; {caller!r} may not see or change them")
 
     def json_body(self) -> Any:
         try:

@@ -74,6 +74,8 @@ export interface ICluster {
   created_at: number | null;
   idle_timeout_s: number | null;
   max_workers: number | null;
+  /** The administrator's caps; `summary` is one line for people, empty without limits. */
+  policy?: { summary: string };
   groups: IGroup[];
   nodes: INode[];
   demand: IDemand[];

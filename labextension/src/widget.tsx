@@ -390,6 +390,11 @@ function ClusterCard({ cluster, model, commands, busy }: ICardProps): React.Reac
           </button>
         </div>
       )}
+      {cluster.policy?.summary && (
+        <div className="jp-RayKube-hint jp-RayKube-limits">
+          Limits: {cluster.policy.summary}
+        </div>
+      )}
       <ResourceSummary nodes={cluster.nodes} />
       <DemandList demand={cluster.demand} />
       <div className="jp-RayKube-actions">

@@ -1,0 +1,160 @@
+"""What an administrator allows one user: resource caps checked before anything is created,
+and the idle and lifetime rules that keep clusters from outliving their use.
+
+On JupyterHub the spawner hook (`jupyter_raykube.hub`) writes the user's policy into the
+single-user server's environment as `RAYKUBE_POLICY` (JSON); the manager reads it from there,
+so the user cannot raise their own caps from inside their server. Caps count the most a
+cluster may grow to (its groups' maxes), not what runs now: a request that could exceed a cap
+is refused up front instead of stalling later with pending work.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+from .backends.base import BackendError
+from .spec import ClusterSpec, SpecError
+
+POLICY_ENV = "RAYKUBE_POLICY"
+IdleAction = Literal["scale_to_zero", "restore", "stop"]
+
+
+class PolicyError(BackendError):
+    """A limit set by the administrator would be exceeded (REST: 403)."""
+
+
+@dataclass(frozen=True)
+class Usage:
+    """The most a set of clusters may use: CPUs and GPUs of the head plus every worker at max."""
+
+    cpus: float = 0.0
+    gpus: float = 0.0
+    workers: int = 0
+    clusters: int = 0
+
+    @classmethod
+    def of(cls, spec: ClusterSpec) -> Usage:
+        workers = sum(g.max for g in spec.groups)
+        if spec.max_workers is not None:
+            workers = min(workers, spec.max_workers)
+        # With a cluster-wide max, the costliest groups could still fill it.
+        cpus = _at_most(((g.cpus, g.max) for g in spec.groups), workers)
+        gpus = _at_most(((g.gpus, g.max) for g in spec.groups), workers)
+        return cls(cpus=spec.head.cpus + cpus, gpus=gpus, workers=workers, clusters=1)
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(self.cpus + other.cpus, self.gpus + other.gpus,
+                     self.workers + other.workers, self.clusters + other.clusters)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Caps for one user, across all their clusters; None means no cap."""
+
+    max_cpus: float | None = None
+    max_gpus: float | None = None
+    max_workers: int | None = None
+    max_clusters: int | None = None
+    max_lifetime_s: float | None = None  # a cluster older than this is stopped
+    idle_scale_down_s: float | None = None  # no driver and no work this long: workers scaled to 0
+    idle_stop_s: float | None = None  # ... and this long: the cluster is stopped
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+                raise SpecError(f"policy.{f.name}", value, "a number >= 0, or null for no limit")
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> Policy:
+        known = {f.name for f in fields(cls)}
+        for key in data:
+            if key not in known:
+                raise SpecError(f"policy.{key}", data[key], f"known limits are {', '.join(sorted(known))}")
+        return cls(**dict(data))
+
+    @classmethod
+    def from_env(cls) -> Policy:
+        """The policy the hub put in this server's environment; no limits without one."""
+        text = os.environ.get(POLICY_ENV, "").strip()
+        if not text:
+            return cls()
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SpecError(POLICY_ENV, text, f"a JSON object of limits ({exc})") from None
+        if not isinstance(data, Mapping):
+            raise SpecError(POLICY_ENV, text, "a JSON object of limits")
+        return cls.from_mapping(data)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def check(self, spec: ClusterSpec, others: Iterable[ClusterSpec]) -> None:
+        """Refuse `spec` (a new cluster, or a changed one, listed without itself in `others`)
+        when it could take this user over a cap. The message names the cap, what the request
+        asks and what is left."""
+        others = list(others)
+        before = sum((Usage.of(o) for o in others), Usage())
+        wanted = Usage.of(spec)
+        after = before + wanted
+        for cap, used, asked, unit in (
+                (self.max_cpus, after.cpus, wanted.cpus, "CPUs"),
+                (self.max_gpus, after.gpus, wanted.gpus, "GPUs"),
+                (self.max_workers, after.workers, wanted.workers, "worker nodes"),
+                (self.max_clusters, after.clusters, wanted.clusters, "clusters")):
+            if cap is not None and used > cap:
+                left = max(0.0, cap - (used - asked))
+                raise PolicyError(
+                    f"{spec.name!r} could use up to {_num(asked)} {unit} and your other clusters "
+                    f"{_num(used - asked)}; your administrator allows {_num(cap)} {unit} in all, so at most "
+                    f"{_num(left)} are left: lower the groups' max (or stop another cluster)")
+
+    def describe(self) -> str:
+        """One line for the widget and the sidebar, e.g. "at most 16 CPUs, 1 GPU, 8 workers"."""
+        parts = [f"{_num(v)} {unit}" for v, unit in ((self.max_cpus, "CPUs"), (self.max_gpus, "GPUs"),
+                                                     (self.max_workers, "workers"),
+                                                     (self.max_clusters, "clusters")) if v is not None]
+        if self.max_lifetime_s is not None:
+            parts.append(f"{describe_duration(self.max_lifetime_s)} lifetime")
+        line = f"at most {', '.join(parts)}" if parts else ""
+        if self.idle_stop_s is not None:
+            line += ("; " if line else "") + f"stopped after {describe_duration(self.idle_stop_s)} idle"
+        return line
+
+    def idle_action(self, *, idle_s: float, scaled_down: bool) -> IdleAction | None:
+        """What the idle rules want now, for a cluster idle (no driver, no work) for `idle_s`
+        (0 while in use)."""
+        if self.idle_stop_s is not None and idle_s >= self.idle_stop_s:
+            return "stop"
+        if not scaled_down and self.idle_scale_down_s is not None and idle_s >= self.idle_scale_down_s:
+            return "scale_to_zero"
+        if scaled_down and idle_s == 0:
+            return "restore"
+        return None
+
+
+def _at_most(per_node: Iterable[tuple[float, int]], nodes: int) -> float:
+    """The most of a resource `nodes` workers could hold, taking the richest nodes first."""
+    total, left = 0.0, nodes
+    for amount, count in sorted(per_node, reverse=True):
+        take = min(count, left)
+        total += amount * take
+        left -= take
+    return total
+
+
+def _num(value: float) -> str:
+    return f"{value:g}"
+
+
+def describe_duration(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:g} h"
+    if seconds >= 60:
+        return f"{seconds / 60:g} min"
+    return f"{seconds:g} s"
