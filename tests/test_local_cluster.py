@@ -16,6 +16,7 @@ import pytest
 import ray
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
+from IPython.utils.capture import capture_output
 
 from jupyter_raykube.autoscaler.demand import GcsReader
 from jupyter_raykube.backends import processes
@@ -41,8 +42,13 @@ def _alive_workers(address: str, group: str) -> list:
 
 
 def test_magic_runs_ray_programs_and_stops_cleanly(shell: InteractiveShell, runtime_dir: Path) -> None:
-    status = shell.run_line_magic("raycluster", "start t-magic --cpu-workers 0:2 --idle-timeout 30")
+    with capture_output() as shown:
+        status = shell.run_line_magic("raycluster", "start t-magic --cpu-workers 0:2 --idle-timeout 30")
     assert status.snapshot["state"] == "running"
+    # The wait showed its steps on one status line (a progress bar in HTML), updated in place.
+    lines = [(o.data["text/plain"], o.data.get("text/html", "")) for o in shown.outputs]
+    assert any("waiting for the head node to join" in text and "<progress" in markup for text, markup in lines), lines
+    assert lines[-1][0].startswith("Starting Ray cluster t-magic: done in ")
     assert ray.is_initialized()
     cluster = shell.run_line_magic("raycluster", "status").snapshot
     assert cluster["name"] == "t-magic" and cluster["address"] == ray.get_runtime_context().gcs_address
@@ -119,6 +125,7 @@ def test_attach_from_second_process_leaves_cluster_running(shell: InteractiveShe
     script = textwrap.dedent("""
         import ray
         from IPython.core.interactiveshell import InteractiveShell
+from IPython.utils.capture import capture_output
         ip = InteractiveShell.instance()
         ip.run_line_magic("load_ext", "jupyter_raykube")
         ip.run_line_magic("raycluster", "attach t-attach")
