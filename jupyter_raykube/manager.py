@@ -476,63 +476,67 @@ class ClusterManager(LoggingConfigurable):
             assert cluster.scope is not None and cluster.reconciler is not None
             with cluster.scope:
                 try:
-                    async with anyio.create_task_group() as loops:
-                        loops.start_soon(self._keep_within_policy, cluster)
-                        await cluster.reconciler.run()
+                    await cluster.reconciler.run()
                 except ClusterNotFound:
                     self._forget(cluster, "stopped by another process")
                 except HeadLost as exc:
                     await self._lost(cluster, str(exc))
 
         self._tg.start_soon(autoscale, name=f"raykube-autoscaler-{cluster.name}")
+        self._tg.start_soon(self._keep_within_policy, cluster, name=f"raykube-policy-{cluster.name}")
 
     async def _keep_within_policy(self, cluster: Cluster) -> None:
-        """The administrator's lifetime and idle rules, checked once per autoscaler round.
-        Idle means no driver attached and nothing running or pending; a driver that connects
-        to a cluster scaled to 0 gets its workers back."""
+        """The administrator's lifetime and idle rules, checked once per autoscaler round
+        beside (not inside) the autoscaler loop, so stopping the cluster does not cancel the
+        task doing it. A failing round is an event, as in the autoscaler."""
         policy = cluster.policy
         if policy.max_lifetime_s is None and policy.idle_scale_down_s is None and policy.idle_stop_s is None:
             return
-        while True:
+        while cluster.state not in ("stopping", "stopped", "failed"):
             await anyio.sleep(self.autoscale_interval_s)
-            obs, handle, now = cluster.observation, cluster.handle, time.time()
-            if obs is None or handle is None or cluster.state != "running":
-                continue
-            if policy.max_lifetime_s is not None and now - handle.created_at >= policy.max_lifetime_s:
-                self._stop_soon(cluster, f"it reached the maximum lifetime of "
-                                         f"{describe_duration(policy.max_lifetime_s)} set by your administrator")
-                return
-            busy = obs.ray.drivers > 0 or bool(obs.pending) or any(_running_work(n) for n in obs.nodes)
-            cluster.idle_since = None if busy else (cluster.idle_since or now)
-            idle_s = 0.0 if cluster.idle_since is None else now - cluster.idle_since
-            action = policy.idle_action(idle_s=idle_s, scaled_down=cluster.saved_ranges is not None)
-            why = f"idle for {describe_duration(idle_s)} (no driver attached, nothing running)"
-            if action == "stop":
-                self._stop_soon(cluster, why)
-                return
-            if action == "scale_to_zero":
-                cluster.saved_ranges = {g.name: (g.min, g.max) for g in cluster.spec.groups}
-                spec = cluster.spec
-                for group in spec.groups:
-                    spec = spec.with_group_range(group.name, 0, 0)
-                self._set_spec(cluster, spec)
-                cluster.events.add(now, "scale_down", f"{why}: every group scaled to 0 workers; "
-                                                      f"connecting a driver brings them back")
-            elif action == "restore" and cluster.saved_ranges is not None:
-                spec = cluster.spec
-                for name, (low, high) in cluster.saved_ranges.items():
-                    spec = spec.with_group_range(name, low, high)
-                ranges = ", ".join(f"{g.name} {g.min}..{g.max}" for g in spec.groups)
-                cluster.saved_ranges = None
-                self._set_spec(cluster, spec)
-                cluster.events.add(now, "scaled", f"in use again: group ranges restored ({ranges})")
+            try:
+                await self._apply_policy(cluster, policy)
+            except Exception as exc:  # noqa: BLE001 - one bad round must not end the rules
+                self.log.exception("policy round failed for %s", cluster.name)
+                cluster.events.add(time.time(), "error", f"limits check failed: {exc}")
 
-    def _stop_soon(self, cluster: Cluster, reason: str) -> None:
-        """Stop from inside the cluster's own loop: the stop runs in the manager's task group,
-        since stopping cancels the loop that asked for it."""
+    async def _apply_policy(self, cluster: Cluster, policy: Policy) -> None:
+        """Idle means no driver attached and nothing running or pending; a driver that
+        connects to a cluster scaled to 0 gets its workers back."""
+        obs, handle, now = cluster.observation, cluster.handle, time.time()
+        if obs is None or handle is None or cluster.state != "running":
+            return
+        if policy.max_lifetime_s is not None and now - handle.created_at >= policy.max_lifetime_s:
+            await self._stop_by_policy(cluster, f"it reached the maximum lifetime of "
+                                                f"{describe_duration(policy.max_lifetime_s)} set by your administrator")
+            return
+        busy = obs.ray.drivers > 0 or bool(obs.pending) or any(_running_work(n) for n in obs.nodes)
+        cluster.idle_since = None if busy else (cluster.idle_since or now)
+        idle_s = 0.0 if cluster.idle_since is None else now - cluster.idle_since
+        action = policy.idle_action(idle_s=idle_s, scaled_down=cluster.saved_ranges is not None)
+        why = f"idle for {describe_duration(idle_s)} (no driver attached, nothing running)"
+        if action == "stop":
+            await self._stop_by_policy(cluster, why)
+        elif action == "scale_to_zero":
+            cluster.saved_ranges = {g.name: (g.min, g.max) for g in cluster.spec.groups}
+            spec = cluster.spec
+            for group in spec.groups:
+                spec = spec.with_group_range(group.name, 0, 0)
+            self._set_spec(cluster, spec)
+            cluster.events.add(now, "scale_down", f"{why}: every group scaled to 0 workers; "
+                                                  f"connecting a driver brings them back")
+        elif action == "restore" and cluster.saved_ranges is not None:
+            spec = cluster.spec
+            for name, (low, high) in cluster.saved_ranges.items():
+                spec = spec.with_group_range(name, low, high)
+            ranges = ", ".join(f"{g.name} {g.min}..{g.max}" for g in spec.groups)
+            cluster.saved_ranges = None
+            self._set_spec(cluster, spec)
+            cluster.events.add(now, "scaled", f"in use again: group ranges restored ({ranges})")
+
+    async def _stop_by_policy(self, cluster: Cluster, reason: str) -> None:
         cluster.events.add(time.time(), "info", f"stopping the cluster: {reason}")
-        if self._tg is not None:
-            self._tg.start_soon(lambda: self._stop(cluster, reason=reason), name=f"raykube-stop-{cluster.name}")
+        await self._stop(cluster, reason=reason)
 
     async def _wait_for_head(self, cluster: Cluster) -> None:
         """Poll the GCS until the head is an ALIVE Ray node; fail fast if its process died."""

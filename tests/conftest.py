@@ -23,6 +23,10 @@ os.environ["JUPYTER_RUNTIME_DIR"] = str(_runtime)  # every process the tests sta
 # kills) only this session's processes, never those of another test run on the same machine.
 SESSION_TAG = "JUPYTER_RAYKUBE_TEST_SESSION"
 os.environ[SESSION_TAG] = uuid.uuid4().hex
+# Run from a terminal of a Jupyter server with the extension, the tests would otherwise send
+# their clusters to that server.
+for _inherited in ("RAYKUBE_SERVER_URL", "RAYKUBE_SERVER_TOKEN", "RAYKUBE_BACKEND", "RAYKUBE_POLICY"):
+    os.environ.pop(_inherited, None)
 
 
 def _ours() -> set[int]:

@@ -103,7 +103,9 @@ class RayKube(ExtensionApp):
         self.settings["raykube_manager"] = manager
         self.settings["raykube_restrict_to_owner"] = self.restrict_to_owner
         self._serve_task: asyncio.Task[None] | None = None
-        # Kernels this server starts inherit these, so `%raycluster` talks to this API.
+        # Kernels this server starts inherit these, so `%raycluster` talks to this API. They
+        # are put back at shutdown: another server in this process must not inherit a dead URL.
+        self._env_before = {key: os.environ.get(key) for key in (SERVER_URL_ENV, SERVER_TOKEN_ENV)}
         os.environ[SERVER_URL_ENV] = self._local_url()
         os.environ[SERVER_TOKEN_ENV] = self.serverapp.identity_provider.token or ""
 
@@ -122,6 +124,11 @@ class RayKube(ExtensionApp):
         self._serve_task = asyncio.ensure_future(manager.serve())
 
     async def stop_extension(self) -> None:
+        for key, value in getattr(self, "_env_before", {}).items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
         if self._serve_task is not None:
             self._serve_task.cancel()  # serve() stops owned clusters in its finally
             try:
