@@ -125,7 +125,6 @@ def test_attach_from_second_process_leaves_cluster_running(shell: InteractiveShe
     script = textwrap.dedent("""
         import ray
         from IPython.core.interactiveshell import InteractiveShell
-from IPython.utils.capture import capture_output
         ip = InteractiveShell.instance()
         ip.run_line_magic("load_ext", "jupyter_raykube")
         ip.run_line_magic("raycluster", "attach t-attach")

@@ -169,7 +169,9 @@ class LocalBackend(Backend):
 
     def _start_node(self, handle: ClusterHandle, name: str, group: str, args: list[str],
                     extra_env: Mapping[str, str]) -> BackendNode:
-        ports = _free_ports(self.node_ip, len(_NODE_PORT_FLAGS))
+        # The head's own ports are chosen before it listens on them: never hand them out again.
+        taken = {int(a.rsplit(":", 1)[-1]) for a in (handle.address, handle.dashboard_address, handle.client_address)}
+        ports = _free_ports(self.node_ip, len(_NODE_PORT_FLAGS), avoid=taken)
         # One temp dir per node: nodes sharing one race for the same socket names.
         temp_dir = os.path.join(handle.details["temp_dir"], name.rsplit("-", 1)[-1])
         args = [*args, f"--node-ip-address={self.node_ip}", f"--temp-dir={temp_dir}",
@@ -318,13 +320,17 @@ def _handle_from(record: Record) -> ClusterHandle:
                          created_at=record["created_at"], details=details)
 
 
-def _free_ports(host: str, count: int) -> list[int]:
-    """`count` distinct free TCP ports, all held open together so none repeats."""
+def _free_ports(host: str, count: int, avoid: frozenset[int] | set[int] = frozenset()) -> list[int]:
+    """`count` distinct free TCP ports, none in `avoid`, all held open together so none repeats."""
     with ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in socks:
+        ports: list[int] = []
+        while len(ports) < count:
+            sock = stack.enter_context(socket.socket())
             sock.bind((host, 0))
-        return [sock.getsockname()[1] for sock in socks]
+            port = sock.getsockname()[1]
+            if port not in avoid:
+                ports.append(port)
+        return ports
 
 
 def _create_time(pid: int) -> float:
