@@ -47,6 +47,7 @@ class AutoscalerSettings:
     join_timeout_s: float = 120.0  # a node that has not joined Ray by then is removed
     backoff_s: float = 60.0  # a group whose node failed to join launches nothing for this long
     drain_timeout_s: float = 30.0  # an accepted drain that never ends in DEAD is removed anyway
+    quick_interval_s: float = 0.25  # rounds while a drain or a held-back launch waits on Ray
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,8 @@ class Reconciler:
     _backoff: dict[str, _Backoff] = field(default_factory=dict)
     _draining: dict[str, _Drain] = field(default_factory=dict)
     _wake: anyio.Event = field(default_factory=anyio.Event)
+    _next_round_s: float = 0.0  # when the round after this one is due (set by each round)
+    _launches_held_back: bool = False  # the last plan wanted more nodes than were free to start
 
     def wake(self) -> None:
         """Run the next round now (after a scale request) instead of at the next tick."""
@@ -106,8 +109,9 @@ class Reconciler:
 
     async def run(self) -> None:
         while True:
+            self._next_round_s = self.settings.interval_s
             await self.step()
-            with anyio.move_on_after(self.settings.interval_s):
+            with anyio.move_on_after(self._next_round_s):
                 await self._wake.wait()
             self._wake = anyio.Event()
 
@@ -134,6 +138,7 @@ class Reconciler:
         if self.act:
             await self._launch(reply, nodes)
             await self._drain(reply, nodes, now)
+            self._schedule_next_round(nodes)
         self.observation = Observation(at=now, nodes=nodes, ray=state, pending=reply.pending)
         return self.observation
 
@@ -190,6 +195,22 @@ class Reconciler:
         self.events.add(now, "backoff",
                         f"backing off the {group} group for {self.settings.backoff_s:.0f} s: {reason}")
 
+    def _schedule_next_round(self, nodes: tuple[ObservedNode, ...]) -> None:
+        """Come back sooner than the regular interval when something is about to change: the
+        moment the next idle node passes its idle timeout (not up to a round later), and
+        every quick interval while a drained node is on its way out or launches wait for a
+        free slot, so each step follows Ray's by a fraction of a second."""
+        soon = self._next_round_s
+        if self._draining or self._launches_held_back:
+            soon = min(soon, self.settings.quick_interval_s)
+        groups = {g.name: g for g in self.spec.groups}
+        for node in nodes:
+            if node.state == "running" and node.ray is not None and node.ray.idle_s > 0 and node.group in groups:
+                left = self.spec.idle_timeout_for(groups[node.group]) - node.ray.idle_s
+                if left > 0:
+                    soon = min(soon, left + 0.05)
+        self._next_round_s = max(0.05, soon)
+
     # --- plan --------------------------------------------------------------------------------
 
     def _plan_request(self, nodes: tuple[ObservedNode, ...], state: ClusterState, now: float) -> PlanRequest:
@@ -216,6 +237,8 @@ class Reconciler:
             await self.backend.create_worker(self.handle, self.spec.group(group_name))
             launched[group_name] += 1
 
+        wanted = sum(reply.launch.values())
+        self._launches_held_back = wanted > budget
         async with anyio.create_task_group() as tg:
             for group_name, count in sorted(reply.launch.items()):
                 for _ in range(min(count, budget)):
