@@ -95,34 +95,20 @@ def _tighter(a: Cap, b: Cap) -> Cap:
     return b if a is None else a if b is None else min(a, b)
 
 
-@dataclass(frozen=True)
-class RayCaps:
-    """What one user's Ray clusters may use; None = no cap. Becomes RAYKUBE_POLICY."""
+def updated(policy: Policy, caps: Mapping[str, Cap]) -> Policy:
+    """`policy` with the given caps replaced (by a group's or user's settings)."""
+    return replace(policy, **check_caps(caps, "caps"))
 
-    max_cpus: float | None = None
-    max_gpus: int | None = None
-    max_workers: int | None = None
-    max_clusters: int | None = None
-    max_lifetime_s: float | None = None
-    idle_scale_down_s: float | None = None
-    idle_stop_s: float | None = None
 
-    def updated(self, caps: Mapping[str, Cap]) -> RayCaps:
-        """These caps with the given keys replaced (by a group's or user's settings)."""
-        return replace(self, **check_caps(caps, "caps"))
+def tightened(policy: Policy, caps: Mapping[str, Cap]) -> Policy:
+    """The stricter of `policy` and `caps`, key by key (a profile can only narrow a policy)."""
+    checked = check_caps(caps, "caps")
+    return replace(policy, **{k: _tighter(getattr(policy, k), v) for k, v in checked.items()})
 
-    def tightened(self, caps: Mapping[str, Cap]) -> RayCaps:
-        """The stricter of these caps and `caps`, key by key (a profile can only narrow a policy)."""
-        checked = check_caps(caps, "caps")
-        return replace(self, **{k: _tighter(getattr(self, k), v) for k, v in checked.items()})
 
-    def as_dict(self) -> dict[str, Cap]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    def to_json(self) -> str:
-        """RAYKUBE_POLICY, checked by the parser the server uses, so the two cannot drift."""
-        Policy.from_mapping(self.as_dict())
-        return json.dumps(self.as_dict(), separators=(",", ":"))
+def policy_env_value(policy: Policy) -> str:
+    """RAYKUBE_POLICY: the server's own `Policy`, so hub and server cannot drift."""
+    return json.dumps(policy.to_json(), separators=(",", ":"))
 
 
 class RayKubeHubPolicy(LoggingConfigurable):
@@ -171,24 +157,24 @@ class RayKubeHubPolicy(LoggingConfigurable):
                 raise TraitError(str(exc)) from exc
         return proposal["value"]
 
-    def defaults(self) -> RayCaps:
-        return RayCaps().updated({key: getattr(self, key) for key in POLICY_KEYS})
+    def defaults(self) -> Policy:
+        return updated(Policy(), {key: getattr(self, key) for key in POLICY_KEYS})
 
-    def caps_for(self, user: str, groups: Sequence[str] = ()) -> RayCaps:
+    def caps_for(self, user: str, groups: Sequence[str] = ()) -> Policy:
         """The caps of `user`, member of `groups` (see the class docstring for the order)."""
         caps = self.defaults()
         granted: dict[str, Cap] = {}
         for group in groups:
             for key, value in check_caps(self.group_policies.get(group, {}), f"group_policies[{group!r}]").items():
                 granted[key] = _looser(granted[key], value) if key in granted else value
-        return caps.updated(granted).updated(self.user_policies.get(user, {}))
+        return updated(updated(caps, granted), self.user_policies.get(user, {}))
 
-    def caps_for_spawner(self, spawner: KubeSpawner) -> RayCaps:
+    def caps_for_spawner(self, spawner: KubeSpawner) -> Policy:
         user = spawner.user
         return self.caps_for(user.name, [g.name for g in getattr(user, "groups", None) or ()])
 
 
-def user_caps(spawner: KubeSpawner) -> RayCaps:
+def user_caps(spawner: KubeSpawner) -> Policy:
     """The caps of the spawner's user, from the hub's config (c.RayKubeHubPolicy)."""
     return RayKubeHubPolicy(parent=spawner).caps_for_spawner(spawner)
 
@@ -208,7 +194,7 @@ class ProfileCaps:
         check_caps(self.caps, "profile caps")
 
     def __call__(self, spawner: KubeSpawner) -> str:
-        return user_caps(spawner).tightened(self.caps).to_json()
+        return policy_env_value(tightened(user_caps(spawner), self.caps))
 
 
 def ray_override(caps: Mapping[str, Cap]) -> dict[str, Any]:
@@ -278,7 +264,7 @@ def modify_pod_hook(spawner: KubeSpawner, pod: Any) -> Any:
         V1EnvVar(name=ENV_POD_UID, value_from=field_ref("metadata.uid")),
         V1EnvVar(name=ENV_NAMESPACE, value_from=field_ref("metadata.namespace")),
         V1EnvVar(name=ENV_BACKEND, value=BACKEND),
-        V1EnvVar(name=ENV_POLICY, value=user_caps(spawner).to_json()),
+        V1EnvVar(name=ENV_POLICY, value=policy_env_value(user_caps(spawner))),
     ]
     container = next((c for c in pod.spec.containers if c.name == "notebook"), pod.spec.containers[0])
     env = list(container.env or [])

@@ -194,9 +194,9 @@ def test_policy_defaults_groups_users_and_profiles() -> None:
         group_policies={"gpu-users": {"max_gpus": 4, "max_cpus": 64}, "big": {"max_gpus": 2, "max_cpus": None},
                         "students": {"max_cpus": 4, "max_clusters": 1}},
         user_policies={"bob": {"max_lifetime_s": None, "max_cpus": 2.5}})
-    assert policy.caps_for("alice").as_dict() == {**NO_CAPS, "max_cpus": 16, "max_gpus": 0, "max_lifetime_s": 3600}
-    assert json.loads(policy.caps_for("alice").to_json()) == policy.caps_for("alice").as_dict()
-    assert list(json.loads(policy.caps_for("alice").to_json())) == list(hub.POLICY_KEYS)
+    assert policy.caps_for("alice").to_json() == {**NO_CAPS, "max_cpus": 16, "max_gpus": 0, "max_lifetime_s": 3600}
+    assert json.loads(hub.policy_env_value(policy.caps_for("alice"))) == policy.caps_for("alice").to_json()
+    assert list(json.loads(hub.policy_env_value(policy.caps_for("alice")))) == list(hub.POLICY_KEYS)
     # Groups grant: per key, the most generous value among the user's groups (None beats numbers).
     caps = policy.caps_for("carol", ["students", "gpu-users", "big"])
     assert (caps.max_cpus, caps.max_gpus, caps.max_clusters) == (None, 4, 1)
@@ -206,9 +206,9 @@ def test_policy_defaults_groups_users_and_profiles() -> None:
     caps = policy.caps_for("bob", ["gpu-users"])
     assert (caps.max_cpus, caps.max_gpus, caps.max_lifetime_s) == (2.5, 4, None)
     # A profile only tightens.
-    small = policy.caps_for("carol", ["gpu-users"]).tightened({"max_cpus": 8, "max_gpus": 0, "max_workers": 4})
+    small = hub.tightened(policy.caps_for("carol", ["gpu-users"]), {"max_cpus": 8, "max_gpus": 0, "max_workers": 4})
     assert (small.max_cpus, small.max_gpus, small.max_workers, small.max_lifetime_s) == (8, 0, 4, 3600)
-    gpu = policy.caps_for("dave", ["students"]).tightened({"max_cpus": 32, "max_gpus": 4})
+    gpu = hub.tightened(policy.caps_for("dave", ["students"]), {"max_cpus": 32, "max_gpus": 4})
     assert (gpu.max_cpus, gpu.max_gpus) == (4, 0)
 
 

@@ -156,14 +156,20 @@ def _run(client: BlockingKernelClient, code: str) -> str:
     return "".join(chunks)
 
 
-def test_cluster_created_over_rest_survives_kernel_restart(live_server: LiveServer) -> None:
-    created = live_server.api("POST", "clusters", {"name": "k-rest", "groups": [{"name": "cpu", "max": 1}]})
+def _start_cluster(server: LiveServer, body: dict[str, Any]) -> dict[str, Any]:
+    """POST a cluster and wait until it runs; returns its snapshot."""
+    created = server.api("POST", "clusters", body)
     assert created.status_code == 202, created.text
     deadline = time.monotonic() + 180
-    while (snap := live_server.api("GET", "clusters/k-rest").json())["state"] == "starting":
+    while (snap := server.api("GET", f"clusters/{body['name']}").json())["state"] == "starting":
         assert time.monotonic() < deadline
         time.sleep(0.5)
     assert snap["state"] == "running", snap
+    return snap
+
+
+def test_cluster_created_over_rest_survives_kernel_restart(live_server: LiveServer) -> None:
+    _start_cluster(live_server, {"name": "k-rest", "groups": [{"name": "cpu", "max": 1}]})
     record = json.loads((live_server.runtime_dir / "raykube" / "clusters" / "k-rest.json").read_text())
 
     kernel = requests.post(f"{live_server.url}api/kernels", json={"name": "python3"}, timeout=60,
@@ -193,13 +199,7 @@ def test_clusters_of_a_killed_server_are_reaped_when_the_next_one_starts(tmp_pat
     """SIGKILL runs no cleanup at all: the next server's start finds the orphan and removes it."""
     first = _start_server(tmp_path)
     try:
-        created = first.api("POST", "clusters", {"name": "k-orphan", "groups": [{"name": "cpu", "max": 0}]})
-        assert created.status_code == 202, created.text
-        deadline = time.monotonic() + 180
-        while (snap := first.api("GET", "clusters/k-orphan").json())["state"] == "starting":
-            assert time.monotonic() < deadline
-            time.sleep(0.5)
-        assert snap["state"] == "running", snap
+        _start_cluster(first, {"name": "k-orphan", "groups": [{"name": "cpu", "max": 0}]})
         uid = json.loads((first.runtime_dir / "raykube" / "clusters" / "k-orphan.json").read_text())["uid"]
     finally:
         first.proc.kill()
