@@ -15,6 +15,7 @@ import platform
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -250,8 +251,7 @@ class ClusterManager(LoggingConfigurable):
         backend = request.get("backend") or self.backend.name
         if not isinstance(backend, str):
             raise SpecError("backend", backend, "local or kubernetes")
-        groups = _parse_default_groups(self.default_groups) if self.default_groups else default_groups()
-        defaults = ClusterSpec(name=request["name"], backend=backend, groups=groups,
+        defaults = ClusterSpec(name=request["name"], backend=backend, groups=self._new_cluster_groups,
                                idle_timeout_s=self.idle_timeout, max_workers=self.max_workers,
                                image=self.image or None)
         return ClusterSpec.from_dict(request, defaults=defaults)
@@ -419,6 +419,12 @@ class ClusterManager(LoggingConfigurable):
         if name not in self._backends:
             self._backends[name] = self._build_backend(name)
         return self._backends[name]
+
+    @cached_property
+    def _new_cluster_groups(self) -> tuple[WorkerGroup, ...]:
+        """Computed once: the built-in default asks the GPU driver how many GPUs there are,
+        which is not something to repeat on the server's event loop for every request."""
+        return _parse_default_groups(self.default_groups) if self.default_groups else default_groups()
 
     def _build_backend(self, name: str) -> Backend:
         cls = backend_class(name)

@@ -603,17 +603,23 @@ def check_no_gpu_nodes_for_cpu_demand(req, reply):
             assert reply.launch.get(g.name, 0) <= max(0, g.min_nodes - alive[g.name])
 
 
-@settings(max_examples=200, deadline=None)
-@given(requests())
-def test_plan_invariants(req):
-    # One generated snapshot serves every check: generating it costs more than planning.
+def check_plan(req):
+    """The checks every generated snapshot must pass; returns the planner's detail."""
     detail = _assign(req)
     assert plan(req) == detail.reply
     check_limits(req, detail.reply)
     check_fits(req, detail)
     check_every_launched_node_is_needed(req, detail)
-    check_no_gpu_nodes_for_cpu_demand(req, detail.reply)
     check_nodes_are_traded_for_at_most_one_accelerator_each(req, detail.reply)
+    return detail
+
+
+@settings(max_examples=200, deadline=None)
+@given(requests())
+def test_plan_invariants(req):
+    # One generated snapshot serves every check: generating it costs more than planning.
+    detail = check_plan(req)
+    check_no_gpu_nodes_for_cpu_demand(req, detail.reply)
 
 
 @st.composite
@@ -633,9 +639,4 @@ def gpu_fleets(draw):
 @settings(max_examples=200, deadline=None)
 @given(gpu_fleets())
 def test_plan_invariants_when_gpu_nodes_are_traded(req):
-    detail = _assign(req)
-    assert plan(req) == detail.reply
-    check_limits(req, detail.reply)
-    check_fits(req, detail)
-    check_every_launched_node_is_needed(req, detail)
-    check_nodes_are_traded_for_at_most_one_accelerator_each(req, detail.reply)
+    check_plan(req)
