@@ -43,6 +43,8 @@ RAY_ENV = [
     {"name": "RAY_CLOUD_INSTANCE_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
 ]
 POD_IP_ENV = {"name": "RAY_POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
+RESTRICTED_CONTAINER = {"securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}}
+RESTRICTED_POD = {"securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}}
 
 
 def as_dict(obj: Any) -> dict[str, Any]:
@@ -95,8 +97,10 @@ def test_head_pod() -> None:
                 "readinessProbe": {**probe, "initialDelaySeconds": 10, "failureThreshold": 10},
                 "livenessProbe": {**probe, "initialDelaySeconds": 30, "failureThreshold": 120},
                 "volumeMounts": [{"name": "dev-shm", "mountPath": "/dev/shm"}],
+                **RESTRICTED_CONTAINER,
             }],
             "restartPolicy": "Never",
+            **RESTRICTED_POD,
             "enableServiceLinks": False,
             "volumes": [{"name": "dev-shm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}}],
         },
@@ -141,8 +145,10 @@ def test_gpu_worker_pod_with_scheduling_settings() -> None:
                 "resources": {"limits": {"cpu": "4", "memory": "10Gi", "nvidia.com/gpu": "1"},
                               "requests": {"cpu": "4", "memory": "10Gi", "nvidia.com/gpu": "1"}},
                 "volumeMounts": [{"name": "dev-shm", "mountPath": "/dev/shm"}, {"name": "data", "mountPath": "/data"}],
+                **RESTRICTED_CONTAINER,
             }],
             "restartPolicy": "Never",
+            **RESTRICTED_POD,
             "enableServiceLinks": False,
             "serviceAccountName": "ray-nodes",
             "nodeSelector": {"cloud.google.com/gke-accelerator": "nvidia-l4"},

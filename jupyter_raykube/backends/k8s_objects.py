@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubernetes.client import (
+    V1Capabilities,
     V1Container,
     V1ContainerPort,
     V1EmptyDirVolumeSource,
@@ -34,11 +35,14 @@ from kubernetes.client import (
     V1ObjectMeta,
     V1OwnerReference,
     V1Pod,
+    V1PodSecurityContext,
     V1PodSpec,
     V1Probe,
     V1ResourceRequirements,
+    V1SeccompProfile,
     V1Secret,
     V1SecretKeySelector,
+    V1SecurityContext,
     V1Service,
     V1ServicePort,
     V1ServiceSpec,
@@ -51,6 +55,10 @@ from ..spec import ClusterSpec
 
 HEAD = "head"
 WORKER = "worker"
+# GPU node pools carry this taint (GKE, AKS and the NVIDIA GPU operator set it; EKS users add it),
+# so only Pods that ask for GPUs land there; clusters with the ExtendedResourceToleration
+# admission plugin add the toleration themselves, others need it in the Pod.
+GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 MANAGED_BY = "jupyter-raykube"
 
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
@@ -353,7 +361,9 @@ def _pod(meta: ClusterMeta, metadata: V1ObjectMeta, container_name: str, group: 
         name=container_name, image=settings.image, image_pull_policy=settings.image_pull_policy,
         command=[settings.ray_command], args=args, ports=container_ports,
         env=_env(group, meta.secret_name, spec_env, settings.env), resources=resources(size),
-        volume_mounts=mounts, readiness_probe=readiness, liveness_probe=liveness)
+        volume_mounts=mounts, readiness_probe=readiness, liveness_probe=liveness,
+        security_context=V1SecurityContext(allow_privilege_escalation=False,
+                                           capabilities=V1Capabilities(drop=["ALL"])))
     shm = V1Volume(name=SHM_VOLUME, empty_dir=V1EmptyDirVolumeSource(
         medium="Memory", size_limit=format_bytes(size.object_store_memory)))
     return V1Pod(
@@ -364,7 +374,11 @@ def _pod(meta: ClusterMeta, metadata: V1ObjectMeta, container_name: str, group: 
             node_selector=dict(settings.node_selector) or None,
             tolerations=list(settings.tolerations) or None,
             image_pull_secrets=[V1LocalObjectReference(name=n) for n in settings.image_pull_secrets] or None,
-            service_account_name=settings.service_account_name))
+            service_account_name=settings.service_account_name,
+            # Pod Security "restricted", which user namespaces often enforce; Ray needs none of
+            # what it forbids (the rayproject/ray images run as the non-root user "ray")
+            security_context=V1PodSecurityContext(run_as_non_root=True,
+                                                  seccomp_profile=V1SeccompProfile(type="RuntimeDefault"))))
 
 
 def owner_reference(pod_name: str, pod_uid: str) -> V1OwnerReference:
