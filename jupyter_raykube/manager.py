@@ -12,14 +12,16 @@ from __future__ import annotations
 import getpass
 import os
 import platform
+import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
 import anyio
+import anyio.lowlevel
 import ray
 from anyio.abc import TaskGroup, TaskStatus
 from jupyter_core.paths import jupyter_runtime_dir
@@ -33,7 +35,7 @@ from .backends.base import HEAD_GROUP, Backend, BackendError, ClusterHandle, Clu
 from .backends.registry import AUTO, CHOICES, backend_class, backend_setting_from_env, resolve_backend
 from .events import EventLog
 from .policy import Policy, PolicyError, describe_duration
-from .spec import ClusterSpec, SpecError, WorkerGroup, default_groups, parse_group
+from .spec import ClusterSpec, SpecError, WorkerGroup, default_groups, parse_group, parse_group_changes
 
 ClusterStateName = Literal["starting", "running", "stopping", "stopped", "failed"]
 Progress = Callable[[str, int, int], None]  # (step, done, total)
@@ -71,6 +73,7 @@ class Cluster:
     idle_since: float | None = None  # no driver attached and no work since then (epoch s)
     saved_ranges: dict[str, tuple[int, int]] | None = None  # group ranges before an idle scale-to-0
     start_scope: anyio.CancelScope | None = None  # a background start, cancelled by stop()
+    start_done: anyio.Event | None = None  # set once a background start has finished or cleaned up
 
     @property
     def name(self) -> str:
@@ -205,6 +208,7 @@ class ClusterManager(LoggingConfigurable):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._clusters: dict[str, Cluster] = {}
+        self._forgotten: dict[str, float] = {}  # name -> when this manager stopped that cluster
         self._backends: dict[str, Backend] = {self.backend.name: self.backend}
         self._tg: TaskGroup | None = None
         self.token = load_or_create_token(Path(self.token_path))
@@ -266,14 +270,19 @@ class ClusterManager(LoggingConfigurable):
     async def start(self, spec: ClusterSpec) -> Cluster:
         """Validate and register now (bad input and duplicates raise at once), bring the
         cluster up in the background. Poll `snapshot()`: `state` ends in running or failed."""
-        cluster = await self._register(spec)
         if self._tg is None:
             raise RuntimeError("ClusterManager.serve() is not running")
+        cluster = await self._register(spec)
+        # Made before the task runs, so a stop() that comes first still cancels (and waits for) it.
+        cluster.start_scope, cluster.start_done = anyio.CancelScope(), anyio.Event()
 
         async def bring_up() -> None:
-            with anyio.CancelScope() as scope:
-                cluster.start_scope = scope
-                await self._bring_up(cluster, lambda step, done, total: None, keep_failed=True)
+            assert cluster.start_scope is not None and cluster.start_done is not None
+            try:
+                with cluster.start_scope:
+                    await self._bring_up(cluster, lambda step, done, total: None, keep_failed=True)
+            finally:
+                cluster.start_done.set()
 
         self._tg.start_soon(bring_up, name=f"raykube-start-{spec.name}")
         return cluster
@@ -302,8 +311,10 @@ class ClusterManager(LoggingConfigurable):
         try:
             with anyio.fail_after(self.start_timeout_s):
                 self._step(cluster, report, "starting the head node", 0, total)
-                cluster.handle = await cluster.backend.create_cluster(
-                    spec, owner=self.owner, token=self.token, **self._owner_kwargs(cluster.backend))
+                with anyio.CancelScope(shield=True):  # a stop must not lose what the create made
+                    cluster.handle = await cluster.backend.create_cluster(
+                        spec, owner=self.owner, token=self.token, **self._owner_kwargs(cluster.backend))
+                await anyio.lowlevel.checkpoint()  # ... so a stop meanwhile cancels here, handle known
                 cluster.dashboard_url = self._dashboard_url(cluster.handle)
                 self._step(cluster, report, "waiting for the head node to join", 1, total)
                 await self._wait_for_head(cluster)
@@ -333,7 +344,7 @@ class ClusterManager(LoggingConfigurable):
     async def list(self) -> list[Cluster]:
         """Clusters owned here plus those other processes of this user run."""
         for handle, backend in await self._discover():
-            if handle.name not in self._clusters:
+            if handle.name not in self._clusters and not self._is_forgotten(handle):
                 self._clusters[handle.name] = self._attached(handle, backend)
         return sorted(self._clusters.values(), key=lambda c: c.name)
 
@@ -341,9 +352,12 @@ class ClusterManager(LoggingConfigurable):
         """Find a running cluster by name (started by any process of this user)."""
         if name in self._clusters:
             return self._clusters[name]
-        found = next(((h, b) for h, b in await self._discover() if h.name == name), None)
+        found = next(((h, b) for h, b in await self._discover()
+                      if h.name == name and not self._is_forgotten(h)), None)
         if found is None:
             raise ClusterNotFound(f"no running cluster named {name!r}")
+        if name in self._clusters:  # registered by a concurrent request during discover()
+            return self._clusters[name]
         cluster = self._attached(*found)
         self._clusters[name] = cluster
         await self.refresh(cluster)
@@ -371,18 +385,31 @@ class ClusterManager(LoggingConfigurable):
                     wait: bool = False, progress: Progress | None = None) -> Cluster:
         """Set a group's range. `scale(name, "cpu", 2, 2)` pins it to exactly 2 nodes; with
         `wait`, return once the group has settled inside the range."""
+        cluster = await self.change_groups(name, {group: {"min": min_nodes, "max": max_nodes}})
+        if wait:
+            await self._wait_for_group(cluster, group, progress)
+        return cluster
+
+    async def change_groups(self, name: str, changes: Mapping[str, Mapping[str, Any]]) -> Cluster:
+        """Change several groups' fields at once, all or nothing: the whole change is parsed
+        and checked against the policy before any of it is applied, so a refused change
+        (unknown group, bad value, over a cap) leaves the cluster exactly as it was."""
         cluster = await self.get(name)
-        new_spec = cluster.spec.with_group_range(group, min_nodes, max_nodes)
+        for group in changes:
+            cluster.spec.group(group)  # an unknown group names the groups that exist
+        new_spec = replace(cluster.spec, groups=parse_group_changes(changes, cluster.spec.groups))
         if not cluster.owned:
             raise NotOwnedError(f"cluster {name!r} is autoscaled by the process that started it; "
-                                f"scale it there (or through the Jupyter server that owns it)")
+                                f"change it there (or through the Jupyter server that owns it)")
         self.policy.check(new_spec, self._committed_specs(except_name=name))
         if cluster.saved_ranges is not None:  # scaled to 0 while idle: the user's range wins
             cluster.saved_ranges = None
+        before = {g.name: g for g in cluster.spec.groups}
         self._set_spec(cluster, new_spec)
-        cluster.events.add(time.time(), "scaled", f"{group} group set to {min_nodes}..{max_nodes} nodes")
-        if wait:
-            await self._wait_for_group(cluster, group, progress)
+        for group in new_spec.groups:
+            if group.name in changes and group != before[group.name]:
+                cluster.events.add(time.time(), "scaled",
+                                   f"{group.name} group set to {group.min}..{group.max} nodes")
         return cluster
 
     async def stop(self, name: str) -> None:
@@ -554,8 +581,10 @@ class ClusterManager(LoggingConfigurable):
             nodes = {n.name: n for n in await backend.list_nodes(cluster.handle)}
             head = nodes.get(head_name)
             if head is None or head.phase == "exited":
-                logs = await backend.logs(cluster.handle, head_name, tail=20)
-                raise StartError(f"the head node stopped while starting ({head.message if head else 'gone'}):\n{logs}")
+                logs = await backend.logs(cluster.handle, head_name, tail=40)
+                self.log.warning("head node of %s stopped while starting; its last lines:\n%s", cluster.name, logs)
+                raise StartError(f"the head node stopped while starting ({head.message if head else 'gone'})"
+                                 f"{_telling_line(logs)}")
             try:
                 if reader is None:
                     reader = await anyio.to_thread.run_sync(GcsReader, cluster.handle.address)
@@ -592,21 +621,24 @@ class ClusterManager(LoggingConfigurable):
     async def _fail(self, cluster: Cluster, exc: BaseException, started: float, *, keep: bool) -> None:
         """Remove everything the cluster started. `keep`: leave the record (state failed, with
         the error) for the UI to show until it is deleted."""
-        cluster.state = "failed"
-        cluster.step = ""
-        cluster.error = str(exc) or type(exc).__name__
-        if isinstance(exc, TimeoutError):
-            cluster.error = f"the cluster was not ready within {self.start_timeout_s:.0f} s"
+        stopped = cluster.state == "stopping"  # cancelled by stop(), which finishes the job
         with anyio.CancelScope(shield=True):
             if cluster.scope is not None:
                 cluster.scope.cancel()
             if cluster.handle is not None:
                 await cluster.backend.delete_cluster(cluster.handle)
+        if stopped:
+            return
+        cluster.state = "failed"
+        cluster.step = ""
+        cluster.error = one_line(exc)
+        if isinstance(exc, TimeoutError):
+            cluster.error = f"the cluster was not ready within {self.start_timeout_s:.0f} s"
         if not keep:
             self._clusters.pop(cluster.name, None)
         cluster.events.add(time.time(), "error", f"cluster failed to start: {cluster.error}")
         self.log.warning("Ray cluster %s failed to start after %.1f s: %s", cluster.name,
-                         time.monotonic() - started, cluster.error)
+                         time.monotonic() - started, exc)
 
     async def _stop(self, cluster: Cluster, *, reason: str) -> None:
         failed = cluster.state == "failed"  # its processes are already gone
@@ -614,8 +646,11 @@ class ClusterManager(LoggingConfigurable):
         for scope in (cluster.start_scope, cluster.scope):
             if scope is not None:
                 scope.cancel()
+        if cluster.start_done is not None:
+            with anyio.CancelScope(shield=True):
+                await cluster.start_done.wait()  # a cancelled start removes what it made first
         if cluster.handle is not None and not failed:
-            await cluster.backend.delete_cluster(cluster.handle)
+            await cluster.backend.delete_cluster(cluster.handle)  # safe after that removal too
         self._forget(cluster, reason)
 
     async def _lost(self, cluster: Cluster, reason: str) -> None:
@@ -633,6 +668,31 @@ class ClusterManager(LoggingConfigurable):
         cluster.events.add(time.time(), "stopped", f"cluster stopped: {reason}")
         if self._clusters.get(cluster.name) is cluster:
             del self._clusters[cluster.name]
+        # A list() or attach() that looked before the stop finished must not bring it back.
+        self._forgotten[cluster.name] = time.time()
+
+    def _is_forgotten(self, handle: ClusterHandle) -> bool:
+        """A handle of a cluster this manager has stopped (a newer one of that name is not)."""
+        return handle.created_at <= self._forgotten.get(handle.name, 0.0)
+
+
+_PATH = re.compile(r"(?:[A-Za-z]:)?(?:/[\w.@+-]+){2,}/?")
+
+
+def one_line(exc: BaseException) -> str:
+    """What a user sees of an error: its first line, without server paths (the details, a
+    traceback or a node's log, go to the server log)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = _PATH.sub("<path>", lines[0]) if lines else type(exc).__name__
+    return text if len(text) <= 300 else text[:299] + "…"
+
+
+def _telling_line(logs: str) -> str:
+    """The log line that says why a node stopped (Ray's last error line), as ": <line>"."""
+    lines = [line.strip() for line in logs.splitlines() if line.strip()]
+    errors = [line for line in lines if "error" in line.lower()]
+    chosen = (errors or lines)[-1:]
+    return f": {chosen[0]}" if chosen else ""
 
 
 def _running_work(node: Any) -> bool:

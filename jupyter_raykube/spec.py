@@ -8,8 +8,10 @@ the field, the bad value and what is allowed.
 
 from __future__ import annotations
 
+import math
 import os
 import re
+import reprlib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from decimal import Decimal, InvalidOperation
@@ -21,16 +23,40 @@ GROUP_NAME_MAX = 15
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _RESOURCE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:/-]*$")
 _RESERVED_RESOURCES = {"CPU", "GPU", "memory", "object_store_memory"}
+RESOURCE_NAME_MAX = 253  # a Kubernetes qualified name's limit, and far beyond any Ray resource's
+# Sizes no real node or cluster has: refused up front, so nothing downstream (Ray, the policy's
+# arithmetic, Kubernetes quantities) meets an absurd or non-finite number.
+MAX_NODE_CPUS = 1024
+MAX_NODE_GPUS = 64
+MAX_NODE_BYTES = 2**46  # 64 TiB of Ray memory or object store on one node
+MAX_GROUP_NODES = 1000
+MAX_RESOURCE_AMOUNT = 1e9  # a custom resource's amount per node
+MAX_COST = 1e9
+MAX_IDLE_S = 7 * 86400
+_ECHO_MAX = 60  # how much of a bad value (or a field name a client made up) an error repeats
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = _ECHO_MAX
+_REPR.maxlevel = 2
+
+
+def echo(value: Any) -> str:
+    """A short, safe repr of a client's value for an error message: cut to a prefix, and never
+    the full text of a huge number (Python refuses to print ints of over 4,300 digits)."""
+    try:
+        text = _REPR.repr(value)
+    except ValueError:
+        text = "<a number too long to print>"
+    return text if len(text) <= _ECHO_MAX else text[:_ECHO_MAX - 1] + "…"
 
 
 class SpecError(ValueError):
     """Bad input, named: the field, the value given and what is allowed."""
 
     def __init__(self, field_name: str, value: Any, allowed: str) -> None:
-        self.field = field_name
+        self.field = field_name if len(field_name) <= 2 * _ECHO_MAX else field_name[:2 * _ECHO_MAX - 1] + "…"
         self.value = value
         self.allowed = allowed
-        super().__init__(f"{field_name}={value!r} is not allowed: {allowed}")
+        super().__init__(f"{self.field}={echo(value)} is not allowed: {allowed}")
 
 
 @dataclass(frozen=True)
@@ -53,28 +79,25 @@ class WorkerGroup:
         _check_name("group name", self.name, GROUP_NAME_MAX)
         if self.name == "head":
             raise SpecError("group name", self.name, "any name but 'head' (the head node's group)")
-        _check_int(f"{prefix}.cpus", self.cpus, low=0)
-        _check_int(f"{prefix}.gpus", self.gpus, low=0)
-        _check_int(f"{prefix}.min", self.min, low=0)
-        _check_int(f"{prefix}.max", self.max, low=0)
+        _check_int(f"{prefix}.cpus", self.cpus, low=0, high=MAX_NODE_CPUS)
+        _check_int(f"{prefix}.gpus", self.gpus, low=0, high=MAX_NODE_GPUS)
+        _check_int(f"{prefix}.min", self.min, low=0, high=MAX_GROUP_NODES)
+        _check_int(f"{prefix}.max", self.max, low=0, high=MAX_GROUP_NODES)
         if self.max < self.min:
             raise SpecError(f"{prefix}.max", self.max, f"must be >= min ({self.min})")
         if self.cpus == 0 and self.gpus == 0 and not self.custom:
             raise SpecError(f"{prefix}.cpus", self.cpus,
                             "a worker needs at least 1 CPU, 1 GPU or a custom resource")
-        for key in ("memory", "object_store_memory"):
-            value = getattr(self, key)
-            if value is not None:
-                _check_int(f"{prefix}.{key}", value, low=1)
+        _check_sizes(prefix, self.memory, self.object_store_memory)
         for key, amount in self.custom.items():
-            if key in _RESERVED_RESOURCES or not _RESOURCE_NAME.match(key):
+            if (not isinstance(key, str) or key in _RESERVED_RESOURCES or len(key) > RESOURCE_NAME_MAX
+                    or not _RESOURCE_NAME.match(key)):
                 raise SpecError(f"{prefix}.custom", key,
-                                "a resource name (letters, digits, _ . : / -) other than "
-                                "CPU, GPU, memory and object_store_memory")
-            if not isinstance(amount, (int, float)) or isinstance(amount, bool) or amount <= 0:
-                raise SpecError(f"{prefix}.custom.{key}", amount, "a number > 0")
-        if self.cost is not None and (not isinstance(self.cost, (int, float)) or self.cost <= 0):
-            raise SpecError(f"{prefix}.cost", self.cost, "a number > 0")
+                                f"a resource name (letters, digits, _ . : / -, at most {RESOURCE_NAME_MAX} "
+                                "characters) other than CPU, GPU, memory and object_store_memory")
+            _check_positive(f"{prefix}.custom.{key}", amount, MAX_RESOURCE_AMOUNT)
+        if self.cost is not None:
+            _check_positive(f"{prefix}.cost", self.cost, MAX_COST)
         if self.idle_timeout_s is not None:
             _check_seconds(f"{prefix}.idle_timeout_s", self.idle_timeout_s)
 
@@ -99,11 +122,8 @@ class HeadSpec:
     object_store_memory: int | None = None
 
     def __post_init__(self) -> None:
-        _check_int("head.cpus", self.cpus, low=0)
-        for key in ("memory", "object_store_memory"):
-            value = getattr(self, key)
-            if value is not None:
-                _check_int(f"head.{key}", value, low=1)
+        _check_int("head.cpus", self.cpus, low=0, high=MAX_NODE_CPUS)
+        _check_sizes("head", self.memory, self.object_store_memory)
 
 
 @dataclass(frozen=True)
@@ -126,7 +146,7 @@ class ClusterSpec:
             raise SpecError("backend", self.backend, f"one of {', '.join(BACKENDS)}")
         _check_seconds("idle_timeout_s", self.idle_timeout_s)
         if self.max_workers is not None:
-            _check_int("max_workers", self.max_workers, low=0)
+            _check_int("max_workers", self.max_workers, low=0, high=MAX_GROUP_NODES * 10)
         names = [g.name for g in self.groups]
         for name in names:
             if names.count(name) > 1:
@@ -184,6 +204,11 @@ class ClusterSpec:
         if "groups" in data:
             values["groups"] = _parse_groups(data["groups"], base.groups)
         return replace(base, **values)
+
+
+def check_cluster_name(name: Any) -> None:
+    """A cluster name as every front-end and URL must give it (SpecError on `name` otherwise)."""
+    _check_name("name", name, CLUSTER_NAME_MAX)
 
 
 def default_groups(cpu_count: int | None = None, gpu_count: int | None = None) -> tuple[WorkerGroup, ...]:
@@ -256,25 +281,34 @@ def _parse_groups(data: Any, base: tuple[WorkerGroup, ...]) -> tuple[WorkerGroup
     """Either a list of group objects (exactly these groups; one named like a default group
     starts from its defaults), or an object of name -> changed fields, applied to the default
     groups (the shape PATCH uses, so a client can change `cpu.max` without knowing the rest)."""
-    by_name = {g.name: g for g in base}
     if isinstance(data, Mapping):
-        changed = dict(by_name)
-        for name, change in data.items():
-            if name not in by_name:
-                raise SpecError("groups", name, f"one of the default groups ({', '.join(by_name) or 'none'}); "
-                                                "to define other groups, send a list of group objects")
-            if not isinstance(change, Mapping):
-                raise SpecError(f"groups.{name}", change, "an object of the group's fields to change")
-            changed[name] = parse_group({**change, "name": name}, by_name[name])
-        return tuple(changed.values())
+        unknown = [name for name in data if name not in {g.name for g in base}]
+        if unknown:
+            raise SpecError("groups", unknown[0], f"one of the default groups ({', '.join(g.name for g in base) or 'none'}); "
+                                                  "to define other groups, send a list of group objects")
+        return parse_group_changes(data, base)
     if not isinstance(data, list):
         raise SpecError("groups", data, "a JSON list of group objects, or an object of group name -> fields")
+    by_name = {g.name: g for g in base}
     groups = []
     for index, item in enumerate(data):
         if not isinstance(item, Mapping) or not isinstance(item.get("name"), str):
             raise SpecError(f"groups[{index}]", item, 'an object with a "name" string')
         groups.append(parse_group(item, by_name.get(item["name"])))
     return tuple(groups)
+
+
+def parse_group_changes(changes: Mapping[str, Any], base: tuple[WorkerGroup, ...]) -> tuple[WorkerGroup, ...]:
+    """`base` with each named group's fields changed ({"cpu": {"max": 8}}): the one parser of a
+    change, whether it comes with a new cluster's request or a PATCH of a running one."""
+    by_name = {g.name: g for g in base}
+    for name, change in changes.items():
+        if name not in by_name:
+            raise SpecError("group", name, f"one of the groups: {', '.join(by_name) or '(none)'}")
+        if not isinstance(change, Mapping):
+            raise SpecError(f"groups.{name}", change, "an object of the group's fields to change")
+        by_name[name] = parse_group({**change, "name": name}, by_name[name])
+    return tuple(by_name.values())
 
 
 def parse_group(data: Mapping[str, Any], base: WorkerGroup | None = None) -> WorkerGroup:
@@ -318,9 +352,12 @@ def _quantity(field_name: str, value: Any) -> Decimal:
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise SpecError(field_name, value, "a number or a Kubernetes quantity string")
     try:
-        return Decimal(parse_quantity(value))
-    except (ValueError, TypeError, InvalidOperation):
+        amount = Decimal(parse_quantity(value))
+    except (ValueError, TypeError, InvalidOperation, ArithmeticError):
         raise SpecError(field_name, value, 'a number or a Kubernetes quantity such as "2", "500m", "4Gi"') from None
+    if not amount.is_finite() or abs(amount) > MAX_NODE_BYTES:
+        raise SpecError(field_name, value, f"a finite amount of at most {MAX_NODE_BYTES} (64Ti)")
+    return amount
 
 
 def _integer(field_name: str, value: Any) -> int:
@@ -330,9 +367,16 @@ def _integer(field_name: str, value: Any) -> int:
 
 
 def _number(field_name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+    """A finite JSON number as a float (huge ints, inf and NaN are refused, not overflowed)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise SpecError(field_name, value, "a number")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise SpecError(field_name, value, "a finite number")
+    return number
 
 
 def _string(field_name: str, value: Any, *, optional: bool = False) -> str | None:
@@ -357,11 +401,24 @@ def _check_name(field_name: str, value: Any, max_len: int) -> None:
                         f"or digit, at most {max_len} characters")
 
 
-def _check_int(field_name: str, value: Any, *, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise SpecError(field_name, value, f"a whole number >= {low}")
+def _check_int(field_name: str, value: Any, *, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise SpecError(field_name, value, f"a whole number from {low} to {high}")
+
+
+def _check_positive(field_name: str, value: Any, high: float) -> None:
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or not 0 < value <= high):
+        raise SpecError(field_name, value, f"a number > 0 and at most {high:g}")
+
+
+def _check_sizes(prefix: str, memory: int | None, object_store_memory: int | None) -> None:
+    for key, value in (("memory", memory), ("object_store_memory", object_store_memory)):
+        if value is not None:
+            _check_int(f"{prefix}.{key}", value, low=1, high=MAX_NODE_BYTES)
 
 
 def _check_seconds(field_name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= value <= 7 * 86400):
-        raise SpecError(field_name, value, "seconds between 0 and 604800 (one week)")
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or not 0 <= value <= MAX_IDLE_S):
+        raise SpecError(field_name, value, f"seconds between 0 and {MAX_IDLE_S} (one week)")

@@ -128,3 +128,45 @@ async def test_cluster_lifecycle_over_rest_with_dashboard_proxy(jp_fetch: Any, j
     assert response.code == 204
     assert cluster_processes(uid) == []
     assert await _json(jp_fetch, "clusters") == {"clusters": []}
+
+
+async def test_created_then_deleted_at_once_never_comes_back(jp_fetch: Any, jp_serverapp: Any) -> None:
+    """A DELETE right behind the POST (before the head is even up) stops the start: the list
+    never shows the cluster again, no process is left, and the name is free at once."""
+    await jp_serverapp._post_start()
+    backend = LocalBackend()
+    for round_ in range(20):
+        body = json.dumps({"name": "flash", "groups": [{"name": "cpu", "max": 0}]})
+        assert (await _json(jp_fetch, "clusters", method="POST", body=body))["state"] == "starting"
+        if round_ % 2:  # half the rounds give the start a moment to spawn the head first
+            await asyncio.sleep(0.3)
+        response = await jp_fetch("raykube", "api", "clusters", "flash", method="DELETE")
+        assert response.code == 204
+        for _ in range(3):
+            assert await _json(jp_fetch, "clusters") == {"clusters": []}, f"round {round_}"
+            await asyncio.sleep(0.1)
+        assert "flash" not in backend.store.names()
+    assert backend.store.names() == []
+
+
+async def test_a_refused_patch_changes_nothing(jp_fetch: Any, jp_serverapp: Any) -> None:
+    """All or nothing: a PATCH whose second group is refused leaves the first as it was."""
+    await jp_serverapp._post_start()
+    groups = [{"name": "cpu", "max": 1}, {"name": "big", "cpus": 2, "max": 1}]
+    await _json(jp_fetch, "clusters", method="POST", body=json.dumps({"name": "atomic", "groups": groups}))
+    try:
+        snap = await _wait_state(jp_fetch, "atomic", {"running", "failed"})
+        assert snap["state"] == "running", snap["error"]
+        for second in ({"min": 3, "max": 1}, {"max": 10**400}, {"min": "two"}):
+            code, message = await _error(jp_fetch, "clusters", "atomic", method="PATCH",
+                                         body=json.dumps({"groups": {"cpu": {"max": 3}, "big": second}}))
+            assert code == 400 and "groups.big." in message, message
+        code, message = await _error(jp_fetch, "clusters", "atomic", method="PATCH",
+                                     body=json.dumps({"groups": {"cpu": {"max": 3}, "tpu": {"max": 1}}}))
+        assert code == 400 and "group='tpu'" in message
+        snap = await _json(jp_fetch, "clusters", "atomic")
+        assert [(g["name"], g["min"], g["max"]) for g in snap["groups"]] == [("cpu", 0, 1), ("big", 0, 1)]
+        events = (await _json(jp_fetch, "clusters", "atomic", "events"))["events"]
+        assert not [e for e in events if e["kind"] == "scaled"]
+    finally:
+        await jp_fetch("raykube", "api", "clusters", "atomic", method="DELETE")

@@ -16,38 +16,31 @@ from jupyter_server.base.handlers import APIHandler
 from tornado import web
 
 from ..backends.base import BackendError, ClusterNotFound
-from ..manager import ClusterExistsError, ClusterManager, NotOwnedError
+from ..manager import ClusterExistsError, NotOwnedError
 from ..policy import PolicyError
 from ..spec import SpecError
+from .guard import BodyError, OwnerGuard, parse_json_body
 
 AUTH_RESOURCE = "raykube"
 
-
-class NotYours(Exception):
-    """The caller is not the user this server's clusters belong to."""
-
-
 _STATUS: tuple[tuple[type[BaseException], int], ...] = (
-    (SpecError, 400), (PolicyError, 403), (NotYours, 403), (ClusterNotFound, 404),
+    (BodyError, 400), (SpecError, 400), (PolicyError, 403), (ClusterNotFound, 404),
     (ClusterExistsError, 409), (NotOwnedError, 409), (BackendError, 503),
 )
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 
-class _BadRequest(Exception):
-    """The body is not what the endpoint takes (not JSON, wrong types)."""
-
-
 def mapped_errors(method: F) -> F:
-    """Turn domain errors into HTTP errors with the exception's message."""
+    """Check the caller and the URL's cluster name, then turn domain errors into HTTP errors
+    with the exception's message."""
 
     @wraps(method)
     async def wrapper(self: RayKubeHandler, *args: Any, **kwargs: Any) -> Any:
+        self.check_caller()
+        if "name" in kwargs:
+            self.check_name(kwargs["name"])
         try:
-            self.check_caller()
             return await method(self, *args, **kwargs)
-        except _BadRequest as exc:
-            raise web.HTTPError(400, str(exc)) from None
         except Exception as exc:
             for kind, status in _STATUS:
                 if isinstance(exc, kind):
@@ -57,35 +50,21 @@ def mapped_errors(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-class RayKubeHandler(APIHandler):
+class RayKubeHandler(OwnerGuard, APIHandler):
     auth_resource = AUTH_RESOURCE
 
-    @property
-    def manager(self) -> ClusterManager:
-        return self.settings["raykube_manager"]
-
-    def check_caller(self) -> None:
-        """Under JupyterHub (or with `restrict_to_owner`), only the clusters' owner may use
-        the API; an admin who can reach this server is still not that user."""
-        owner = self.manager.owner
-        caller = getattr(self.current_user, "username", None)
-        if self.settings.get("raykube_restrict_to_owner") and caller != owner:
-            raise NotYours(f"these Ray clusters belong to {owner!r}; {caller!r} may not see or change them")
-
     def json_body(self) -> Any:
-        try:
-            return json.loads(self.request.body or b"null")
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise _BadRequest(f"the request body is not valid JSON: {exc}") from None
+        return parse_json_body(self.request.body)
 
     def reply(self, payload: Any, status: int = 200) -> None:
         self.set_status(status)
-        self.finish(json.dumps(payload))
+        self.finish(json.dumps(payload, allow_nan=False))
 
 
 class InfoHandler(RayKubeHandler):
     @web.authenticated
     @authorized
+    @mapped_errors
     async def get(self) -> None:
         self.reply({"owner": self.manager.owner, "backend": self.manager.backend.name,
                     "max_clusters": self.manager.max_clusters})
@@ -125,16 +104,10 @@ class ClusterHandler(RayKubeHandler):
         if not isinstance(groups, dict) or not groups or set(body) - {"groups"}:
             raise SpecError("groups", groups, 'an object of group -> {"min": N, "max": N}, '
                                               'e.g. {"groups": {"cpu": {"min": 0, "max": 4}}}')
-        cluster = await self.manager.get(name)
         for group_name, change in groups.items():
-            current = cluster.spec.group(group_name)
-            if not isinstance(change, dict) or set(change) - {"min", "max"}:
+            if not isinstance(change, dict) or not change or set(change) - {"min", "max"}:
                 raise SpecError(f"groups.{group_name}", change, 'an object with "min" and/or "max"')
-            low, high = change.get("min", current.min), change.get("max", current.max)
-            for field, value in (("min", low), ("max", high)):
-                if isinstance(value, bool) or not isinstance(value, int):
-                    raise SpecError(f"groups.{group_name}.{field}", value, "a whole number")
-            await self.manager.scale(name, group_name, low, high)
+        cluster = await self.manager.change_groups(name, groups)
         self.reply(cluster.snapshot())
 
     @web.authenticated

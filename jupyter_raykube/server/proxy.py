@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from urllib.parse import parse_qsl, quote, urlencode
 
+from jupyter_core.utils import ensure_async
 from jupyter_server.auth.decorator import authorized, ws_authenticated
 from jupyter_server.base.handlers import JupyterHandler
 from tornado import httpclient, httputil, web
 
 from ..backends.base import ClusterNotFound
-from ..manager import ClusterManager
+from .guard import OwnerGuard
 from .ws_proxy import HANDSHAKE_HEADERS, DashboardSocketMixin, is_websocket_upgrade
 
 _HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
@@ -41,24 +42,26 @@ def upstream_headers(request: httputil.HTTPServerRequest, token: str, *,
     return headers
 
 
-class DashboardProxyHandler(DashboardSocketMixin, JupyterHandler):
+class DashboardProxyHandler(OwnerGuard, DashboardSocketMixin, JupyterHandler):
+    """Every method (and the websocket) is let through only for the clusters' owner, with the
+    same checks as the REST API: the dashboard's job API runs code on the cluster."""
+
     auth_resource = "raykube"
     SUPPORTED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
-
-    @property
-    def manager(self) -> ClusterManager:
-        return self.settings["raykube_manager"]
 
     async def get(self, name: str, path: str) -> None:
         """One URL for both, as the dashboard has: a websocket handshake is relayed, the rest is HTTP."""
         if is_websocket_upgrade(self.request):
-            await self._socket(name, path)
+            await ensure_async(self._socket(name, path))
         else:
-            await self._handle(name, path)
+            # `web.authenticated` answers a login redirect itself and returns None, not a coroutine.
+            await ensure_async(self._handle(name, path))
 
     @web.authenticated
     @authorized  # the auth action comes from the request's method, so one handler serves all
     async def _handle(self, name: str, path: str) -> None:
+        self.check_caller()
+        self.check_name(name)
         await self._proxy(name, path)
 
     head = post = put = patch = delete = _handle
@@ -66,6 +69,8 @@ class DashboardProxyHandler(DashboardSocketMixin, JupyterHandler):
     @ws_authenticated  # as Jupyter's kernel sockets: a bare 403, never a login redirect
     @authorized  # a handshake is a GET: the same "read" a GET of the dashboard needs
     async def _socket(self, name: str, path: str) -> None:
+        self.check_caller()
+        self.check_name(name)
         address = await self._dashboard_address(name)
         await self.relay(upstream_url("ws", address, path, self.request.query),
                          upstream_headers(self.request, self.manager.token, drop=HANDSHAKE_HEADERS))
