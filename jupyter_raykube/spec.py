@@ -14,7 +14,7 @@ import re
 import reprlib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 BACKENDS = ("local", "kubernetes")
@@ -247,17 +247,19 @@ def parse_range(field_name: str, text: str) -> tuple[int, int]:
 
 def parse_cpus(field_name: str, value: Any) -> int:
     """A whole number of CPUs from 2, "2" or a Kubernetes quantity such as "2000m"."""
-    amount = _quantity(field_name, value)
+    allowed = f"a whole number of CPUs from 0 to {MAX_NODE_CPUS} (Ray nodes cannot have fractional CPUs)"
+    amount = _quantity(field_name, value, high=MAX_NODE_CPUS, allowed=allowed)
     if amount != amount.to_integral_value() or amount < 0:
-        raise SpecError(field_name, value, "a whole number of CPUs >= 0 (Ray nodes cannot have fractional CPUs)")
+        raise SpecError(field_name, value, allowed)
     return int(amount)
 
 
 def parse_bytes(field_name: str, value: Any) -> int:
     """Bytes from 4000000000, "4G" or "4Gi" (Kubernetes quantity rules)."""
-    amount = _quantity(field_name, value)
+    allowed = f'a size > 0 and at most 64Ti, such as 4000000000, "4G" or "4Gi"'
+    amount = _quantity(field_name, value, high=MAX_NODE_BYTES, allowed=allowed)
     if amount <= 0:
-        raise SpecError(field_name, value, 'a size > 0 such as 4000000000, "4G" or "4Gi"')
+        raise SpecError(field_name, value, allowed)
     return int(amount)
 
 
@@ -344,7 +346,8 @@ def _reject_unknown(prefix: str, data: Mapping[str, Any], allowed: set[str]) -> 
             raise SpecError(f"{prefix}{key}", data[key], f"known fields are {', '.join(sorted(allowed))}")
 
 
-def _quantity(field_name: str, value: Any) -> Decimal:
+def _quantity(field_name: str, value: Any, *, high: int, allowed: str) -> Decimal:
+    """A Kubernetes quantity (or a JSON number) as a Decimal no larger than `high`."""
     # Imported here: the kubernetes package takes ~2 s to import, most of `%raycluster start`'s
     # own overhead, and only quantity strings need it.
     from kubernetes.utils import parse_quantity
@@ -353,10 +356,11 @@ def _quantity(field_name: str, value: Any) -> Decimal:
         raise SpecError(field_name, value, "a number or a Kubernetes quantity string")
     try:
         amount = Decimal(parse_quantity(value))
-    except (ValueError, TypeError, InvalidOperation, ArithmeticError):
+        too_large = not amount.is_finite() or abs(amount) > high
+    except (ValueError, TypeError, ArithmeticError):  # InvalidOperation and Overflow too
         raise SpecError(field_name, value, 'a number or a Kubernetes quantity such as "2", "500m", "4Gi"') from None
-    if not amount.is_finite() or abs(amount) > MAX_NODE_BYTES:
-        raise SpecError(field_name, value, f"a finite amount of at most {MAX_NODE_BYTES} (64Ti)")
+    if too_large:
+        raise SpecError(field_name, value, allowed)
     return amount
 
 

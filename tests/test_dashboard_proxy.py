@@ -68,7 +68,7 @@ async def test_job_logs_tail_over_websocket_through_proxy(
     await _api(jp_fetch, "clusters", method="POST", body=json.dumps({"name": "ws-1"}))
     dashboard = ("raykube", "clusters", "ws-1", "dashboard")
     try:
-        assert await _refused(jp_ws_fetch(*dashboard, "api", "version")) == 503  # still starting
+        assert await _refused(jp_ws_fetch(*dashboard, "api", "version")) == 409  # still starting
         await _wait_running(jp_fetch, "ws-1")
         uid = LocalBackend().store.read("ws-1")["uid"]
 

@@ -170,3 +170,20 @@ async def test_a_refused_patch_changes_nothing(jp_fetch: Any, jp_serverapp: Any)
         assert not [e for e in events if e["kind"] == "scaled"]
     finally:
         await jp_fetch("raykube", "api", "clusters", "atomic", method="DELETE")
+
+
+async def test_a_start_ray_refuses_fails_with_one_line_and_no_paths(jp_fetch: Any, jp_serverapp: Any) -> None:
+    """Ray refuses an object store larger than /dev/shm: the cluster ends `failed` with Ray's
+    reason on one line (its log and traceback go to the server log), and nothing runs."""
+    await jp_serverapp._post_start()
+    body = {"name": "too-big", "head": {"object_store_memory": "60Ti"}, "groups": [{"name": "cpu", "max": 0}]}
+    await _json(jp_fetch, "clusters", method="POST", body=json.dumps(body))
+    snap = await _wait_state(jp_fetch, "too-big", {"running", "failed"})
+    try:
+        assert snap["state"] == "failed"
+        assert "object store" in snap["error"] and "\n" not in snap["error"], snap["error"]
+        assert "Traceback" not in json.dumps(snap) and "/site-packages/" not in json.dumps(snap)
+        assert LocalBackend().store.names() == []
+    finally:
+        await jp_fetch("raykube", "api", "clusters", "too-big", method="DELETE")
+    assert await _json(jp_fetch, "clusters") == {"clusters": []}

@@ -48,7 +48,7 @@ class LiveServer:
 
 
 def _start_server(tmp: Path, *extra: str) -> LiveServer:
-    port = _free_ports("127.0.0.1", 1)[0]
+    port = _free_ports(1)[0]
     token = secrets.token_hex(16)
     runtime = tmp / "runtime"
     env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(runtime), "JUPYTER_CONFIG_DIR": str(tmp / "config"),
@@ -94,7 +94,8 @@ def refusing_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveSe
 
 
 _json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-10, 10**12) | st.floats(allow_nan=True) | st.text(max_size=20),
+    st.none() | st.booleans() | st.integers(-10, 10**12) | st.sampled_from([10**400, -(10**60), 2**63])
+    | st.floats(allow_nan=True) | st.text(max_size=20) | st.sampled_from(["1e400", "Infinity", "4Gi", "-1"]),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4),
     max_leaves=12)
 _group = st.fixed_dictionaries({"name": st.sampled_from(["cpu", "gpu", "x", "Bad!", ""])},
@@ -111,24 +112,91 @@ _post_body = st.one_of(
 _names = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=30)
 
 
+def _check_answer(response: requests.Response) -> None:
+    """Never a 5xx; every refusal is JSON with a message, and no answer shows server internals."""
+    assert response.status_code < 500, response.text[:2000]
+    assert "Traceback" not in response.text and 'File "/' not in response.text, response.text[:2000]
+    assert str(ROOT) not in response.text and sys.prefix not in response.text, response.text[:2000]
+    if response.status_code >= 400 and response.request.method != "HEAD":
+        assert response.json()["message"], response.text
+
+
+def _clean_up_after(server: LiveServer, response: requests.Response, name: Any) -> None:
+    if response.status_code == 202:  # a valid body: the refusing backend fails it; clean up
+        server.api("DELETE", f"clusters/{requests.utils.quote(name, safe='')}")
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 @given(body=_post_body)
 def test_fuzz_post_never_5xx(refusing_server: LiveServer, body: Any) -> None:
     response = refusing_server.api("POST", "clusters", data=json.dumps(body).encode())
-    assert response.status_code < 500, response.text
-    if response.status_code >= 400:
-        assert response.json()["message"]
-    elif response.status_code == 202:  # a valid body: the refusing backend fails it; clean up
-        refusing_server.api("DELETE", f"clusters/{requests.utils.quote(body['name'], safe='')}")
+    _check_answer(response)
+    _clean_up_after(refusing_server, response, body.get("name") if isinstance(body, dict) else None)
+
+
+_deep = "[" * 1000 + "]" * 1000
+_NASTY_BODIES = [
+    _deep, '{"name": "a", "groups": ' + _deep + "}", '{"a":' * 2000 + "1" + "}" * 2000,
+    '{"name": "a", "max_workers": ' + "9" * 5000 + "}",
+    '{"name": "a", "groups": {"cpu": {"max": ' + "9" * 400 + "}}}",
+    '{"name": "a", "idle_timeout_s": 1e400}', '{"name": "a", "idle_timeout_s": Infinity}',
+    '{"name": "a", "idle_timeout_s": NaN}', '{"name": "a", "groups": {"cpu": {"cpus": 1e400}}}',
+    '{"name": "a", "groups": {"cpu": {"cpus": "1e400"}}}', '{"name": "a", "groups": {"cpu": {"memory": "1e999999999"}}}',
+    '{"name": "a", "groups": {"cpu": {"memory": 1e30}}}', '{"name": "a", "head": {"memory": "1e30"}}',
+    '{"name": "a", "head": {"cpus": 1e400}}', '{"name": "a", "head": {"object_store_memory": -1}}',
+    '{"name": "a", "groups": {"cpu": {"custom": {"TPU": 1e400}}}}', '{"name": "a", "groups": {"cpu": {"cost": 1e308}}}',
+    '{"name": "a", "groups": {"cpu": {"idle_timeout_s": -Infinity}}}',
+    '{"name": "a", "groups": [{"name": "cpu", "min": ' + "9" * 30 + ', "max": ' + "9" * 31 + "}]}",
+    '{"name": "a", "groups": {"cpu": {"custom": {"' + "x" * 5000 + '": 1}}}}',
+    '{"name": "' + "a" * 100_000 + '"}', "\xff\xfe", "",
+]
+
+
+@pytest.mark.parametrize("body", _NASTY_BODIES, ids=range(len(_NASTY_BODIES)))
+def test_nasty_bodies_are_400_with_a_short_message(refusing_server: LiveServer, body: str) -> None:
+    for method, path in (("POST", "clusters"), ("PATCH", "clusters/a")):
+        response = refusing_server.api(method, path, data=body.encode("utf-8", "surrogateescape"))
+        _check_answer(response)
+        assert response.status_code in (400, 404), (method, response.text[:500])
+        assert len(response.json()["message"]) < 600, response.json()["message"]
+    assert refusing_server.api("GET", "clusters").json() == {"clusters": []}  # nothing half-created
+
+
+_METHODS = st.sampled_from(["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"])
+
+
+@st.composite
+def _routes(draw: st.DrawFn) -> str:
+    name = requests.utils.quote(draw(st.one_of(_names, st.just("ok-name"))), safe="")
+    tail = draw(st.text(st.characters(blacklist_categories=("Cs",)), max_size=30))
+    return draw(st.sampled_from([
+        "raykube/api/", "raykube/api/clusters", f"raykube/api/clusters/{name}",
+        f"raykube/api/clusters/{name}/events", f"raykube/clusters/{name}/dashboard/",
+        f"raykube/clusters/{name}/dashboard/{requests.utils.quote(tail)}"]))
 
 
 @settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck))
-@given(name=_names, body=st.one_of(_json_values, st.fixed_dictionaries({"groups": _json_values})),
-       method=st.sampled_from(["GET", "PATCH", "DELETE"]))
-def test_fuzz_paths_and_patch_never_5xx(refusing_server: LiveServer, name: str, body: Any, method: str) -> None:
-    path = f"clusters/{requests.utils.quote(name, safe='')}"
-    response = refusing_server.api(method, path, data=json.dumps(body).encode() if method == "PATCH" else None)
-    assert response.status_code < 500, response.text
+@given(route=_routes(), method=_METHODS, body=_json_values)
+def test_fuzz_every_route_and_method_never_5xx(refusing_server: LiveServer, route: str, method: str,
+                                               body: Any) -> None:
+    response = requests.request(method, f"{refusing_server.url}{route}", timeout=60, allow_redirects=False,
+                                data=None if method in ("GET", "HEAD") else json.dumps(body).encode(),
+                                headers={"Authorization": f"token {refusing_server.token}"})
+    if response.status_code == 405:  # a method the route does not serve: tornado's own answer
+        return
+    _check_answer(response)
+    _clean_up_after(refusing_server, response, body.get("name") if isinstance(body, dict) else None)
+
+
+def test_after_the_fuzz_nothing_is_left_and_the_log_is_quiet(refusing_server: LiveServer) -> None:
+    for method in ("GET", "POST"):  # without credentials: a login redirect or a 403, nothing logged
+        response = requests.request(method, f"{refusing_server.url}raykube/clusters/x/dashboard/api/jobs/",
+                                    allow_redirects=False, timeout=60)
+        assert response.status_code in (302, 403)
+    assert refusing_server.api("GET", "clusters").json() == {"clusters": []}
+    assert not list((refusing_server.runtime_dir / "raykube" / "clusters").glob("*.json"))
+    log = (refusing_server.runtime_dir.parent / "server.log").read_text()
+    assert "Traceback" not in log and "TypeError" not in log, log[-3000:]
 
 
 @pytest.fixture(scope="module")

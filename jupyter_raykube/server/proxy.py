@@ -81,7 +81,7 @@ class DashboardProxyHandler(OwnerGuard, DashboardSocketMixin, JupyterHandler):
         except ClusterNotFound as exc:
             raise web.HTTPError(404, str(exc)) from None
         if cluster.handle is None or cluster.state != "running":
-            raise web.HTTPError(503, f"cluster {name!r} is {cluster.state}; its dashboard is not up")
+            raise web.HTTPError(409, f"cluster {name!r} is {cluster.state}; its dashboard is not up")
         return cluster.handle.dashboard_address
 
     async def _proxy(self, name: str, path: str) -> None:
