@@ -1,7 +1,7 @@
 """The autoscaler planner: examples from the issue, then properties over random snapshots.
 
-No Ray needed: the planner is a pure function. ``_assign`` exposes where the plan puts every
-unit of demand, so "whatever the plan says fits really fits" is checked from outside.
+No Ray needed: the planner is a pure function. ``planner_detail.assign`` exposes where the plan
+puts every unit of demand, so "whatever the plan says fits really fits" is checked from outside.
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ from jupyter_raykube.autoscaler.planner import (
     NodeView,
     PlanRequest,
     ResourceDemand,
-    _assign,
-    _run_passes,
     default_cost,
     format_shape,
     plan,
 )
+
+from .planner_detail import assign, cost_first
 
 CPU1 = NodeGroup("cpu", {"CPU": 1}, max_nodes=3)
 CPU4 = NodeGroup("cpu", {"CPU": 4, "memory": 16e9}, max_nodes=10)
@@ -576,9 +576,9 @@ def check_nodes_are_traded_for_at_most_one_accelerator_each(req, reply):
     groups = {g.name: g for g in req.groups}
     cost = sum(n * (default_cost(groups[name].resources) if groups[name].cost is None else groups[name].cost)
                for name, n in reply.launch.items())
-    first = _run_passes(req, frozenset())
-    saved = first.launched_nodes - sum(reply.launch.values())
-    assert cost - first.launched_cost <= ACCELERATOR_WEIGHT * saved + 1e-6
+    first = cost_first(req)
+    saved = first.nodes - sum(reply.launch.values())
+    assert cost - first.cost <= ACCELERATOR_WEIGHT * saved + 1e-6
 
 
 def check_no_gpu_nodes_for_cpu_demand(req, reply):
@@ -605,7 +605,7 @@ def check_no_gpu_nodes_for_cpu_demand(req, reply):
 
 def check_plan(req):
     """The checks every generated snapshot must pass; returns the planner's detail."""
-    detail = _assign(req)
+    detail = assign(req)
     assert plan(req) == detail.reply
     check_limits(req, detail.reply)
     check_fits(req, detail)

@@ -17,13 +17,8 @@ from pathlib import Path
 
 import ray
 
-from jupyter_raykube.autoscaler.planner import (
-    PlanRequest,
-    _assign,
-    _run_passes,
-    default_cost,
-    plan,
-)
+from jupyter_raykube.autoscaler.planner import PlanRequest, default_cost, plan
+from tests.planner_detail import assign, cost_first
 
 from . import ray_side
 from .traces import Trace, traces
@@ -43,7 +38,7 @@ def _ours(req: PlanRequest) -> dict:
         times.append(time.perf_counter() - t)
     gpu_groups = {g.name for g in req.groups if g.resources.get("GPU", 0) > 0}
     gpu_for_cpu = sum(
-        1 for n in _assign(req).nodes
+        1 for n in assign(req).nodes
         if n.origin == "new" and n.group in gpu_groups and (n.demand or n.held)
         and not any(shape.get("GPU", 0) > 0 for _, shape, _ in n.demand + n.held)
     )
@@ -61,9 +56,8 @@ def _ours(req: PlanRequest) -> dict:
 def _cost_first(req: PlanRequest) -> dict:
     """The passes' own cost-first plan, before any accelerator group is held back, so the notes
     can say what the node-for-accelerator trade changed."""
-    ctx = _run_passes(req, frozenset())
-    launch = {g.name: g.launched for g in ctx.groups.values() if g.launched}
-    return {"launch": launch, "nodes": ctx.launched_nodes, "cost": round(ctx.launched_cost, 2)}
+    first = cost_first(req)
+    return {"launch": dict(first.launch), "nodes": first.nodes, "cost": round(first.cost, 2)}
 
 
 def _ray(req: PlanRequest, runs: int) -> dict:
@@ -149,7 +143,7 @@ def _readme_section(rows: list[dict], meta: dict, notes: str) -> str:
         for r in rows)
     return f"""{SECTION}
 
-Our pure planner (`jupyter_raykube/autoscaler/planner.py`) and Ray {meta['ray_version']}'s own
+Our pure planner (`jupyter_raykube/autoscaler/planner/`) and Ray {meta['ray_version']}'s own
 autoscaler v2 scheduler (`ray.autoscaler.v2.scheduler.ResourceDemandScheduler.schedule`) decide
 on the same demand snapshots, in one process, with no cluster. Times are the median of the
 decision alone ({OURS_RUNS} runs for ours, {meta['ray_runs']} for Ray; building Ray's protobuf

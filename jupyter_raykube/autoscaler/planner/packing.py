@@ -1,0 +1,205 @@
+"""Packing passes: request_resources against totals, tasks onto free capacity, new nodes one
+pattern at a time for what is left, then dropping any launched node the others can absorb."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Literal
+
+from .context import Ctx
+from .vectors import ShapeKey, Vector, how_many, shape_key
+
+
+def fit_constraints(ctx: Ctx) -> None:
+    """request_resources(): the cluster's TOTAL resources must hold every bundle, whoever uses
+    them. Pack against totals of existing nodes (busy ones first, so idle ones stay releasable),
+    then launch what is missing. If limits stop us, launch what fits and say why (Ray's v2
+    scheduler launches nothing for a constraint it cannot fully meet)."""
+    units: dict[ShapeKey, int] = defaultdict(int)
+    for d in ctx.request.constraints:
+        if d.count > 0 and shape_key(d.shape):
+            units[shape_key(d.shape)] += d.count
+    items = []
+    for shape in sorted((ctx.shape(dict(key)) for key in units), key=lambda s: s.order):
+        unplaced = ctx.pending("request_resources", shape.key, shape.resources)
+        reason = ctx.infeasible_reason(shape)
+        if reason:
+            unplaced[("infeasible", reason)] += units[shape.key]
+        else:
+            items.append([shape, ctx.held.place(shape, units[shape.key], "rr")])
+    launch_patterns(ctx, items, "rr", view="held")
+    for shape, left in items:
+        if left:
+            ctx.unplaced[("request_resources", shape.key)][("capped", ctx.capped_reason(shape))] += left
+
+def fit_existing(ctx: Ctx) -> None:
+    """Pending tasks/actors onto free capacity of running and starting nodes (and of nodes this
+    plan already launched), largest shapes first, so we never launch what is already coming."""
+    units: dict[ShapeKey, int] = defaultdict(int)
+    for d in ctx.request.demand:
+        if d.count > 0:
+            units[shape_key(d.shape)] += d.count
+    for key in sorted(units):
+        shape = ctx.shape(dict(key))
+        unplaced = ctx.pending("task", key, shape.resources)
+        if not key:
+            unplaced[("waiting", "needs no resources; Ray places it on any node")] += units[key]
+        elif reason := ctx.infeasible_reason(shape):
+            unplaced[("infeasible", reason)] += units[key]
+        else:
+            ctx.tasks.append([shape, units[key]])
+    ctx.tasks.sort(key=lambda item: item[0].order)
+    for item in ctx.tasks:
+        item[1] = ctx.free.place(item[0], item[1], "task")
+
+
+def launch_for_demand(ctx: Ctx) -> None:
+    """Launch nodes for what free capacity could not take; what limits leave over is capped."""
+    launch_patterns(ctx, ctx.tasks, "task", view="free")
+    for shape, left in ctx.tasks:
+        if left:
+            ctx.unplaced[("task", shape.key)][("capped", ctx.capped_reason(shape))] += left
+
+
+_VARIANTS = 4  # first-shape counts tried per group: 2x5 + 2x3 fills 16 CPUs, 3x5 does not
+
+
+def launch_patterns(ctx: Ctx, items: list[list], tag: str, *, view: Literal["free", "held"],
+                     opened_for: tuple | None = None) -> None:
+    """Cover ``items`` ([shape, copies left], FFD order; updated in place) with new nodes.
+
+    One node *pattern* at a time. For the largest shape left, every group that may take it
+    simulates one node: c copies of that shape (c = as many as fit, and a few less), then the
+    gaps filled greedily with the other shapes left. A pattern is scored by what covering ALL
+    remaining copies of the shape would cost -- whole nodes of the pattern plus the cheapest
+    single-group cover of the last few copies -- per unit of demand value served, so a nearly
+    empty big node loses to a small one, and four small nodes lose to one big one. The best
+    pattern is opened as many times as the remaining counts and the limits allow.
+    Cost: O(patterns x groups x shapes), never O(tasks).
+    """
+    first = 0
+    while first < len(items):
+        shape, left = items[first]
+        if left <= 0:
+            first += 1
+            continue
+        groups = ctx.launchable(shape)
+        if not groups:
+            first += 1  # capped: later (smaller) shapes may still go elsewhere
+            continue
+        fit = [(g, how_many(g.total, shape.vec)) for g in groups]
+        best = None
+        for g, most in fit:
+            most = min(most, left)
+            for copies in range(most, max(0, most - _VARIANTS), -1):
+                pattern, node_value = _fill_pattern(g.total, items, first, copies)
+                full, tail = divmod(left, copies)
+                cover = [(g.total, copies, full)]
+                cost = full * g.cost
+                if tail:  # the last copies go on the fewest nodes of whichever group is cheapest
+                    tail_cost, _, _, h, k = min((-(-tail // k) * h.cost, -k, h.name, h, k) for h, k in fit)
+                    nodes = -(-tail // k)
+                    cover.append((h.total, -(-tail // nodes), nodes))
+                    cost += tail_cost
+                served = _cover_value(items, first, left, cover)
+                score = (cost / served, -node_value, g.name, -copies)
+                if best is None or score < best[0]:
+                    best = (score, g, pattern)
+        _, g, pattern = best
+        n = min([ctx.room(g)] + [items[j][1] // take for j, take in pattern])
+        ctx.open_nodes(g, n, [(items[j][0], take) for j, take in pattern], tag,
+                       opened_for or (tag, shape.key), view=view)
+        for j, take in pattern:
+            items[j][1] -= n * take
+
+
+def _fill_pattern(total: Vector, items: list[list], first: int, copies: int,
+                  ) -> tuple[list[tuple[int, int]], float]:
+    """One node of capacity ``total``: ``copies`` of ``items[first]``, then greedily the other
+    shapes left, in FFD order. Returns ([(item index, copies)], value served by the node)."""
+    shape = items[first][0]
+    left = list(total)
+    for i, v in shape.vec:
+        left[i] -= v * copies
+    pattern = [(first, copies)]
+    value = copies * shape.value
+    for j, (other, units) in enumerate(items):
+        if units <= 0 or j == first:
+            continue
+        k = how_many(left, other.vec)
+        if not k:
+            continue
+        take = min(k, units)
+        for i, v in other.vec:
+            left[i] -= v * take
+        pattern.append((j, take))
+        value += take * other.value
+    return pattern, value
+
+
+def _cover_value(items: list[list], first: int, copies: int,
+                 nodes: list[tuple[Vector, int, int]]) -> float:
+    """Value served by putting ``copies`` of ``items[first]`` on ``nodes`` -- (capacity, copies
+    per node, how many such nodes) -- with the gaps filled by the other shapes left. The gaps
+    are pooled (a shape counts only where one copy fits a single gap), so a filler that runs out
+    is replaced by the next one, as it will be by the patterns opened after this one."""
+    shape = items[first][0]
+    gaps = []
+    pooled = [0] * len(nodes[0][0])
+    for total, per_node, n in nodes:
+        gap = list(total)
+        for i, v in shape.vec:
+            gap[i] -= v * per_node
+        gaps.append((gap, n))
+        pooled = [p + x * n for p, x in zip(pooled, gap)]
+    value = copies * shape.value
+    for j, (other, units) in enumerate(items):
+        if units <= 0 or j == first:
+            continue
+        room = sum(how_many(gap, other.vec) * n for gap, n in gaps)
+        if not room:
+            continue
+        take = min(units, room, how_many(pooled, other.vec))
+        for i, v in other.vec:
+            pooled[i] -= v * take
+        value += take * other.value
+    return value
+
+
+def consolidate(ctx: Ctx) -> None:
+    """Drop a launched node when all the tasks on it fit in what other launched nodes have left.
+
+    Pattern-by-pattern packing can open a node for a shape that a node opened later, for a shape
+    only that later group can hold, could have taken too. One pass over the launched bins, least
+    loaded first, undoes that. Only launched nodes can receive: every shape still pending after
+    ``fit_existing`` is one that no existing node has room for. A cheap necessary test (the
+    node's load fits in the sum of what the others have left) skips most attempts.
+    """
+    slack = [0] * len(ctx.index)
+    for b in ctx.free.bins.values():
+        if b.origin == "new":
+            slack = [s + a * len(b.nodes) for s, a in zip(slack, b.avail)]
+
+    def used_value(bid: int) -> float:
+        b = ctx.free.bins[bid]
+        return sum(copies * ctx.shapes[key].value for _, key, copies in b.load)
+
+    candidates = [bid for bid, b in ctx.free.bins.items() if b.origin == "new" and b.load
+                  and b.opened_for[:1] == ("task",) and all(tag == "task" for tag, _, _ in b.load)]
+    for bid in sorted(candidates, key=lambda bid: (used_value(bid), bid)):
+        while bid in ctx.free.bins:
+            b = ctx.free.bins[bid]
+            g = ctx.groups[b.group]
+            # Its load (total - avail) must fit in the others' slack (slack - avail).
+            if any(t > s for t, s in zip(g.total, slack)):
+                break
+            sp = ctx.savepoint()
+            ctx.free.remove_new(b.group, b.nodes[-1])
+            ctx.held.remove_new(b.group, b.nodes[-1])
+            g.launched -= 1
+            if any(ctx.free.place(ctx.shapes[key], copies, tag, new_only=True)
+                   for tag, key, copies in b.load):
+                ctx.rollback(sp)
+                break
+            ctx.commit()
+            slack = [s - t for s, t in zip(slack, g.total)]

@@ -1,0 +1,98 @@
+"""The planner's request and reply: plain frozen data, no Ray types, so the planner can be
+replayed from a snapshot and the reconciler, tests and ``bench/`` share one vocabulary."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+Resources = Mapping[str, float]
+
+@dataclass(frozen=True)
+class NodeGroup:
+    """A worker group (a KubeRay workerGroupSpec, or a kind of local worker process)."""
+
+    name: str
+    resources: Resources  # what ONE node of this group offers to Ray
+    min_nodes: int = 0
+    max_nodes: int = 0
+    cost: float | None = None  # None -> default_cost(resources)
+    idle_timeout_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """One worker node the backend knows about, as the planner needs to see it."""
+
+    node_id: str  # the backend's node name (stable from starting to running)
+    group: str
+    state: Literal["starting", "running", "draining"]  # draining: offers nothing, not counted
+    total: Resources
+    available: Resources  # for a starting node, == total
+    idle_s: float = 0.0  # seconds the Ray node has been idle; 0 when busy or starting
+
+
+@dataclass(frozen=True)
+class ResourceDemand:
+    """Pending tasks/actors of one shape: one object per (shape, count), never per task."""
+
+    shape: Resources
+    count: int
+
+
+@dataclass(frozen=True)
+class GangDemand:
+    """A pending placement group: placed all-or-nothing."""
+
+    id: str
+    strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
+    bundles: tuple[Resources, ...]
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """Everything the planner may look at. Nothing else (no clock, no environment)."""
+
+    groups: tuple[NodeGroup, ...]
+    nodes: tuple[NodeView, ...] = ()
+    demand: tuple[ResourceDemand, ...] = ()
+    gangs: tuple[GangDemand, ...] = ()
+    # ray.autoscaler.sdk.request_resources: packed against TOTAL (not free) resources.
+    constraints: tuple[ResourceDemand, ...] = ()
+    max_workers: int | None = None  # global cap on worker nodes (starting + running)
+    blocked_groups: Mapping[str, str] = field(default_factory=dict)  # group -> back-off reason
+
+
+@dataclass(frozen=True)
+class Termination:
+    """A node the reconciler should drain (and then remove), with the sentence to log."""
+
+    node_id: str
+    group: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class PendingStatus:
+    """Why a pending shape is (or is not) being served, for the UI and the event log."""
+
+    kind: Literal["task", "placement_group", "request_resources"]
+    shape: Resources  # for a placement group: its largest bundle (all of them in `bundles`)
+    count: int
+    status: Literal["waiting", "capped", "infeasible"]
+    reason: str
+    bundles: tuple[Resources, ...] = ()
+
+
+@dataclass(frozen=True)
+class PlanReply:
+    """The decision: what to launch, what to drain, and a status for every pending shape."""
+
+    launch: Mapping[str, int]  # group -> number of new nodes; only groups with > 0
+    terminate: tuple[Termination, ...]
+    pending: tuple[PendingStatus, ...]
+    launch_reasons: Mapping[str, str]  # group -> phrase, e.g. "3 pending {CPU: 1} tasks"
+
+
+# Accelerators are what make a node expensive. A node offering one is an "accelerator node";
