@@ -25,7 +25,7 @@ import anyio.lowlevel
 import ray
 from anyio.abc import TaskGroup, TaskStatus
 from jupyter_core.paths import jupyter_runtime_dir
-from traitlets import Bool, CaselessStrEnum, Dict, Float, Instance, Int, List, TraitError, Unicode, default, validate
+from traitlets import Bool, CaselessStrEnum, Dict, Float, Instance, Int, List, TraitError, Type, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
 from .auth import load_or_create_token, use_token
@@ -34,8 +34,8 @@ from .autoscaler.reconciler import AutoscalerSettings, HeadLost, Observation, Re
 from .backends.base import HEAD_GROUP, Backend, BackendError, ClusterHandle, ClusterNotFound
 from .backends.registry import AUTO, CHOICES, backend_class, backend_setting_from_env, resolve_backend
 from .events import EventLog
-from .policy import Policy, PolicyError, describe_duration
-from .spec import ClusterSpec, SpecError, WorkerGroup, default_groups, parse_group, parse_group_changes
+from .policy import Policy, PolicyError, PolicyTrait, describe_duration
+from .spec import DEFAULT_IDLE_TIMEOUT_S, ClusterSpec, SpecError, WorkerGroup, default_groups, parse_group, parse_group_changes
 
 ClusterStateName = Literal["starting", "running", "stopping", "stopped", "failed"]
 Progress = Callable[[str, int, int], None]  # (step, done, total)
@@ -132,8 +132,13 @@ class ClusterManager(LoggingConfigurable):
         (Pods), or "auto": kubernetes when this server runs in a Pod with a service account or a
         kubeconfig with a current context exists, else local. Default: $RAYKUBE_BACKEND, else auto.""")
 
-    backend = Instance(Backend, help="""The default backend. Built from `default_backend`
-        unless given (tests and the server's `backend_class` pass one in).""")
+    backend_class = Type(None, klass=Backend, allow_none=True, config=True, help="""A Backend
+        subclass for clusters whose spec does not name a backend, instead of the one
+        `default_backend` names (a plug-in point: tests inject a backend that refuses every
+        start this way).""")
+
+    backend = Instance(Backend, help="""The default backend, built from `backend_class` or
+        `default_backend` unless given.""")
 
     owner = Unicode(config=True, help="The user clusters are created for (a label on every node).")
 
@@ -147,31 +152,46 @@ class ClusterManager(LoggingConfigurable):
     join_timeout_s = Float(120.0, config=True, help="A worker that has not joined Ray by then is removed.")
     backoff_s = Float(60.0, config=True, help="How long a group that failed to start a node waits.")
     start_timeout_s = Float(180.0, config=True, help="Seconds a new cluster may take to be ready.")
-    max_clusters = Int(None, allow_none=True, config=True, help="Clusters this manager may run at once (None: no limit).")
+    max_clusters = Int(10, allow_none=True, config=True, help="""Clusters this manager (a Jupyter
+        server, or a kernel without one) may run at once; None: no limit. An administrator's
+        `policy` may allow fewer.""")
 
-    adopt_on_start = Bool(False, config=True, help="""When the manager starts, autoscale this
-        owner's running clusters (found by the backend) as if started here: a restarted server
-        takes over the Kubernetes clusters it left running.""")
+    stop_clusters_on_close = Bool(config=True, help="""Stop the clusters this manager started
+        when it closes (the Jupyter server shuts down, the kernel exits). With False they keep
+        running and are found again by name. Default: True for local clusters (processes of
+        this machine would otherwise outlive their server); False on Kubernetes, where the next
+        server adopts them and their Pods die with the server's Pod anyway.""")
 
-    stop_clusters_on_close = Bool(True, config=True, help="""Stop the clusters this manager
-        started when it closes. With False they keep running and are found again by name.""")
+    adopt_on_start = Bool(config=True, help="""When the manager starts, autoscale this owner's
+        running clusters (found by the backend) as if started here, so a restarted server takes
+        over the clusters it left running. Default: the opposite of `stop_clusters_on_close`.""")
 
     # --- what a new cluster gets when its request does not say ----------------------------------
 
-    default_groups = List(Dict(), help="""Worker groups of a new cluster, as REST group objects
-        ({"name": "cpu", "cpus": 2, "max": 4}). Empty: a cpu group (1 CPU per node, up to one
-        node per core of this machine) and a gpu group (up to the GPUs this machine has).""")
-    max_workers = Int(None, allow_none=True, help="Worker nodes a new cluster may have in all (None: the groups' maxes).")
-    idle_timeout = Float(60.0, help="Seconds a worker node may stay idle before it is drained and removed.")
-    image = Unicode("", help="Container image of new Kubernetes clusters. Empty: the Ray image matching this kernel.")
-    namespace = Unicode("", help="""Namespace of Kubernetes clusters. Empty: the Kubernetes
-        backend's own default (c.KubernetesBackend.namespace, $RAYKUBE_NAMESPACE, the Pod's).""")
+    default_groups = List(Dict(), config=True, help="""Worker groups of new clusters, as REST group
+        objects: [{"name": "cpu", "cpus": 2, "max": 4}, {"name": "gpu", "gpus": 1, "max": 1}].
+        Empty: a cpu group (1 CPU per node, up to one node per core of this machine) and a gpu
+        group (up to the GPUs this machine has). A request changes them with `groups`.""")
+    max_workers = Int(None, allow_none=True, config=True, help="""Worker nodes a new cluster may
+        have in all groups together (None: each group's max is the only limit).""")
+    idle_timeout = Float(DEFAULT_IDLE_TIMEOUT_S, config=True, help="""Seconds a worker node may
+        stay idle before the autoscaler drains and removes it (a request's `idle_timeout_s`
+        overrides it).""")
+    image = Unicode("", config=True, help="""Container image of new Kubernetes clusters. Empty:
+        the rayproject/ray image matching this kernel's Ray and Python versions.""")
+    namespace = Unicode("", config=True, help="""Namespace of Kubernetes clusters. Empty: the
+        Kubernetes backend's own default (c.KubernetesBackend.namespace, $RAYKUBE_NAMESPACE,
+        this server's own Pod's namespace, the kubeconfig context's).""")
 
-    policy = Instance(Policy, help="""This user's limits (caps, idle and lifetime rules).
-        Default: $RAYKUBE_POLICY, which the JupyterHub hook sets; no limits without it.""")
+    policy = PolicyTrait(config=True, help="""This user's limits, as the JSON $RAYKUBE_POLICY
+        holds: {"max_cpus": 16, "max_gpus": 1, "max_workers": 8, "max_clusters": 2,
+        "max_lifetime_s": 28800, "idle_scale_down_s": 1800, "idle_stop_s": 7200}; null or
+        absent means no limit. Default: $RAYKUBE_POLICY (the JupyterHub hook sets it), else no
+        limits.""")
 
     dashboard_url_template = Unicode("", config=True, help="""URL of a cluster's dashboard,
-        with {name} and {address} filled in. Empty: the dashboard's own http://address.""")
+        with {name} and {address} filled in. Empty: the dashboard's own http://address (the
+        Jupyter server sets its proxy's URL).""")
 
     @default("owner")
     def _default_owner(self) -> str:
@@ -190,8 +210,18 @@ class ClusterManager(LoggingConfigurable):
     def _default_default_backend(self) -> str:
         return backend_setting_from_env()
 
+    @default("stop_clusters_on_close")
+    def _default_stop(self) -> bool:
+        return self.backend.name == "local"
+
+    @default("adopt_on_start")
+    def _default_adopt(self) -> bool:
+        return not self.stop_clusters_on_close
+
     @default("backend")
     def _default_backend(self) -> Backend:
+        if self.backend_class is not None:
+            return self.backend_class(parent=self)
         name = resolve_backend(self.default_backend)
         try:
             return self._build_backend(name)
@@ -296,7 +326,7 @@ class ClusterManager(LoggingConfigurable):
             raise ClusterExistsError(f"a cluster named {spec.name!r} already exists")
         owned = sum(1 for c in self._clusters.values() if c.owned and c.state != "failed")
         if self.max_clusters is not None and owned >= self.max_clusters:
-            raise PolicyError(f"at most {self.max_clusters} clusters may run at once "
+            raise PolicyError(f"at most {self.max_clusters} cluster{'s' if self.max_clusters != 1 else ''} may run at once "
                               f"({owned} running); stop one first")
         self.policy.check(spec, self._committed_specs(except_name=spec.name))
         cluster = Cluster(spec=spec, backend=backend, owned=True, owner=self.owner, step="queued",

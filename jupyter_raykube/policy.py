@@ -16,6 +16,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
+from traitlets import TraitError, TraitType
+
 from .backends.base import BackendError
 from .spec import ClusterSpec, SpecError
 
@@ -136,6 +138,23 @@ class Policy:
         if scaled_down and idle_s == 0:
             return "restore"
         return None
+
+
+class PolicyTrait(TraitType[Policy, Any]):
+    """A `Policy` setting that config can give as a plain mapping of limits (JSON-like), so
+    `c.ClusterManager.policy = {"max_gpus": 1}` works and a bad limit fails at start-up."""
+
+    info_text = "a mapping of limits such as {\"max_cpus\": 16}, or a Policy"
+
+    def validate(self, obj: Any, value: Any) -> Policy:
+        if isinstance(value, Policy):
+            return value
+        if isinstance(value, Mapping):
+            try:
+                return Policy.from_mapping(value)
+            except SpecError as exc:
+                raise TraitError(str(exc)) from None
+        self.error(obj, value)
 
 
 def _at_most(per_node: Iterable[tuple[float, int]], nodes: int) -> float:

@@ -33,6 +33,7 @@ MAX_GROUP_NODES = 1000
 MAX_RESOURCE_AMOUNT = 1e9  # a custom resource's amount per node
 MAX_COST = 1e9
 MAX_IDLE_S = 7 * 86400
+DEFAULT_IDLE_TIMEOUT_S = 60.0  # how long a worker may stay idle before it is drained
 _ECHO_MAX = 60  # how much of a bad value (or a field name a client made up) an error repeats
 _REPR = reprlib.Repr()
 _REPR.maxstring = _REPR.maxother = _ECHO_MAX
@@ -134,7 +135,7 @@ class ClusterSpec:
     backend: str = "local"
     head: HeadSpec = field(default_factory=HeadSpec)
     groups: tuple[WorkerGroup, ...] = ()
-    idle_timeout_s: float = 60.0
+    idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
     max_workers: int | None = None
     image: str | None = None  # Kubernetes only; None: the Ray image matching the kernel
     labels: Mapping[str, str] = field(default_factory=dict)

@@ -1,4 +1,4 @@
-"""Classes injected through configuration (`c.RayKube.backend_class`,
+"""Classes injected through configuration (`c.ClusterManager.backend_class`,
 `c.ServerApp.identity_provider_class`), never by patching."""
 
 from __future__ import annotations

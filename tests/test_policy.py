@@ -73,8 +73,8 @@ def test_bad_policies_name_the_field(monkeypatch: pytest.MonkeyPatch) -> None:
 def jp_server_config() -> dict[str, Any]:
     return {"ServerApp": {"jpserver_extensions": {"jupyter_raykube": True},
                           "identity_provider_class": "tests.fakes.HeaderIdentityProvider"},
-            "RayKube": {"policy": LIMITS, "restrict_to_owner": True},
-            "ClusterManager": {"owner": "alice"}}
+            "RayKube": {"restrict_to_owner": True},
+            "ClusterManager": {"owner": "alice", "policy": LIMITS}}
 
 
 async def _call(jp_fetch: Any, user: str, *path: str, **kwargs: Any) -> tuple[int, Any]:

@@ -17,7 +17,7 @@ from .conftest import cluster_processes
 @pytest.fixture
 def jp_server_config() -> dict[str, Any]:
     return {"ServerApp": {"jpserver_extensions": {"jupyter_raykube": True}},
-            "RayKube": {"max_clusters": 3}}
+            "ClusterManager": {"max_clusters": 1}}  # the manager's own setting reaches it
 
 
 async def _json(jp_fetch: Any, *path: str, **kwargs: Any) -> Any:
@@ -44,7 +44,7 @@ async def _wait_state(jp_fetch: Any, name: str, states: set[str], timeout: float
 
 async def test_info_and_empty_list(jp_fetch: Any) -> None:
     info = await _json(jp_fetch)
-    assert info["backend"] == "local" and info["max_clusters"] == 3
+    assert info["backend"] == "local" and info["max_clusters"] == 1
     assert await _json(jp_fetch, "clusters") == {"clusters": []}
 
 
@@ -93,6 +93,8 @@ async def test_cluster_lifecycle_over_rest_with_dashboard_proxy(jp_fetch: Any, j
     assert snap["state"] == "starting" and snap["step"]
     code, message = await _error(jp_fetch, "clusters", method="POST", body=json.dumps({"name": "rest-1"}))
     assert code == 409 and "already exists" in message
+    code, message = await _error(jp_fetch, "clusters", method="POST", body=json.dumps({"name": "rest-2"}))
+    assert code == 403 and "at most 1 cluster may run" in message  # c.ClusterManager.max_clusters = 1
     snap = await _wait_state(jp_fetch, "rest-1", {"running", "failed"})
     assert snap["state"] == "running", snap["error"]
     assert snap["dashboard_url"].endswith("/raykube/clusters/rest-1/dashboard/")

@@ -88,7 +88,7 @@ def _stop_server(server: LiveServer, log: Path) -> None:
 @pytest.fixture(scope="module")
 def refusing_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     tmp = tmp_path_factory.mktemp("fuzz")
-    server = _start_server(tmp, "--RayKube.backend_class=tests.fakes.RefusingBackend")
+    server = _start_server(tmp, "--ClusterManager.backend_class=tests.fakes.RefusingBackend")
     yield server
     _stop_server(server, tmp / "server.log")
 
