@@ -34,6 +34,7 @@ def _ours() -> set[int]:
             if p.pid in {q.pid for q in processes.find_marked(processes.CLUSTER_MARKER)}}
 
 
+@pytest.hookimpl(trylast=True)  # after pytest's own hook has torn down session fixtures (e.g. on -x)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Fail the run when a Ray process started by these tests is still alive."""
     leaked = _ours()
