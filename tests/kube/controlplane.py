@@ -12,6 +12,7 @@ own process group, and is stopped by PID: SIGTERM, then SIGKILL after a grace pe
 from __future__ import annotations
 
 import base64
+import ctypes
 import os
 import re
 import shutil
@@ -19,7 +20,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import kubernetes
+import psutil
 import yaml
 
 from jupyter_raykube.backends import processes
@@ -80,6 +81,13 @@ def ensure_binaries(progress: Progress = print) -> Path:
     return bin_dir
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL it when the test process dies without a teardown
+    (killed, or Ctrl-C twice), so an apiserver never outlives its session."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def free_port() -> int:
     """A port free on 127.0.0.1 now (the component binds it a moment later)."""
     with socket.socket() as sock:
@@ -104,7 +112,7 @@ class Component:
         with self.log_file.open("ab") as log:
             # Own session = own process group, so stop() signals only this component's tree.
             self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                         env=dict(env), start_new_session=True)
+                                         env=dict(env), start_new_session=True, preexec_fn=_die_with_parent)
 
     def exited(self) -> int | None:
         return None if self.proc is None else self.proc.poll()
@@ -154,7 +162,6 @@ class ControlPlane:
         self.port = 0
         self.start_seconds = 0.0
         self._node_credentials: dict[str, tuple[Path, Path]] = {}
-        self._namespaces: set[str] = set()
 
     # ------------------------------------------------------------------ properties
     @property
@@ -214,7 +221,7 @@ class ControlPlane:
         if leftovers:
             raise AssertionError(f"control-plane processes outlived stop(): {[p.pid for p in leftovers]}")
 
-    def leftover_processes(self) -> list:
+    def leftover_processes(self) -> list[psutil.Process]:
         """Processes still carrying this control plane's marker (empty after a clean stop)."""
         return processes.find_marked(processes.CLUSTER_MARKER, self.marker)
 
@@ -298,7 +305,6 @@ class ControlPlane:
             core = kubernetes.client.CoreV1Api(api_client)
             core.create_namespace(kubernetes.client.V1Namespace(
                 metadata=kubernetes.client.V1ObjectMeta(name=name, labels=dict(labels or {}))))
-            self._namespaces.add(name)
             deadline = time.monotonic() + timeout_s
             while True:
                 try:
@@ -311,7 +317,6 @@ class ControlPlane:
 
     def delete_namespace(self, name: str) -> None:
         """Start deleting a namespace (the namespace controller empties and removes it)."""
-        self._namespaces.discard(name)
         with self.admin_api_client() as api_client:
             try:
                 kubernetes.client.CoreV1Api(api_client).delete_namespace(name)
@@ -408,7 +413,9 @@ class ControlPlane:
         return [("kube-apiserver /readyz", lambda: _http_ok(f"{self.url}/readyz", context))]
 
     def _controller_checks(self) -> list[tuple[str, Callable[[], bool]]]:
-        insecure = ssl._create_unverified_context()  # the controllers serve /healthz self-signed
+        insecure = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # the controllers serve /healthz self-signed
+        insecure.check_hostname = False
+        insecure.verify_mode = ssl.CERT_NONE
         context = ssl.create_default_context(cafile=str(self.ca_file))
         context.load_cert_chain(*self._admin_cert)
         return [
