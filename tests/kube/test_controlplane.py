@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import urllib.error
 import urllib.request
 import uuid
@@ -19,7 +20,7 @@ from kubernetes import client, config, watch
 from jupyter_raykube.backends import processes
 
 from ..conftest import SESSION_TAG, wait_for
-from .controlplane import K8S_VERSION, ControlPlane
+from .controlplane import BUILD_SCRIPT, K8S_VERSION, ControlPlane, cache_bin_dir
 from .faultproxy import FaultProxy
 
 pytestmark = pytest.mark.k8s
@@ -212,3 +213,39 @@ def test_fault_proxy_streams_watch_events(proxied: client.CoreV1Api, admin: clie
         seen.append((event["type"], event["object"].metadata.name))
         break  # leaving the loop closes the stream
     assert seen == [("ADDED", "watched")]
+
+
+def test_admission_defaults_requests_from_a_limit_range_and_mounts_the_service_account_token(
+        admin: client.CoreV1Api, kube_namespace: str) -> None:
+    admin.create_namespaced_limit_range(kube_namespace, {"metadata": {"name": "defaults"}, "spec": {"limits": [
+        {"type": "Container", "defaultRequest": {"cpu": "100m"}, "default": {"cpu": "200m"}}]}})
+    created = admin.create_namespaced_pod(kube_namespace, {"metadata": {"name": "bare"}, "spec": {
+        "nodeSelector": NOWHERE, "containers": [{"name": "main", "image": "busybox"}]}})
+    resources = created.spec.containers[0].resources
+    assert (resources.requests, resources.limits) == ({"cpu": "100m"}, {"cpu": "200m"})
+    assert created.spec.service_account_name == "default"
+    assert [m.mount_path for m in created.spec.containers[0].volume_mounts] == [
+        "/var/run/secrets/kubernetes.io/serviceaccount"]
+
+
+def test_node_credentials_may_register_their_own_node_only(
+        kube_control_plane: ControlPlane, admin: client.CoreV1Api, tmp_path: Path) -> None:
+    cert, key = kube_control_plane.node_credentials("cp-test-node")
+    path = kube_control_plane.write_kubeconfig(tmp_path / "node.kubeconfig", cert=cert, key=key)
+    with config.new_client_from_config(config_file=str(path)) as api_client:
+        node_api = client.CoreV1Api(api_client)
+        try:
+            node_api.create_node({"metadata": {"name": "cp-test-node"}})
+            with pytest.raises(client.ApiException) as refused:
+                node_api.create_node({"metadata": {"name": "cp-other-node"}})
+            assert refused.value.status == 403
+            assert "node \"cp-test-node\" is not allowed to modify node \"cp-other-node\"" in \
+                status(refused.value)["message"]
+        finally:
+            admin.delete_node("cp-test-node")
+
+
+def test_build_script_finds_the_binaries_the_session_runs(kube_control_plane: ControlPlane) -> None:
+    result = subprocess.run(["bash", str(BUILD_SCRIPT)], capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.startswith(f"k8s control plane {K8S_VERSION}") and "cached in" in result.stdout
+    assert {Path(c.argv[0]).parent for c in kube_control_plane.components} == {cache_bin_dir()}
