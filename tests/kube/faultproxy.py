@@ -8,6 +8,10 @@ the caller's own ``Authorization`` header (so RBAC still applies to the caller),
 responses as they come, and fires the rules armed with :meth:`FaultProxy.inject`, whose
 signature is the old emulator's. Every request is logged before its answer is written, so a
 test reading :meth:`FaultProxy.requests` right after a call sees that call.
+
+Callers authenticate with a bearer token (the official Python client sends it over plain http;
+a client certificate cannot pass a proxy). kubectl (client-go) sends no token to an ``http://``
+server, so use ``ControlPlane.kubectl`` against the apiserver itself.
 """
 
 from __future__ import annotations
