@@ -21,6 +21,7 @@ from jupyter_raykube.autoscaler.planner import (
     ResourceDemand,
     default_cost,
     format_shape,
+    node_costs,
     plan,
 )
 
@@ -307,6 +308,29 @@ def test_default_cost_weighs_gpus_far_above_cpus():
     assert reply.launch == {"cheap": 1}
 
 
+def test_equal_cost_goes_to_fewer_nodes():
+    # cost = CPUs: twelve 16-CPU nodes cost exactly three 64-CPU ones; the overhead every node
+    # carries (Ray's processes, a Pod, a start-up) breaks the tie toward fewer nodes.
+    sized = (NodeGroup("cpu16", {"CPU": 16}, max_nodes=100, cost=16.0),
+             NodeGroup("cpu64", {"CPU": 64}, max_nodes=100, cost=64.0))
+    reply = plan(PlanRequest(sized, demand=(ResourceDemand({"CPU": 3}, 41), ResourceDemand({"CPU": 2}, 30))))
+    assert reply.launch == {"cpu64": 3}
+    # The tail of 4-CPU tasks plus 0.5-CPU fillers fits two large nodes; small ones would
+    # cost as much and add nodes.
+    three = (NodeGroup("cpu1", {"CPU": 1}, max_nodes=100, cost=2.5),) + tuple(
+        NodeGroup(g.name, g.resources, max_nodes=100, cost=2.5 * g.resources["CPU"]) for g in sized)
+    reply = plan(PlanRequest(three, demand=(ResourceDemand({"CPU": 4}, 26), ResourceDemand({"CPU": 0.5}, 25))))
+    assert reply.launch == {"cpu64": 2}
+
+
+def test_node_overhead_counts_in_the_unit_of_explicit_costs():
+    groups = (NodeGroup("small", {"CPU": 4}, cost=0.2), NodeGroup("big", {"CPU": 16}, cost=0.8),
+              NodeGroup("free", {"custom": 1}), NodeGroup("gpu", {"CPU": 8, "GPU": 1}))
+    # $0.05 per CPU-hour: the 3-CPU overhead is $0.15 a node; groups without a cost keep theirs.
+    assert node_costs(groups) == pytest.approx({"small": 0.35, "big": 0.95, "free": 3.0, "gpu": 61.0})
+    assert node_costs((NodeGroup("tag", {"custom": 1}, cost=2.0),)) == pytest.approx({"tag": 2.0 + 3 * 2 / 3})
+
+
 def test_format_shape():
     assert format_shape({"GPU": 1.0, "CPU": 1}) == "{CPU: 1, GPU: 1}"
     assert format_shape({"CPU": 2, "memory": 4e9}) == "{CPU: 2, memory: 4 GB}"
@@ -573,9 +597,8 @@ def test_same_input_same_plan_in_any_order(req, rnd):
 def check_nodes_are_traded_for_at_most_one_accelerator_each(req, reply):
     """Against the passes' own cost-first plan, any extra cost buys fewer nodes, at most one
     accelerator's price per node saved."""
-    groups = {g.name: g for g in req.groups}
-    cost = sum(n * (default_cost(groups[name].resources) if groups[name].cost is None else groups[name].cost)
-               for name, n in reply.launch.items())
+    costs = node_costs(req.groups)
+    cost = sum(n * costs[name] for name, n in reply.launch.items())
     first = cost_first(req)
     saved = first.nodes - sum(reply.launch.values())
     assert cost - first.cost <= ACCELERATOR_WEIGHT * saved + 1e-6
@@ -640,3 +663,46 @@ def gpu_fleets(draw):
 @given(gpu_fleets())
 def test_plan_invariants_when_gpu_nodes_are_traded(req):
     check_plan(req)
+
+
+# --- fewer nodes at equal cost -----------------------------------------------------------------
+
+
+def largest_node_first(groups, demand):
+    """The simple baseline: tasks largest first, each on the first launched node with room,
+    else on a new node of the largest group that holds it. Returns (nodes, cost)."""
+    by_size = sorted(groups, key=lambda g: -g.resources["CPU"])
+    opened = []  # [group, CPUs left]
+    for cpus in sorted((d.shape["CPU"] for d in demand for _ in range(d.count)), reverse=True):
+        node = next((n for n in opened if n[1] >= cpus - 1e-9), None)
+        if node is None:
+            group = next(g for g in by_size if g.resources["CPU"] >= cpus)
+            node = [group, group.resources["CPU"]]
+            opened.append(node)
+        node[1] -= cpus
+    return len(opened), sum(n[0].cost for n in opened)
+
+
+@st.composite
+def proportional_requests(draw):
+    """CPU groups priced in proportion to size (cost = CPUs, in some unit), no limits in the
+    way, and CPU tasks the largest group can hold: every packing the baseline finds is open to
+    the planner too."""
+    sizes = draw(st.lists(st.sampled_from([1, 2, 4, 8, 16, 32, 64]), min_size=1, max_size=4, unique=True))
+    rate = draw(st.sampled_from([1.0, 0.05, 2.5]))
+    gs = tuple(NodeGroup(f"cpu{s}", {"CPU": s}, max_nodes=10_000, cost=rate * s) for s in sizes)
+    fitting = [c for c in (0.5, 1, 2, 3, 4, 6, 8, 12, 16) if c <= max(sizes)]
+    cpus = draw(st.lists(st.sampled_from(fitting), min_size=1, max_size=4, unique=True))
+    return PlanRequest(gs, demand=tuple(ResourceDemand({"CPU": c}, draw(st.integers(1, 60))) for c in cpus))
+
+
+@settings(max_examples=300, deadline=None)
+@given(proportional_requests())
+def test_never_more_nodes_than_largest_node_first_at_equal_or_lower_cost(req):
+    check_plan(req)
+    reply = plan(req)
+    groups = {g.name: g for g in req.groups}
+    nodes = sum(reply.launch.values())
+    cost = sum(n * groups[name].cost for name, n in reply.launch.items())
+    base_nodes, base_cost = largest_node_first(req.groups, req.demand)
+    assert nodes <= base_nodes or cost < base_cost - 1e-9, (reply.launch, base_nodes, base_cost)

@@ -15,9 +15,16 @@ share of the largest node offering each resource). Free capacity of running and 
 is filled first, tightest node first. What is left is covered one node *pattern* at a time
 (``launch_patterns``): for the largest remaining shape, every group that may take it simulates
 a node holding a few different counts of that shape with the gaps filled by smaller shapes; the
-pattern with the lowest cost per unit of demand served (counting the cheapest cover of the last
-copies) wins and is opened as many times as the remaining counts and the limits allow. A last
-pass (``consolidate``) drops any launched node whose tasks fit in what the others have left.
+pattern with the lowest cost per unit of demand served (counting the best cover of the last
+copies) wins and is opened as many times as the remaining counts and the limits allow, k-fold
+on a larger group's node when that costs no more. ``consolidate`` then drops any launched node
+whose tasks fit in what the others have left, and ``upsize`` merges several launched nodes into
+one larger node at no more cost.
+
+Fewer nodes at equal cost: every node's cost carries a per-node overhead (``NODE_OVERHEAD``,
+three CPUs' worth: Ray's processes, a Pod, a start-up), in the admin's own unit when groups set
+explicit costs (``node_costs``), so when costs are proportional to size (cost = CPUs) the plan
+with fewer nodes is the cheaper one.
 Identical placement groups are packed together the same way, all-or-nothing per group.
 CPU-only demand never launches an accelerator node while some other group could hold it: when
 that group is at its max the demand is reported ``capped``, GPUs are not spent on it.
@@ -28,7 +35,7 @@ held back, and fewer nodes win at up to one idle accelerator per node saved (``p
 Modules, in the order a plan uses them: ``request`` (the public request/reply types), ``cost``,
 ``vectors`` and ``text`` (prices, resource arithmetic, wording), ``pool`` and ``context`` (the
 internal model), ``schedule`` (the passes' order and the choice between candidate plans),
-``limits``, ``gangs`` and ``packing`` (the passes), ``reasons`` (the reply).
+``limits``, ``gangs``, ``packing`` and ``upsize`` (the passes), ``reasons`` (the reply).
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from .cost import (
     MEMORY_WEIGHT_PER_GIB,
     NODE_OVERHEAD,
     default_cost,
+    node_costs,
 )
 from .reasons import make_reply
 from .request import (
@@ -59,7 +67,7 @@ from .text import format_shape
 __all__ = [
     "ACCELERATORS", "ACCELERATOR_WEIGHT", "CPU_WEIGHT", "MEMORY_WEIGHT_PER_GIB", "NODE_OVERHEAD",
     "GangDemand", "NodeGroup", "NodeView", "PendingStatus", "PlanReply", "PlanRequest",
-    "ResourceDemand", "Resources", "Termination", "default_cost", "format_shape", "plan",
+    "ResourceDemand", "Resources", "Termination", "default_cost", "format_shape", "node_costs", "plan",
 ]
 
 

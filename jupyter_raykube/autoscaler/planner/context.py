@@ -7,7 +7,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .cost import ACCELERATORS, default_cost, has_accelerator, price
+from .cost import ACCELERATORS, has_accelerator, node_costs, price
 from .pool import Bin, Group, Pool, Shape, Unplaced
 from .request import NodeView, PlanRequest, Resources, Termination
 from .text import format_shape, plural
@@ -55,11 +55,11 @@ class Ctx:
             for b in gang.bundles:
                 names.update(b)
         ctx = cls(req, {name: i for i, name in enumerate(sorted(names))}, {}, nodes, held_back=held_back)
+        costs = node_costs(req.groups)
         for g in sorted(req.groups, key=lambda g: g.name):
             if g.name in ctx.groups:
                 raise ValueError(f"duplicate node group name {g.name!r}")
-            cost = default_cost(g.resources) if g.cost is None else g.cost
-            ctx.groups[g.name] = Group(g, ctx.vector(g.resources), cost, has_accelerator(g.resources))
+            ctx.groups[g.name] = Group(g, ctx.vector(g.resources), costs[g.name], has_accelerator(g.resources))
         # Nodes repeat the same few resource mappings: convert each distinct one once.
         vectors: dict[tuple, Vector] = {}
 
@@ -112,9 +112,11 @@ class Ctx:
                       for i, v in vec]
             accel = has_accelerator(dict(key))
             order = (not accel, -max(shares, default=0.0), -sum(shares), key)
-            # +0.01: a copy of a shape made only of free resources (custom ones) is still worth
-            # serving, and more copies per node is still better.
-            s = self.shapes[key] = Shape(key, vec, accel, price(dict(key)) + 0.01, order)
+            # A copy of a shape made only of free resources (custom ones) is still worth serving.
+            # Priced shapes get no bonus per copy: one would make many small copies outbid the
+            # same resources in fewer large ones, and the small fillers a tail needs run out.
+            value = price(dict(key)) or 0.01
+            s = self.shapes[key] = Shape(key, vec, accel, value, order)
         return s
 
     def pending(self, kind: str, ident, shape: dict[str, float], bundles: tuple = ()) -> Unplaced:

@@ -3,7 +3,9 @@ accelerator node."""
 
 from __future__ import annotations
 
-from .request import Resources
+from collections.abc import Iterable
+
+from .request import NodeGroup, Resources
 
 # Accelerators are what make a node expensive. A node offering one is an "accelerator node";
 # CPU-only demand never launches one while a group without accelerators could hold it.
@@ -26,6 +28,29 @@ def default_cost(resources: Resources) -> float:
     resources and ``object_store_memory`` (a slice of ``memory``) are free.
     """
     return NODE_OVERHEAD + price(resources)
+
+
+def node_costs(groups: Iterable[NodeGroup]) -> dict[str, float]:
+    """What one node of each group costs the planner: the group's own ``cost`` plus the per-node
+    overhead, or ``default_cost`` when it sets none.
+
+    An explicit cost is only the admin's price list (often proportional to size: cost = CPUs),
+    and by it one 64-CPU node costs exactly four 16-CPU nodes. It misses what every node adds
+    whatever its price: one more raylet, Pod and start-up. So the planner adds ``NODE_OVERHEAD``
+    to it, converted into the admin's unit at the rate their costs imply (sum of the explicit
+    costs over sum of those groups' default prices): at equal price, fewer nodes win, whatever
+    unit (CPUs, dollars per hour) the costs are written in.
+    """
+    explicit = [g for g in groups if g.cost is not None]
+    priced = [g for g in explicit if price(g.resources) > 0]
+    if priced:
+        rate = sum(g.cost for g in priced) / sum(price(g.resources) for g in priced)  # type: ignore[misc]
+    elif explicit:
+        rate = sum(g.cost for g in explicit) / sum(default_cost(g.resources) for g in explicit)  # type: ignore[misc]
+    else:
+        rate = 1.0
+    return {g.name: default_cost(g.resources) if g.cost is None else g.cost + NODE_OVERHEAD * rate
+            for g in groups}
 
 
 def price(resources: Resources) -> float:

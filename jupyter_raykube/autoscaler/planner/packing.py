@@ -7,7 +7,8 @@ from collections import defaultdict
 from typing import Literal
 
 from .context import Ctx
-from .vectors import ShapeKey, Vector, how_many, shape_key
+from .pool import Group
+from .vectors import ShapeKey, Vector, how_many, shape_key, subtract
 
 
 def fit_constraints(ctx: Ctx) -> None:
@@ -71,10 +72,11 @@ def launch_patterns(ctx: Ctx, items: list[list], tag: str, *, view: Literal["fre
     One node *pattern* at a time. For the largest shape left, every group that may take it
     simulates one node: c copies of that shape (c = as many as fit, and a few less), then the
     gaps filled greedily with the other shapes left. A pattern is scored by what covering ALL
-    remaining copies of the shape would cost -- whole nodes of the pattern plus the cheapest
-    single-group cover of the last few copies -- per unit of demand value served, so a nearly
-    empty big node loses to a small one, and four small nodes lose to one big one. The best
-    pattern is opened as many times as the remaining counts and the limits allow.
+    remaining copies of the shape would cost -- whole nodes of the pattern plus the best
+    single-group cover of the last few copies, fillers included -- per unit of demand value
+    served, so a nearly empty big node loses to a small one, and four small nodes lose to one
+    big one. The best pattern is opened as many times as the remaining counts and the limits
+    allow, on a larger group's nodes when k patterns fit in one of them for no more cost.
     Cost: O(patterns x groups x shapes), never O(tasks).
     """
     first = 0
@@ -95,22 +97,50 @@ def launch_patterns(ctx: Ctx, items: list[list], tag: str, *, view: Literal["fre
                 pattern, node_value = _fill_pattern(g.total, items, first, copies)
                 full, tail = divmod(left, copies)
                 cover = [(g.total, copies, full)]
-                cost = full * g.cost
-                if tail:  # the last copies go on the fewest nodes of whichever group is cheapest
-                    tail_cost, _, _, h, k = min((-(-tail // k) * h.cost, -k, h.name, h, k) for h, k in fit)
-                    nodes = -(-tail // k)
-                    cover.append((h.total, -(-tail // nodes), nodes))
-                    cost += tail_cost
-                served = _cover_value(items, first, left, cover)
-                score = (cost / served, -node_value, g.name, -copies)
+                covers = [(full * g.cost, cover)]
+                if tail:  # the last copies go on the fewest nodes of one group, with fillers
+                    covers = []
+                    for h, k in fit:
+                        nodes = -(-tail // k)
+                        covers.append((full * g.cost + nodes * h.cost,
+                                       cover + [(h.total, -(-tail // nodes), nodes)]))
+                ratio = min(cost / _cover_value(items, first, left, c) for cost, c in covers)
+                # Ties must stay ties through float rounding (4 nodes for 64 = 5 for 80), so
+                # that fuller nodes, then more copies of the largest shape, decide them.
+                score = (float(f"{ratio:.12g}"), -node_value, g.name, -copies)
                 if best is None or score < best[0]:
                     best = (score, g, pattern)
         _, g, pattern = best
+        g, pattern = _on_larger_nodes(ctx, g, pattern, items)
         n = min([ctx.room(g)] + [items[j][1] // take for j, take in pattern])
         ctx.open_nodes(g, n, [(items[j][0], take) for j, take in pattern], tag,
                        opened_for or (tag, shape.key), view=view)
         for j, take in pattern:
             items[j][1] -= n * take
+
+
+def _on_larger_nodes(ctx: Ctx, g: Group, pattern: list[tuple[int, int]], items: list[list],
+                     ) -> tuple[Group, list[tuple[int, int]]]:
+    """The same pattern k times over on one node of a larger group, when that node costs no more
+    than k of ``g``'s (per-node overhead included) and k such patterns are still wanted.
+
+    With costs proportional to size a 64-CPU node is four 16-CPU ones at the same price, and the
+    pattern scores cannot tell them apart; the overhead each node carries can, and so can fewer
+    Pods to start. Only groups every shape of the pattern may launch (so CPU work never moves
+    onto an accelerator node) and that have room are considered.
+    """
+    wanted = min(items[j][1] // take for j, take in pattern)
+    best = (g.cost, 0, g.name, g, 1)
+    for h in ctx.groups.values():
+        if h is g or h.accelerator != g.accelerator or ctx.room(h) <= 0:
+            continue
+        k = min((a // b for a, b in zip(h.total, g.total) if b), default=0)
+        k = min(k, wanted)
+        if k < 2 or any(h not in ctx.launchable(items[j][0]) for j, _ in pattern):
+            continue
+        best = min(best, (h.cost / k, -k, h.name, h, k))
+    _, _, _, h, k = best
+    return (h, [(j, take * k) for j, take in pattern]) if k > 1 else (g, pattern)
 
 
 def _fill_pattern(total: Vector, items: list[list], first: int, copies: int,
@@ -140,29 +170,37 @@ def _fill_pattern(total: Vector, items: list[list], first: int, copies: int,
 def _cover_value(items: list[list], first: int, copies: int,
                  nodes: list[tuple[Vector, int, int]]) -> float:
     """Value served by putting ``copies`` of ``items[first]`` on ``nodes`` -- (capacity, copies
-    per node, how many such nodes) -- with the gaps filled by the other shapes left. The gaps
-    are pooled (a shape counts only where one copy fits a single gap), so a filler that runs out
-    is replaced by the next one, as it will be by the patterns opened after this one."""
+    per node, how many such nodes) -- with the gaps filled by the other shapes left, in FFD
+    order, node by node as the patterns opened after this one will fill them. Nodes whose gaps
+    are alike stay one entry, so this costs O(shapes x distinct gaps), not O(nodes). A gap one
+    shape has filled is not counted again for the next: a pattern that leaves room only in
+    appearance does not win."""
     shape = items[first][0]
-    gaps = []
-    pooled = [0] * len(nodes[0][0])
+    gaps: list[tuple[Vector, int]] = []
     for total, per_node, n in nodes:
-        gap = list(total)
-        for i, v in shape.vec:
-            gap[i] -= v * per_node
-        gaps.append((gap, n))
-        pooled = [p + x * n for p, x in zip(pooled, gap)]
+        gaps.append((subtract(total, shape.vec, per_node), n))
     value = copies * shape.value
     for j, (other, units) in enumerate(items):
         if units <= 0 or j == first:
             continue
-        room = sum(how_many(gap, other.vec) * n for gap, n in gaps)
-        if not room:
-            continue
-        take = min(units, room, how_many(pooled, other.vec))
-        for i, v in other.vec:
-            pooled[i] -= v * take
-        value += take * other.value
+        filled: list[tuple[Vector, int]] = []
+        for gap, n in gaps:
+            k = how_many(gap, other.vec)
+            if not k or not units:
+                filled.append((gap, n))
+                continue
+            full = min(n, units // k)
+            rest = units - full * k if full < n else 0
+            if full:
+                filled.append((subtract(gap, other.vec, k), full))
+            if rest:
+                filled.append((subtract(gap, other.vec, rest), 1))
+            if n - full - (1 if rest else 0):
+                filled.append((gap, n - full - (1 if rest else 0)))
+            taken = full * k + rest
+            units -= taken
+            value += taken * other.value
+        gaps = filled
     return value
 
 

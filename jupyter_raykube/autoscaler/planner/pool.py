@@ -103,6 +103,10 @@ class Pool:
                 kept = tuple(n for n in b.nodes if n not in node_ids)
                 self._set(bid, b._replace(nodes=kept) if kept else None)
 
+    def find_new(self, group: str, seq: int) -> Bin:
+        """The bin that holds node ``seq`` this plan launches in ``group``."""
+        return next(b for b in self.bins.values() if b.origin == "new" and b.group == group and seq in b.nodes)
+
     def remove_new(self, group: str, seq: int) -> None:
         """Un-launch node ``seq`` of ``group``, whichever bin it is in."""
         for bid, b in list(self.bins.items()):

@@ -9,6 +9,7 @@ from .limits import enforce_max, enforce_min, scale_down_idle
 from .packing import consolidate, fit_constraints, fit_existing, launch_for_demand
 from .pool import Group
 from .request import PlanRequest
+from .upsize import upsize
 
 
 def schedule(request: PlanRequest) -> Ctx:
@@ -27,7 +28,7 @@ def schedule(request: PlanRequest) -> Ctx:
 def run_passes(request: PlanRequest, held_back: frozenset[str]) -> Ctx:
     ctx = Ctx.from_request(request, held_back)
     for step in (enforce_max, enforce_min, fit_constraints, fit_gangs, fit_existing,
-                 launch_for_demand, consolidate, scale_down_idle):
+                 launch_for_demand, consolidate, upsize, scale_down_idle):
         step(ctx)
     return ctx
 
