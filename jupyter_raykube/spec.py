@@ -74,6 +74,9 @@ class WorkerGroup:
     max: int = 0
     cost: float | None = None  # relative price of one node; None: the planner's default
     idle_timeout_s: float | None = None  # None: the cluster's idle timeout
+    # Ray node labels (`ray start --labels`) its nodes carry, e.g. {"ray.io/accelerator-type":
+    # "A100"}: tasks with a matching `label_selector` are planned only onto such groups.
+    labels: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         prefix = f"groups.{self.name}"
@@ -101,6 +104,7 @@ class WorkerGroup:
             _check_positive(f"{prefix}.cost", self.cost, MAX_COST)
         if self.idle_timeout_s is not None:
             _check_seconds(f"{prefix}.idle_timeout_s", self.idle_timeout_s)
+        _check_node_labels(f"{prefix}.labels", self.labels)
 
     @property
     def resources(self) -> dict[str, float]:
@@ -337,6 +341,8 @@ def parse_group(data: Mapping[str, Any], base: WorkerGroup | None = None) -> Wor
         if not isinstance(custom, Mapping):
             raise SpecError(prefix + "custom", custom, "an object of resource name -> amount")
         values["custom"] = {str(k): _number(f"{prefix}custom.{k}", v) for k, v in custom.items()}
+    if "labels" in data:
+        values["labels"] = _str_mapping(prefix + "labels", data["labels"])
     start = base or WorkerGroup(name=name, cpus=1, max=values.get("max", values.get("min", 0)))
     return replace(start, name=name, **values)
 
@@ -390,6 +396,27 @@ def _string(field_name: str, value: Any, *, optional: bool = False) -> str | Non
     if not isinstance(value, str):
         raise SpecError(field_name, value, "a string")
     return value
+
+
+# Ray node labels follow Kubernetes label syntax (ray/_private/label_utils.py): a name of at
+# most 63 characters, optionally after a DNS-subdomain prefix and "/"; a value likewise, or "".
+_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")
+_LABEL_PREFIX = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+MAX_NODE_LABELS = 32
+
+
+def _check_node_labels(field_name: str, labels: Mapping[str, str]) -> None:
+    if not isinstance(labels, Mapping) or len(labels) > MAX_NODE_LABELS:
+        raise SpecError(field_name, labels, f"an object of at most {MAX_NODE_LABELS} label -> value strings")
+    for key, value in labels.items():
+        prefix, _, name = key.rpartition("/") if isinstance(key, str) else ("", "", "")
+        if not _LABEL_NAME.match(name) or (prefix and (len(prefix) > 253 or not _LABEL_PREFIX.match(prefix))):
+            raise SpecError(f"{field_name}", key, "a Ray label key: a name of 1-63 letters, digits, - _ . "
+                            "(starting and ending alphanumeric), optionally after a DNS prefix and '/', "
+                            "such as ray.io/accelerator-type")
+        if not isinstance(value, str) or (value and not _LABEL_NAME.match(value)):
+            raise SpecError(f"{field_name}.{key}", value, "a label value: empty, or 1-63 letters, digits, "
+                            "- _ . starting and ending alphanumeric")
 
 
 def _str_mapping(field_name: str, value: Any) -> dict[str, str]:
