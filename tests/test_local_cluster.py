@@ -220,7 +220,7 @@ def _start_foreign_ray(tmp_path: Path) -> subprocess.Popen[bytes]:
     ray_bin = str(Path(sys.executable).with_name("ray"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAYKUBE_")}
     env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
-    ports = _free_ports("127.0.0.3", 3)
+    ports = _free_ports(3)
     short_dir = tempfile.mkdtemp(prefix="rkf-", dir="/tmp")  # Ray's socket paths must stay < 108 bytes
     args = [ray_bin, "start", "--head", "--block", f"--port={ports[0]}", "--num-cpus=0",
             "--include-dashboard=false", "--node-ip-address=127.0.0.3", f"--temp-dir={short_dir}",

@@ -3,15 +3,18 @@
 Each node gets its own ports (several nodes share one host, and Ray's fixed defaults collide),
 explicit `--memory`/`--object-store-memory` (each node would otherwise claim most of the RAM),
 and a loopback address that Ray does not rewrite (Ray turns `127.0.0.1` into the host's network
-address, which would expose the cluster beyond this machine). The head runs with Ray's
+address). Ray binds what it can to that address; its gRPC servers and metrics endpoints it binds
+on all interfaces whatever it is told (README, "How it works"). The head runs with Ray's
 autoscaler v2 switched on so `request_resources()` reaches the GCS, and with token
 authentication, the token coming from the manager.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import random
 import secrets
 import shutil
 import socket
@@ -19,7 +22,7 @@ import string
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -38,6 +41,14 @@ GiB = 1024**3
 MiB = 1024**2
 _NODE_PORT_FLAGS = ("--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
                     "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port")
+# The head's Prometheus endpoints of the dashboard and the autoscaler: fixed ports (44227, 44217)
+# unless these variables say otherwise, so a second cluster on the machine would find them taken.
+_HEAD_PORT_ENV = ("DASHBOARD_METRIC_PORT", "AUTOSCALER_METRIC_PORT")
+# Where our ports come from: above the ranges Ray allots by itself (its workers' gRPC ports,
+# `--min/--max-worker-port` 10002-19999, and Ray Client's per-connection servers, 23000-23999,
+# fixed in ray/util/client/server/proxier.py) and below the kernel's ephemeral range, so no
+# outgoing connection takes a port between our choice and Ray's bind.
+_PORT_WINDOW_START = 24000
 
 
 class ClusterExists(BackendError):
@@ -52,10 +63,10 @@ class LocalBackend(Backend):
     ray_command = Unicode(config=True, help="""The `ray` executable that starts nodes.
         Default: the one installed next to this Python, so nodes run the kernel's Ray version.""")
 
-    node_ip = Unicode("127.0.0.2", config=True, help="""Loopback address the nodes bind and
-        advertise. Ray rewrites 127.0.0.1 and localhost to the machine's network address, so the
-        default is another loopback address, which keeps the cluster reachable from this machine
-        only. Set to a network address to let other machines join.""")
+    node_ip = Unicode("127.0.0.2", config=True, help="""Address the nodes advertise and bind
+        (where Ray lets them: its gRPC servers and metrics endpoints listen on all interfaces).
+        Ray rewrites 127.0.0.1 and localhost to the machine's network address, so the default is
+        another loopback address. Set to a network address to let other machines join.""")
 
     state_dir = Unicode(config=True, help="""Where cluster state files and node logs live.
         Default: <jupyter runtime dir>/raykube, so every process of this user finds them.""")
@@ -122,7 +133,8 @@ class LocalBackend(Backend):
 
     def _create_cluster(self, spec: ClusterSpec, owner: str, token: str, owner_pid: int | None) -> ClusterHandle:
         uid = secrets.token_hex(6)
-        gcs_port, dashboard_port, client_port = _free_ports(self.node_ip, 3)
+        head_ports = _free_ports(3 + len(_HEAD_PORT_ENV))
+        gcs_port, dashboard_port, client_port = head_ports[:3]
         owner_ref = processes.ProcessRef(owner_pid, _create_time(owner_pid)) if owner_pid else None
         record: Record = {
             "name": spec.name, "backend": self.name, "uid": uid, "owner": owner,
@@ -147,8 +159,8 @@ class LocalBackend(Backend):
                     f"--ray-client-server-port={client_port}", f"--num-cpus={spec.head.cpus}",
                     "--num-gpus=0", f"--memory={memory}", f"--object-store-memory={object_store}",
                     "--disable-usage-stats"]
-            self._start_node(handle, f"{spec.name}-head", HEAD_GROUP, args,
-                             {"RAY_SCHEDULER_EVENTS": "0"})
+            env = {"RAY_SCHEDULER_EVENTS": "0", **{k: str(p) for k, p in zip(_HEAD_PORT_ENV, head_ports[3:])}}
+            self._start_node(handle, f"{spec.name}-head", HEAD_GROUP, args, env, reserved=head_ports)
         except BaseException:
             self._delete_cluster(handle)
             raise
@@ -168,10 +180,10 @@ class LocalBackend(Backend):
         return self._start_node(handle, name, group.name, args, {})
 
     def _start_node(self, handle: ClusterHandle, name: str, group: str, args: list[str],
-                    extra_env: Mapping[str, str]) -> BackendNode:
+                    extra_env: Mapping[str, str], reserved: Collection[int] = ()) -> BackendNode:
         # The head's own ports are chosen before it listens on them: never hand them out again.
         taken = {int(a.rsplit(":", 1)[-1]) for a in (handle.address, handle.dashboard_address, handle.client_address)}
-        ports = _free_ports(self.node_ip, len(_NODE_PORT_FLAGS), avoid=taken)
+        ports = _free_ports(len(_NODE_PORT_FLAGS), avoid=taken | set(reserved))
         # One temp dir per node: nodes sharing one race for the same socket names.
         temp_dir = os.path.join(handle.details["temp_dir"], name.rsplit("-", 1)[-1])
         args = [*args, f"--node-ip-address={self.node_ip}", f"--temp-dir={temp_dir}",
@@ -320,17 +332,60 @@ def _handle_from(record: Record) -> ClusterHandle:
                          created_at=record["created_at"], details=details)
 
 
-def _free_ports(host: str, count: int, avoid: frozenset[int] | set[int] = frozenset()) -> list[int]:
-    """`count` distinct free TCP ports, none in `avoid`, all held open together so none repeats."""
+def _free_ports(count: int, avoid: Collection[int] = frozenset(), window: range | None = None) -> list[int]:
+    """`count` distinct TCP ports free on every address of this machine, none in `avoid`.
+
+    Free on the node address alone is not enough: Ray binds its gRPC servers on all interfaces,
+    and its Ray Client proxy and dashboard agent bind 127.0.0.1 beside the node address. So each
+    port is checked by binding the wildcard (IPv4 and IPv6 at once), and held until all are
+    chosen so none repeats. `window`: where to look (default: from 24000 to the ephemeral range).
+    """
+    window = window or range(_PORT_WINDOW_START, _ephemeral_low())
+    low, high = window.start, window.stop
     with ExitStack() as stack:
         ports: list[int] = []
-        while len(ports) < count:
-            sock = stack.enter_context(socket.socket())
-            sock.bind((host, 0))
-            port = sock.getsockname()[1]
-            if port not in avoid:
+        for _ in range(20 * (high - low)):
+            if len(ports) == count:
+                return ports
+            port = random.randrange(low, high)
+            if port in avoid or port in ports:
+                continue
+            sock = _bind_everywhere(port)
+            if sock is not None:
+                stack.enter_context(sock)
                 ports.append(port)
-        return ports
+        if len(ports) == count:
+            return ports
+    raise BackendError(f"no {count} free TCP ports between {low} and {high - 1} on this machine")
+
+
+def _bind_everywhere(port: int) -> socket.socket | None:
+    """A socket bound to `port` on every address (dual-stack `::`, or `0.0.0.0` where the
+    machine has no IPv6), or None when something on the machine already uses the port."""
+    for family, host in ((socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")):
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError:
+            continue
+        try:
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind((host, port))
+            return sock
+        except OSError as err:
+            sock.close()
+            if err.errno == errno.EADDRINUSE:
+                return None
+    return None
+
+
+def _ephemeral_low() -> int:
+    """First port of the kernel's range for outgoing connections (Linux), else IANA's."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 49152
+    return low if low > _PORT_WINDOW_START + 1000 else 65536
 
 
 def _create_time(pid: int) -> float:
