@@ -55,8 +55,8 @@ class LocalClient:
         self.token = self.manager.token
 
     def start(self, request: Request, progress: Progress) -> Snapshot:
-        spec = self.manager.spec_from_request(request)
-        return self._watch(lambda p: self.manager.create(spec, progress=p), progress).snapshot()
+        """Start from a request body; without a name, the manager picks the next free one."""
+        return self._watch(lambda p: self.manager.create(request, progress=p), progress).snapshot()
 
     def status(self, name: str) -> Snapshot:
         cluster = self.blocking.call(self.manager.get, name)

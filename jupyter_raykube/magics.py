@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import html
-import re
 import time
 from typing import Any
 
@@ -24,7 +23,6 @@ from .connect import connect_driver, disconnect_driver
 from .display import ClusterStatus, ClusterTable
 from .spec import SpecError, parse_cpus, parse_range
 
-_NAME_CHARS = re.compile(r"[^a-z0-9-]+")
 
 
 class _Parser(MagicArgumentParser):
@@ -96,10 +94,10 @@ class RayClusterMagics(Magics):
     # --- commands ----------------------------------------------------------------------------
 
     def _start(self, args: Any) -> Any:
-        name = args.name or self._default_name()
-        request = _request_from_args(name, args)
-        snap = self._with_progress(f"Starting Ray cluster {name}", lambda p: self.client.start(request, p))
-        self._current = name
+        request = _request_from_args(args.name, args)  # no name: the clusters' owner picks one
+        title = f"Starting Ray cluster {args.name}" if args.name else "Starting a Ray cluster"
+        snap = self._with_progress(title, lambda p: self.client.start(request, p))
+        name = self._current = snap["name"]
         if not args.no_connect:
             connect_driver(snap["address"], self.client.token, **_client_route(snap))
         return self._view(name, snap)
@@ -152,11 +150,6 @@ class RayClusterMagics(Magics):
                              "name one, e.g. %raycluster status NAME (see %raycluster list)")
         return name
 
-    def _default_name(self) -> str:
-        owner = _NAME_CHARS.sub("-", self.client.owner.lower()).strip("-")[:30] or "ray"
-        taken = {c["name"] for c in self.client.list()}
-        return next(f"{owner}-{n}" for n in range(1, 10_000) if f"{owner}-{n}" not in taken)
-
     def _with_progress(self, title: str, work: Any) -> Any:
         """Run `work(progress)` while one status line shows the current step. A notebook
         redraws the line in place (with the elapsed time); a terminal prints a new line per
@@ -185,11 +178,11 @@ def _progress_bundle(title: str, step: str, done: int, total: int, elapsed: floa
     return {"text/plain": text, "text/html": f"<div>{bar} {html.escape(text)}</div>"}
 
 
-def _request_from_args(name: str, args: Any) -> dict[str, Any]:
+def _request_from_args(name: str | None, args: Any) -> dict[str, Any]:
     """The `start` flags as a request body: only what the user gave; the owner of the
     clusters (this kernel's manager or the Jupyter server) fills in its defaults. Flags are
     checked here so a typo gets the usage line before anything is sent."""
-    request: dict[str, Any] = {"name": name}
+    request: dict[str, Any] = {"name": name} if name else {}
     if args.backend:
         request["backend"] = args.backend
     groups: dict[str, dict[str, int]] = {}

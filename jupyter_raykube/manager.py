@@ -31,26 +31,16 @@ from traitlets.config import LoggingConfigurable
 from .auth import load_or_create_token, use_token
 from .autoscaler.demand import GcsReader
 from .autoscaler.reconciler import AutoscalerSettings, HeadLost, Observation, Reconciler, describe_pending
-from .backends.base import HEAD_GROUP, Backend, BackendError, ClusterHandle, ClusterNotFound
+from .backends.base import HEAD_GROUP, Backend, ClusterHandle
+from .errors import ClusterExistsError, ClusterNotFound, NotOwnedError, PolicyError, SpecError, StartError
 from .backends.registry import AUTO, CHOICES, backend_class, backend_setting_from_env, resolve_backend
 from .events import EventLog
-from .policy import Policy, PolicyError, PolicyTrait, describe_duration
-from .spec import DEFAULT_IDLE_TIMEOUT_S, ClusterSpec, SpecError, WorkerGroup, default_groups, parse_group, parse_group_changes
+from .policy import Policy, PolicyTrait, describe_duration
+from .spec import DEFAULT_IDLE_TIMEOUT_S, ClusterSpec, WorkerGroup, default_groups, parse_group, parse_group_changes
 
+_NAME_CHARS = re.compile(r"[^a-z0-9-]+")
 ClusterStateName = Literal["starting", "running", "stopping", "stopped", "failed"]
 Progress = Callable[[str, int, int], None]  # (step, done, total)
-
-
-class ClusterExistsError(BackendError):
-    """A cluster with that name already exists."""
-
-
-class NotOwnedError(BackendError):
-    """The cluster is autoscaled by another process; change it there."""
-
-
-class StartError(BackendError):
-    """The cluster did not come up; everything it started has been removed."""
 
 
 @dataclass(eq=False)
@@ -239,6 +229,7 @@ class ClusterManager(LoggingConfigurable):
         super().__init__(**kwargs)
         self._clusters: dict[str, Cluster] = {}
         self._forgotten: dict[str, float] = {}  # name -> when this manager stopped that cluster
+        self._registry_lock = anyio.Lock()  # name checks and inserts of new clusters
         self._backends: dict[str, Backend] = {self.backend.name: self.backend}
         self._tg: TaskGroup | None = None
         self.token = load_or_create_token(Path(self.token_path))
@@ -282,27 +273,48 @@ class ClusterManager(LoggingConfigurable):
         if not isinstance(request, Mapping) or not isinstance(request.get("name"), str):
             raise SpecError("name", request.get("name") if isinstance(request, Mapping) else request,
                             'a JSON object with a "name" string, e.g. {"name": "alice-1"}')
-        backend = request.get("backend") or self.backend.name
+        return ClusterSpec.from_dict(request, defaults=self._defaults(request["name"], request.get("backend")))
+
+    async def default_request(self) -> dict[str, Any]:
+        """What a new cluster gets when a request says nothing, with the name the next one
+        would get: the form a front-end pre-fills (it then sends back only what changed)."""
+        async with self._registry_lock:
+            name = self._free_name(await self._taken_names())
+        return self._defaults(name, None).to_dict()
+
+    def _defaults(self, name: str, backend: Any) -> ClusterSpec:
+        backend = backend or self.backend.name
         if not isinstance(backend, str):
             raise SpecError("backend", backend, "local or kubernetes")
-        defaults = ClusterSpec(name=request["name"], backend=backend, groups=self._new_cluster_groups,
-                               idle_timeout_s=self.idle_timeout, max_workers=self.max_workers,
-                               image=self.image or None)
-        return ClusterSpec.from_dict(request, defaults=defaults)
+        return ClusterSpec(name=name, backend=backend, groups=self._new_cluster_groups,
+                           idle_timeout_s=self.idle_timeout, max_workers=self.max_workers,
+                           image=self.image or None)
 
-    async def create(self, spec: ClusterSpec, *, progress: Progress | None = None) -> Cluster:
+    def _free_name(self, taken: set[str]) -> str:
+        """`<owner>-<n>`, the smallest n not in use (the owner made a valid DNS label)."""
+        owner = _NAME_CHARS.sub("-", self.owner.lower()).strip("-")[:30].strip("-") or "ray"
+        return next(f"{owner}-{n}" for n in range(1, 100_000) if f"{owner}-{n}" not in taken)
+
+    async def _taken_names(self) -> set[str]:
+        found = {h.name for h, _ in await self._discover() if not self._is_forgotten(h)}
+        return found | set(self._clusters)
+
+    async def create(self, spec: ClusterSpec | Mapping[str, Any], *, progress: Progress | None = None) -> Cluster:
         """Start a cluster and wait until its head (and `min` workers of each group) are up.
-        On failure everything it started is removed and the error is raised."""
+        `spec` may be a request body (see `spec_from_request`); without a name it gets the next
+        free `<owner>-<n>`. On failure everything it started is removed and the error is raised."""
         cluster = await self._register(spec)
         await self._bring_up(cluster, progress or (lambda step, done, total: None), keep_failed=False)
         return cluster
 
-    async def start(self, spec: ClusterSpec) -> Cluster:
+    async def start(self, spec: ClusterSpec | Mapping[str, Any]) -> Cluster:
         """Validate and register now (bad input and duplicates raise at once), bring the
-        cluster up in the background. Poll `snapshot()`: `state` ends in running or failed."""
+        cluster up in the background. Poll `snapshot()`: `state` ends in running or failed.
+        `spec` may be a request body, as for `create`."""
+        cluster = await self._register(spec)  # bad input is refused before anything else
         if self._tg is None:
+            del self._clusters[cluster.name]
             raise RuntimeError("ClusterManager.serve() is not running")
-        cluster = await self._register(spec)
         # Made before the task runs, so a stop() that comes first still cancels (and waits for) it.
         cluster.start_scope, cluster.start_done = anyio.CancelScope(), anyio.Event()
 
@@ -314,25 +326,32 @@ class ClusterManager(LoggingConfigurable):
             finally:
                 cluster.start_done.set()
 
-        self._tg.start_soon(bring_up, name=f"raykube-start-{spec.name}")
+        self._tg.start_soon(bring_up, name=f"raykube-start-{cluster.name}")
         return cluster
 
-    async def _register(self, spec: ClusterSpec) -> Cluster:
-        backend = self.backend_for(spec.backend)
-        if spec.name in self._clusters or spec.name in {h.name for h, _ in await self._discover()}:
-            raise ClusterExistsError(f"a cluster named {spec.name!r} already exists; "
-                                     f"stop it first or choose another name")
-        if spec.name in self._clusters:  # registered by a concurrent request during discover()
-            raise ClusterExistsError(f"a cluster named {spec.name!r} already exists")
-        owned = sum(1 for c in self._clusters.values() if c.owned and c.state != "failed")
-        if self.max_clusters is not None and owned >= self.max_clusters:
-            raise PolicyError(f"at most {self.max_clusters} cluster{'s' if self.max_clusters != 1 else ''} may run at once "
-                              f"({owned} running); stop one first")
-        self.policy.check(spec, self._committed_specs(except_name=spec.name))
-        cluster = Cluster(spec=spec, backend=backend, owned=True, owner=self.owner, step="queued",
-                          policy=self.policy)
-        self._clusters[spec.name] = cluster
-        return cluster
+    async def _register(self, wanted: ClusterSpec | Mapping[str, Any]) -> Cluster:
+        """Check and record a new cluster under the registry lock, so two requests at once can
+        neither take the same name nor both pass a cap; a request without a name is named here."""
+        async with self._registry_lock:
+            taken = await self._taken_names()
+            if isinstance(wanted, ClusterSpec):
+                spec = wanted
+            else:
+                unnamed = isinstance(wanted, Mapping) and wanted.get("name") is None
+                spec = self.spec_from_request({**wanted, "name": self._free_name(taken)} if unnamed else wanted)
+            backend = self.backend_for(spec.backend)
+            if spec.name in taken:
+                raise ClusterExistsError(f"a cluster named {spec.name!r} already exists; "
+                                         f"stop it first or choose another name")
+            owned = sum(1 for c in self._clusters.values() if c.owned and c.state != "failed")
+            if self.max_clusters is not None and owned >= self.max_clusters:
+                raise PolicyError(f"at most {self.max_clusters} cluster{'s' if self.max_clusters != 1 else ''} "
+                                  f"may run at once ({owned} running); stop one first")
+            self.policy.check(spec, self._committed_specs(except_name=spec.name))
+            cluster = Cluster(spec=spec, backend=backend, owned=True, owner=self.owner, step="queued",
+                              policy=self.policy)
+            self._clusters[spec.name] = cluster
+            return cluster
 
     async def _bring_up(self, cluster: Cluster, report: Progress, keep_failed: bool) -> None:
         spec = cluster.spec

@@ -18,15 +18,11 @@ from typing import Any, Literal
 
 from traitlets import TraitError, TraitType
 
-from .backends.base import BackendError
-from .spec import ClusterSpec, SpecError
+from .errors import PolicyError, SpecError
+from .spec import ClusterSpec
 
 POLICY_ENV = "RAYKUBE_POLICY"
 IdleAction = Literal["scale_to_zero", "restore", "stop"]
-
-
-class PolicyError(BackendError):
-    """A limit set by the administrator would be exceeded (REST: 403)."""
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,12 @@ from __future__ import annotations
 import math
 import os
 import re
-import reprlib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from decimal import Decimal
 from typing import Any
+
+from .errors import SpecError
 
 BACKENDS = ("local", "kubernetes")
 CLUSTER_NAME_MAX = 40  # leaves room for "-<group>-<5 chars>" inside a 63-char Pod name
@@ -34,32 +35,6 @@ MAX_RESOURCE_AMOUNT = 1e9  # a custom resource's amount per node
 MAX_COST = 1e9
 MAX_IDLE_S = 7 * 86400
 DEFAULT_IDLE_TIMEOUT_S = 60.0  # how long a worker may stay idle before it is drained
-_ECHO_MAX = 60  # how much of a bad value (or a field name a client made up) an error repeats
-_REPR = reprlib.Repr()
-_REPR.maxstring = _REPR.maxother = _ECHO_MAX
-_REPR.maxlevel = 2
-
-
-def echo(value: Any) -> str:
-    """A short, safe repr of a client's value for an error message: cut to a prefix, and never
-    the full text of a huge number (Python refuses to print ints of over 4,300 digits)."""
-    try:
-        text = _REPR.repr(value)
-    except ValueError:
-        text = "<a number too long to print>"
-    return text if len(text) <= _ECHO_MAX else text[:_ECHO_MAX - 1] + "…"
-
-
-class SpecError(ValueError):
-    """Bad input, named: the field, the value given and what is allowed."""
-
-    def __init__(self, field_name: str, value: Any, allowed: str) -> None:
-        self.field = field_name if len(field_name) <= 2 * _ECHO_MAX else field_name[:2 * _ECHO_MAX - 1] + "…"
-        self.value = value
-        self.allowed = allowed
-        super().__init__(f"{self.field}={echo(value)} is not allowed: {allowed}")
-
-
 @dataclass(frozen=True)
 class WorkerGroup:
     """One kind of worker node; the autoscaler keeps between `min` and `max` of them."""

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,9 +122,9 @@ def _check_answer(response: requests.Response) -> None:
         assert response.json()["message"], response.text
 
 
-def _clean_up_after(server: LiveServer, response: requests.Response, name: Any) -> None:
+def _clean_up_after(server: LiveServer, response: requests.Response) -> None:
     if response.status_code == 202:  # a valid body: the refusing backend fails it; clean up
-        server.api("DELETE", f"clusters/{requests.utils.quote(name, safe='')}")
+        server.api("DELETE", f"clusters/{requests.utils.quote(response.json()['name'], safe='')}")
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
@@ -131,7 +132,7 @@ def _clean_up_after(server: LiveServer, response: requests.Response, name: Any) 
 def test_fuzz_post_never_5xx(refusing_server: LiveServer, body: Any) -> None:
     response = refusing_server.api("POST", "clusters", data=json.dumps(body).encode())
     _check_answer(response)
-    _clean_up_after(refusing_server, response, body.get("name") if isinstance(body, dict) else None)
+    _clean_up_after(refusing_server, response)
 
 
 _deep = "[" * 1000 + "]" * 1000
@@ -185,7 +186,7 @@ def test_fuzz_every_route_and_method_never_5xx(refusing_server: LiveServer, rout
     if response.status_code == 405:  # a method the route does not serve: tornado's own answer
         return
     _check_answer(response)
-    _clean_up_after(refusing_server, response, body.get("name") if isinstance(body, dict) else None)
+    _clean_up_after(refusing_server, response)
 
 
 def test_after_the_fuzz_nothing_is_left_and_the_log_is_quiet(refusing_server: LiveServer) -> None:
@@ -281,3 +282,24 @@ def test_clusters_of_a_killed_server_are_reaped_when_the_next_one_starts(tmp_pat
         assert not (second.runtime_dir / "raykube" / "clusters" / "k-orphan.json").exists()
     finally:
         _stop_server(second, tmp_path / "server.log")
+
+
+def test_the_server_owns_defaults_and_names(refusing_server: LiveServer) -> None:
+    """GET /raykube/api/ gives the whole default request with the next free name; POSTs
+    without a name, even at once, each get their own `<owner>-<n>`, picked by the server."""
+    defaults = refusing_server.api("GET", "").json()["defaults"]
+    assert defaults["name"].endswith("-1") and [g["name"] for g in defaults["groups"]] == ["cpu", "gpu"]
+    with ThreadPoolExecutor(4) as pool:
+        responses = list(pool.map(lambda _: refusing_server.api("POST", "clusters", {}), range(4)))
+    try:
+        assert [r.status_code for r in responses] == [202] * 4, [r.text for r in responses]
+        names = sorted(r.json()["name"] for r in responses)
+        assert len(set(names)) == 4 and defaults["name"] in names, names
+        taken = refusing_server.api("GET", "").json()["defaults"]["name"]
+        assert taken not in names  # the next free name skips the four (failed) clusters
+    finally:
+        for response in responses:
+            _clean_up_after(refusing_server, response)
+    created = refusing_server.api("POST", "clusters", defaults)  # the defaults are a valid request
+    assert created.status_code == 202 and created.json()["name"] == defaults["name"], created.text
+    _clean_up_after(refusing_server, created)

@@ -217,7 +217,7 @@ class Reconciler:
         spec = self.spec
         groups = tuple(
             NodeGroup(name=g.name, resources=self.backend.node_resources(spec, g), min_nodes=g.min,
-                      max_nodes=g.max, cost=g.cost, idle_timeout_s=spec.idle_timeout_for(g))
+                      max_nodes=g.max, cost=g.cost, idle_timeout_s=spec.idle_timeout_for(g), labels=g.labels)
             for g in spec.groups)
         views = tuple(_view(n, dict(self.backend.node_resources(spec, spec.group(n.group))))
                       for n in nodes if n.group in {g.name for g in spec.groups})

@@ -18,18 +18,14 @@ from abc import ABCMeta, abstractmethod
 from traitlets import MetaHasTraits
 from traitlets.config import LoggingConfigurable
 
+from ..errors import BackendError, ClusterExistsError, ClusterNotFound
 from ..spec import ClusterSpec, WorkerGroup
+
+__all__ = ["HEAD_GROUP", "Backend", "BackendError", "BackendNode", "ClusterExistsError", "ClusterHandle",
+           "ClusterNotFound"]
 
 HEAD_GROUP = "head"
 NodePhase = Literal["pending", "running", "exited"]
-
-
-class BackendError(RuntimeError):
-    """The backend could not do what was asked (start failed, permission missing, ...)."""
-
-
-class ClusterNotFound(LookupError):
-    """No cluster of that name exists in this backend."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +41,9 @@ class BackendNode:
     phase: NodePhase
     created_at: float  # epoch seconds
     message: str = ""  # why it is pending or how it exited
+    # The platform is adding a machine for it (a node pool scaling up from zero): not late to
+    # join Ray yet; its join timeout starts once it has somewhere to run.
+    provisioning: bool = False
 
     @property
     @abstractmethod

@@ -299,21 +299,26 @@ def make_worker_pod(meta: ClusterMeta, spec: ClusterSpec, group: str, name: str,
                     settings: PodSettings) -> V1Pod:
     """One Ray worker node of `group`, joining through the head Service's DNS name."""
     ports = settings.ports
-    args = ["start", "--block", f"--address={meta.gcs_host}:{ports.gcs}", *_node_args(meta, group, size, ports)]
+    args = ["start", "--block", f"--address={meta.gcs_host}:{ports.gcs}",
+            *_node_args(meta, group, size, ports, spec.group(group).labels)]
     container_ports = [V1ContainerPort(name="dashboard-agent", container_port=ports.dashboard_agent,
                                        protocol="TCP")]
     return _pod(meta, meta.metadata(name, group, WORKER), WORKER_CONTAINER, group, args, container_ports,
                 size, settings, spec.env, health_path="/api/local_raylet_healthz")
 
 
-def _node_args(meta: ClusterMeta, group: str, size: NodeSize, ports: Ports) -> list[str]:
+def _node_args(meta: ClusterMeta, group: str, size: NodeSize, ports: Ports,
+               labels: Mapping[str, str] | None = None) -> list[str]:
+    """`ray start` flags every node shares. `labels` are the group's own Ray node labels (what
+    tasks' label_selector match); ours, naming cluster and group, come last and win."""
     args = [f"--node-ip-address=$({POD_IP_ENV})", f"--dashboard-agent-listen-port={ports.dashboard_agent}",
             f"--num-cpus={size.cpus}", f"--num-gpus={size.gpus}", f"--memory={size.memory}",
             f"--object-store-memory={size.object_store_memory}"]
     if size.custom:
         args.append("--resources=" + json.dumps({k: size.custom[k] for k in sorted(size.custom)},
                                                 separators=(",", ":")))
-    args.append(f"--labels={LABEL_CLUSTER}={meta.name},{LABEL_GROUP}={group}")
+    node_labels = {**(labels or {}), LABEL_CLUSTER: meta.name, LABEL_GROUP: group}
+    args.append("--labels=" + ",".join(f"{k}={v}" for k, v in node_labels.items()))
     return args
 
 

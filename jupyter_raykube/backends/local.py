@@ -177,7 +177,10 @@ class LocalBackend(Backend):
         if group.custom:
             args.append("--resources=" + _json(group.custom))
         name = f"{handle.name}-{group.name}-{_suffix()}"
-        return self._start_node(handle, name, group.name, args, {})
+        # The group's Ray node labels (what tasks' label_selector match), the way Ray's own
+        # autoscaler sets them; `--labels` is ours, naming cluster and group.
+        labels = {"RAY_OVERRIDE_LABELS": json.dumps(dict(group.labels))} if group.labels else {}
+        return self._start_node(handle, name, group.name, args, labels)
 
     def _start_node(self, handle: ClusterHandle, name: str, group: str, args: list[str],
                     extra_env: Mapping[str, str], reserved: Collection[int] = ()) -> BackendNode:

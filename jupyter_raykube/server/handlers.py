@@ -15,10 +15,7 @@ from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
 from tornado import web
 
-from ..backends.base import BackendError, ClusterNotFound
-from ..manager import ClusterExistsError, NotOwnedError
-from ..policy import PolicyError
-from ..spec import SpecError
+from ..errors import BackendError, ClusterExistsError, ClusterNotFound, NotOwnedError, PolicyError, SpecError
 from .guard import BodyError, OwnerGuard, parse_json_body
 
 AUTH_RESOURCE = "raykube"
@@ -66,8 +63,11 @@ class InfoHandler(RayKubeHandler):
     @authorized
     @mapped_errors
     async def get(self) -> None:
+        """Who owns the clusters, and what a new one gets: `defaults` is a whole request
+        (with the next free name) that a form pre-fills and POST takes back as it is."""
         self.reply({"owner": self.manager.owner, "backend": self.manager.backend.name,
-                    "max_clusters": self.manager.max_clusters})
+                    "max_clusters": self.manager.max_clusters,
+                    "defaults": await self.manager.default_request()})
 
 
 class ClustersHandler(RayKubeHandler):
@@ -82,8 +82,7 @@ class ClustersHandler(RayKubeHandler):
     @authorized
     @mapped_errors
     async def post(self) -> None:
-        spec = self.manager.spec_from_request(self.json_body())
-        cluster = await self.manager.start(spec)
+        cluster = await self.manager.start(self.json_body())  # no "name": the manager picks one
         self.reply(cluster.snapshot(), status=202)
 
 
