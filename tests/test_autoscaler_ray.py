@@ -1,7 +1,8 @@
 """The embedded autoscaler against real Ray: grow on demand, explain what waits, drain safely.
 
 One cluster serves the module: cpu workers 0..3 of 1 CPU, a gpu group 0..1 whose node fakes a
-GPU with `--num-gpus` (Ray accepts it on a CPU-only machine), idle timeout 5 s.
+GPU with `--num-gpus` (Ray accepts it on a CPU-only machine), an a100 group labelled
+`ray.io/accelerator-type=A100` that stays at max 0 until the label test opens it, idle timeout 5 s.
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ class Handle:
 def scaled() -> Iterator[Handle]:
     bm = BlockingManager()
     spec = ClusterSpec(name="t-autoscale", idle_timeout_s=IDLE_S, groups=(
-        WorkerGroup("cpu", cpus=1, min=0, max=3), WorkerGroup("gpu", cpus=1, gpus=1, min=0, max=1)))
+        WorkerGroup("cpu", cpus=1, min=0, max=3), WorkerGroup("gpu", cpus=1, gpus=1, min=0, max=1),
+        WorkerGroup("a100", cpus=1, min=0, max=0, labels={"ray.io/accelerator-type": "A100"})))
     cluster = bm.call(bm.manager.create, spec)
     uid = cluster.handle.details["uid"]
     connect_driver(cluster.handle.address, bm.manager.token)
@@ -173,3 +175,37 @@ def test_killed_worker_is_replaced_and_the_task_retried(scaled: Handle) -> None:
     failures = [m for m in scaled.events("node_failed") if victim in m]
     assert failures, scaled.events()
     assert victim not in [n["name"] for n in scaled.nodes("cpu")]
+
+
+def test_label_selector_launches_only_in_the_matching_group(scaled: Handle) -> None:
+    scaled.settle()
+    launched_before = len(scaled.events("scale_up"))
+
+    @ray.remote(num_cpus=1)
+    def node_labels() -> dict[str, str]:
+        return dict(ray.get_runtime_context().get_node_labels())
+
+    def demand_entry(text: str) -> dict[str, Any] | None:
+        return next((d for d in scaled.snapshot()["demand"] if text in d["reason"]), None)
+
+    # No group is labelled H100: reported infeasible, the selector named, nothing launched.
+    h100 = node_labels.options(label_selector={"ray.io/accelerator-type": "H100"}).remote()
+    entry = scaled.wait(lambda: demand_entry("H100"), what="the H100 demand to be explained")
+    assert (entry["shape"], entry["status"], entry["reason"]) == (
+        {"CPU": 1}, "infeasible",
+        "no worker group has labels matching {ray.io/accelerator-type: H100} (needed by {CPU: 1})")
+    ray.cancel(h100, force=True)
+
+    # Only the a100 group matches A100; the cpu group has room but never gets this task.
+    scaled.bm.call(scaled.bm.manager.scale, "t-autoscale", "a100", 0, 1)
+    try:
+        labels = ray.get(node_labels.options(label_selector={"ray.io/accelerator-type": "A100"}).remote(),
+                         timeout=120)
+        assert labels["ray.io/accelerator-type"] == "A100"
+        assert labels["raykube.io/group"] == "a100"
+        launches = scaled.events("scale_up")[launched_before:]
+        assert launches and all(m.startswith("launched 1 a100 node") for m in launches), launches
+        assert not scaled.nodes("cpu") and not scaled.nodes("gpu")
+    finally:
+        scaled.bm.call(scaled.bm.manager.scale, "t-autoscale", "a100", 0, 0)
+    scaled.wait(lambda: not scaled.nodes("a100"), timeout=IDLE_S + 40, what="the a100 node to be released")

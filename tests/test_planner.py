@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from jupyter_raykube.autoscaler.planner import (
     ACCELERATOR_WEIGHT,
     GangDemand,
+    LabelConstraint,
     NodeGroup,
     NodeView,
     PlanRequest,
@@ -329,6 +330,73 @@ def test_node_overhead_counts_in_the_unit_of_explicit_costs():
     # $0.05 per CPU-hour: the 3-CPU overhead is $0.15 a node; groups without a cost keep theirs.
     assert node_costs(groups) == pytest.approx({"small": 0.35, "big": 0.95, "free": 3.0, "gpu": 61.0})
     assert node_costs((NodeGroup("tag", {"custom": 1}, cost=2.0),)) == pytest.approx({"tag": 2.0 + 3 * 2 / 3})
+
+
+A100 = (LabelConstraint("ray.io/accelerator-type", "in", ("A100",)),)
+A100_GROUP = NodeGroup("a100", {"CPU": 8, "GPU": 1}, max_nodes=4, labels={"ray.io/accelerator-type": "A100"})
+T4_GROUP = NodeGroup("t4", {"CPU": 8, "GPU": 1}, max_nodes=4, cost=1.0, labels={"ray.io/accelerator-type": "T4"})
+
+
+def test_label_selector_launches_only_in_a_matching_group():
+    # t4 is far cheaper, but only a100's labels match the selector.
+    reply = plan(PlanRequest((CPU4, T4_GROUP, A100_GROUP),
+                             demand=(ResourceDemand({"CPU": 1, "GPU": 1}, 2, selectors=(A100,)),
+                                     ResourceDemand({"CPU": 1, "GPU": 1}, 1))))
+    assert reply.launch == {"a100": 2, "t4": 1}
+    selected = [p for p in reply.pending if p.selector]
+    assert [(p.shape, p.count, p.status, p.selector) for p in selected] == [
+        ({"CPU": 1, "GPU": 1}, 2, "waiting", "{ray.io/accelerator-type: A100}")]
+    assert reply.launch_reasons["a100"] == (
+        "2 pending {CPU: 1, GPU: 1, label_selector: {ray.io/accelerator-type: A100}} tasks")
+
+
+def test_label_selector_no_group_matches_is_infeasible_and_named():
+    reply = plan(PlanRequest((CPU4, T4_GROUP), demand=(ResourceDemand({"CPU": 1}, 3, selectors=(A100,)),)))
+    assert reply.launch == {}
+    (status,) = reply.pending
+    assert (status.shape, status.count, status.status, status.selector) == (
+        {"CPU": 1}, 3, "infeasible", "{ray.io/accelerator-type: A100}")
+    assert status.reason == "no worker group has labels matching {ray.io/accelerator-type: A100} (needed by {CPU: 1})"
+    # Matching labels but too small a node: the reason names both.
+    big = plan(PlanRequest((A100_GROUP, CPU4), demand=(ResourceDemand({"CPU": 16}, 1, selectors=(A100,)),)))
+    assert by_status(big) == {("infeasible", 1): (
+        "no worker group with labels matching {ray.io/accelerator-type: A100} can hold {CPU: 16}: "
+        "the largest is a100 with {CPU: 8, GPU: 1}")}
+
+
+def test_label_operators_and_fallbacks_follow_rays_rules():
+    spot = NodeGroup("spot", {"CPU": 4}, max_nodes=4, cost=1.0, labels={"ray.io/market-type": "spot"})
+    plain = NodeGroup("plain", {"CPU": 4}, max_nodes=4)  # no label: passes "!spot", fails "spot"
+    not_spot = (LabelConstraint("ray.io/market-type", "not_in", ("spot",)),)
+    assert plan(PlanRequest((spot, plain), demand=(ResourceDemand({"CPU": 4}, 1, selectors=(not_spot,)),))
+                ).launch == {"plain": 1}
+    either = (LabelConstraint("ray.io/accelerator-type", "in", ("A100", "H100")),)
+    assert plan(PlanRequest((T4_GROUP, A100_GROUP), demand=(ResourceDemand({"GPU": 1}, 1, selectors=(either,)),))
+                ).launch == {"a100": 1}
+    # A fallback (fallback_strategy) widens the choice: H100 first, else A100.
+    h100 = (LabelConstraint("ray.io/accelerator-type", "in", ("H100",)),)
+    reply = plan(PlanRequest((T4_GROUP, A100_GROUP), demand=(ResourceDemand({"GPU": 1}, 1, selectors=(h100, A100)),)))
+    assert reply.launch == {"a100": 1}
+    assert reply.pending[0].selector == "{ray.io/accelerator-type: H100} or {ray.io/accelerator-type: A100}"
+
+
+def test_label_selector_uses_free_capacity_only_on_matching_nodes():
+    nodes = (running("t4-1", T4_GROUP, T4_GROUP.resources), running("a100-1", A100_GROUP, A100_GROUP.resources))
+    reply = plan(PlanRequest((T4_GROUP, A100_GROUP), nodes=nodes,
+                             demand=(ResourceDemand({"GPU": 1}, 2, selectors=(A100,)),)))
+    assert reply.launch == {"a100": 1}  # one on a100-1's free GPU; t4-1's GPU is not for it
+    detail = assign(PlanRequest((T4_GROUP, A100_GROUP), nodes=nodes,
+                                demand=(ResourceDemand({"GPU": 1}, 2, selectors=(A100,)),)))
+    assert {n.node_id: bool(n.demand) for n in detail.nodes} == {"t4-1": False, "a100-1": True, "+a100-0": True}
+
+
+def test_placement_group_bundle_selectors():
+    gang = GangDemand("pg1", "STRICT_PACK", ({"GPU": 1}, {"CPU": 2}), bundle_selectors=((A100,), ()))
+    reply = plan(PlanRequest((CPU4, T4_GROUP, A100_GROUP), gangs=(gang,)))
+    assert reply.launch == {"a100": 1}
+    (status,) = reply.pending
+    assert (status.status, status.selector, status.bundles) == (
+        "waiting", "{ray.io/accelerator-type: A100}", ({"GPU": 1}, {"CPU": 2}))
 
 
 def test_format_shape():

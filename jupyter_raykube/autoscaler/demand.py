@@ -14,9 +14,9 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from ray._raylet import GcsClient
-from ray.core.generated import autoscaler_pb2
+from ray.core.generated import autoscaler_pb2, common_pb2
 
-from .planner import GangDemand, ResourceDemand
+from .planner import GangDemand, LabelConstraint, LabelSelector, ResourceDemand
 
 RayNodeStatus = Literal["running", "idle", "draining", "dead"]
 _STATUS: dict[int, RayNodeStatus] = {
@@ -26,6 +26,8 @@ _STATUS: dict[int, RayNodeStatus] = {
     autoscaler_pb2.NodeStatus.DEAD: "dead",
 }
 _STRATEGIES = ("STRICT_SPREAD", "STRICT_PACK", "SPREAD", "PACK")
+_LABEL_OPS = {common_pb2.LabelSelectorOperator.Value("LABEL_OPERATOR_IN"): "in",
+              common_pb2.LabelSelectorOperator.Value("LABEL_OPERATOR_NOT_IN"): "not_in"}
 _IDLE_TERMINATION = autoscaler_pb2.DrainNodeReason.Value("DRAIN_NODE_REASON_IDLE_TERMINATION")
 
 
@@ -89,7 +91,8 @@ def parse_state(state: autoscaler_pb2.ClusterResourceState) -> ClusterState:
                 total=dict(n.total_resources), available=dict(n.available_resources),
                 activity=tuple(n.node_activity), ip=n.node_ip_address)
         for n in state.node_states)
-    demand = tuple(ResourceDemand(shape=dict(r.request.resources_bundle), count=r.count)
+    demand = tuple(ResourceDemand(shape=dict(r.request.resources_bundle), count=r.count,
+                                  selectors=_selectors(r.request))
                    for r in state.pending_resource_requests if r.count > 0)
     gangs = tuple(_gang(index, g) for index, g in enumerate(state.pending_gang_resource_requests))
     constraints = tuple(ResourceDemand(shape=dict(r.request.resources_bundle), count=r.count)
@@ -108,4 +111,22 @@ def _gang(index: int, gang: autoscaler_pb2.GangResourceRequest) -> GangDemand:
         strategy = ("STRICT_SPREAD" if any(c.HasField("anti_affinity") for c in constraints)
                     else "STRICT_PACK" if any(c.HasField("affinity") for c in constraints) else "PACK")
     bundles = tuple(dict(r.resources_bundle) for r in gang.requests)
-    return GangDemand(id=pg_id or f"gang-{index}", strategy=strategy, bundles=bundles)
+    selectors = tuple(_selectors(r) for r in gang.requests)
+    return GangDemand(id=pg_id or f"gang-{index}", strategy=strategy, bundles=bundles,
+                      bundle_selectors=selectors if any(selectors) else ())
+
+
+def _selectors(request: autoscaler_pb2.ResourceRequest) -> tuple[LabelSelector, ...]:
+    """A request's ``label_selector`` and then its ``fallback_strategy`` selectors, as the GCS
+    lists them: a node must meet every constraint of one of them. A selector without
+    constraints matches every node, so the request is not restricted at all."""
+    out = []
+    for selector in request.label_selectors:
+        constraints = tuple(sorted(
+            (LabelConstraint(c.label_key, _LABEL_OPS[c.operator], tuple(sorted(c.label_values)))  # type: ignore[arg-type]
+             for c in selector.label_constraints if c.operator in _LABEL_OPS),
+            key=lambda c: (c.key, c.op, c.values)))
+        if not constraints:
+            return ()
+        out.append(constraints)
+    return tuple(out)

@@ -52,6 +52,8 @@ from .cost import (
 from .reasons import make_reply
 from .request import (
     GangDemand,
+    LabelConstraint,
+    LabelSelector,
     NodeGroup,
     NodeView,
     PendingStatus,
@@ -66,7 +68,7 @@ from .text import format_shape
 
 __all__ = [
     "ACCELERATORS", "ACCELERATOR_WEIGHT", "CPU_WEIGHT", "MEMORY_WEIGHT_PER_GIB", "NODE_OVERHEAD",
-    "GangDemand", "NodeGroup", "NodeView", "PendingStatus", "PlanReply", "PlanRequest",
+    "GangDemand", "LabelConstraint", "LabelSelector", "NodeGroup", "NodeView", "PendingStatus", "PlanReply", "PlanRequest",
     "ResourceDemand", "Resources", "Termination", "default_cost", "format_shape", "node_costs", "plan",
 ]
 

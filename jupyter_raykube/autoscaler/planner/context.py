@@ -7,6 +7,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Literal
 
+from . import labels
 from .cost import ACCELERATORS, has_accelerator, node_costs, price
 from .pool import Bin, Group, Pool, Shape, Unplaced
 from .request import NodeView, PlanRequest, Resources, Termination
@@ -54,12 +55,18 @@ class Ctx:
         for gang in req.gangs:
             for b in gang.bundles:
                 names.update(b)
+        selector_sets = {d.selectors for d in req.demand if d.selectors}
+        selector_sets.update(s for gang in req.gangs for s in gang.bundle_selectors if s)
+        names.update(labels.resource_name(s) for s in selector_sets)
+        # Label selectors as pseudo-resources (see labels.py): what each group's nodes offer.
+        extra = labels.offered({g.name: g.labels for g in req.groups}, selector_sets)
         ctx = cls(req, {name: i for i, name in enumerate(sorted(names))}, {}, nodes, held_back=held_back)
         costs = node_costs(req.groups)
         for g in sorted(req.groups, key=lambda g: g.name):
             if g.name in ctx.groups:
                 raise ValueError(f"duplicate node group name {g.name!r}")
-            ctx.groups[g.name] = Group(g, ctx.vector(g.resources), costs[g.name], has_accelerator(g.resources))
+            ctx.groups[g.name] = Group(g, ctx.vector({**g.resources, **extra[g.name]}), costs[g.name],
+                                       has_accelerator(g.resources))
         # Nodes repeat the same few resource mappings: convert each distinct one once.
         vectors: dict[tuple, Vector] = {}
 
@@ -75,8 +82,9 @@ class Ctx:
         for n in nodes:
             if n.group in ctx.groups:
                 ctx.groups[n.group].alive += 1
-            total = vector(n.total)
-            avail = vector(n.available) if n.state == "running" else total
+            offers = extra.get(n.group, {})  # a node starts with its group's labels
+            total = vector({**n.total, **offers})
+            avail = vector({**n.available, **offers}) if n.state == "running" else total
             ctx.node_totals.add(total)
             head = (n.group, n.state, ctx.is_spare(n), any(total[i] for i in accelerators))
             free[(*head, avail)].append(n)
@@ -171,19 +179,26 @@ class Ctx:
         """None if some group or existing node could ever hold ``shape``; else the sentence."""
         if self.eligible(shape) or any(fits(total, shape.vec) for total in self.node_totals):
             return None
-        what = what or format_shape(shape.resources)
+        what = what or format_shape(labels.without_labels(shape.resources))
         if not self.groups:
             return f"no worker group can hold {what}: there are no worker groups"
-        offered = {r for g in self.groups.values() for r, v in g.spec.resources.items() if v > 0}
+        offered = {r for r, i in self.index.items() if any(g.total[i] for g in self.groups.values())}
         missing = sorted(r for r, _ in shape.key if r not in offered)
+        unmatched = [r[len(labels.PREFIX):] for r in missing if labels.is_label_resource(r)]
+        if unmatched:
+            return f"no worker group has labels matching {' and '.join(unmatched)} (needed by {what})"
         if missing:
             return f"no worker group offers {', '.join(missing)} (needed by {what})"
+        selector = labels.selector_text(shape.resources)
+        matching = [g for g in self.groups.values()
+                    if all(g.total[self.index[r]] for r, _ in shape.key if labels.is_label_resource(r))]
 
         def closeness(g: Group) -> tuple:
             return (min(g.total[i] / v for i, v in shape.vec), g.cost, g.name)
 
-        largest = max(self.groups.values(), key=closeness)
-        return (f"no worker group can hold {what}: the largest is {largest.name} with "
+        largest = max(matching, key=closeness)
+        which = f"no worker group with labels matching {selector}" if selector else "no worker group"
+        return (f"{which} can hold {what}: the largest is {largest.name} with "
                 f"{format_shape(largest.spec.resources)}")
 
     def capped_reason(self, shape: Shape) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 
 from .context import Ctx
+from .labels import with_selectors
 from .packing import launch_patterns
 from .pool import Shape
 from .request import GangDemand
@@ -23,7 +24,9 @@ def fit_gangs(ctx: Ctx) -> None:
     batches: dict[tuple, list[GangDemand]] = defaultdict(list)
     parts_of: dict[tuple, list[Shape]] = {}
     for gang in ctx.request.gangs:
-        bundles = sorted((ctx.shape(b) for b in gang.bundles if shape_key(b)), key=lambda s: s.order)
+        selectors = gang.bundle_selectors or ((),) * len(gang.bundles)
+        bundles = sorted((ctx.shape(with_selectors(b, s)) for b, s in zip(gang.bundles, selectors) if shape_key(b)),
+                         key=lambda s: s.order)
         if bundles:
             ident = (gang.strategy, tuple(s.key for s in bundles))
             batches[ident].append(gang)

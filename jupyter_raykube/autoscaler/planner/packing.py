@@ -7,6 +7,7 @@ from collections import defaultdict
 from typing import Literal
 
 from .context import Ctx
+from .labels import with_selectors
 from .pool import Group
 from .vectors import ShapeKey, Vector, how_many, shape_key, subtract
 
@@ -39,7 +40,7 @@ def fit_existing(ctx: Ctx) -> None:
     units: dict[ShapeKey, int] = defaultdict(int)
     for d in ctx.request.demand:
         if d.count > 0:
-            units[shape_key(d.shape)] += d.count
+            units[shape_key(with_selectors(d.shape, d.selectors))] += d.count
     for key in sorted(units):
         shape = ctx.shape(dict(key))
         unplaced = ctx.pending("task", key, shape.resources)

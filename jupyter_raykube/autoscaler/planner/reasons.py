@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 
 from .context import Ctx
+from .labels import selector_text, without_labels
 from .pool import Bin
 from .request import PendingStatus, PlanReply
 from .text import format_shape, plural
@@ -58,6 +59,9 @@ def pending_statuses(ctx: Ctx) -> tuple[PendingStatus, ...]:
 
     out = []
     for (kind, ident), (shape, bundles) in ctx.labels.items():
+        # The reply speaks of resources and selectors, never of the selectors' pseudo-resources.
+        selector = " and ".join(dict.fromkeys(filter(None, map(selector_text, (shape, *bundles)))))
+        shape, bundles = without_labels(shape), tuple(map(without_labels, bundles))
         s = served.get((kind, ident), _Served())
         # request_resources bundles held by running nodes are met, not pending.
         waiting = s.on_starting + (s.on_running if kind != "request_resources" else 0)
@@ -65,13 +69,14 @@ def pending_statuses(ctx: Ctx) -> tuple[PendingStatus, ...]:
             parts = [f"{plural(n, g + ' node')} starting" for g, n in sorted(s.nodes_starting.items())]
             if s.on_running and kind != "request_resources":
                 parts.append("fits on free capacity of running nodes")
-            out.append(PendingStatus(kind, shape, waiting, "waiting", "; ".join(parts), bundles))  # type: ignore[arg-type]
+            out.append(PendingStatus(kind, shape, waiting, "waiting", "; ".join(parts),  # type: ignore[arg-type]
+                                     bundles, selector))
         for (status, reason), n in sorted(ctx.unplaced[(kind, ident)].items()):
-            out.append(PendingStatus(kind, shape, n, status, reason, bundles))  # type: ignore[arg-type]
+            out.append(PendingStatus(kind, shape, n, status, reason, bundles, selector))  # type: ignore[arg-type]
     kinds = {"task": 0, "placement_group": 1, "request_resources": 2}
     statuses = {"waiting": 0, "capped": 1, "infeasible": 2}
-    out.sort(key=lambda p: (kinds[p.kind], shape_key(p.shape),
-                            tuple(shape_key(b) for b in p.bundles), statuses[p.status], p.reason))
+    out.sort(key=lambda p: (kinds[p.kind], shape_key(p.shape), tuple(shape_key(b) for b in p.bundles),
+                            p.selector, statuses[p.status], p.reason))
     return tuple(out)
 
 

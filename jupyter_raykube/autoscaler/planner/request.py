@@ -9,6 +9,23 @@ from typing import Literal
 
 Resources = Mapping[str, float]
 
+
+@dataclass(frozen=True)
+class LabelConstraint:
+    """One condition of a Ray label selector on one node label: ``{"key": "A100"}`` is
+    ``in`` ("A100",), ``"in(A100, H100)"`` is ``in`` both, ``"!spot"`` is ``not_in`` ("spot",).
+    A node without the label fails ``in`` and passes ``not_in``, as in Ray's scheduler."""
+
+    key: str
+    op: Literal["in", "not_in"]
+    values: tuple[str, ...]
+
+
+# All constraints of a selector must hold on a node; a task's selectors are its label_selector
+# and then its fallback_strategy's, and any one of them may hold.
+LabelSelector = tuple[LabelConstraint, ...]
+
+
 @dataclass(frozen=True)
 class NodeGroup:
     """A worker group (a KubeRay workerGroupSpec, or a kind of local worker process)."""
@@ -19,6 +36,7 @@ class NodeGroup:
     max_nodes: int = 0
     cost: float | None = None  # None -> default_cost(resources)
     idle_timeout_s: float = 60.0
+    labels: Mapping[str, str] = field(default_factory=dict)  # Ray node labels its nodes start with
 
 
 @dataclass(frozen=True)
@@ -39,6 +57,7 @@ class ResourceDemand:
 
     shape: Resources
     count: int
+    selectors: tuple[LabelSelector, ...] = ()  # only on nodes one of these matches; () = any
 
 
 @dataclass(frozen=True)
@@ -48,6 +67,7 @@ class GangDemand:
     id: str
     strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
     bundles: tuple[Resources, ...]
+    bundle_selectors: tuple[tuple[LabelSelector, ...], ...] = ()  # per bundle, as in ResourceDemand
 
 
 @dataclass(frozen=True)
@@ -83,6 +103,7 @@ class PendingStatus:
     status: Literal["waiting", "capped", "infeasible"]
     reason: str
     bundles: tuple[Resources, ...] = ()
+    selector: str = ""  # the label selector(s) the shape must meet, as reasons write them
 
 
 @dataclass(frozen=True)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from .labels import is_label_resource
 from .request import Resources
 
 
 def format_shape(shape: Resources) -> str:
     """``{CPU: 2, GPU: 1, memory: 4 GB}``: integers without ".0", byte amounts in human units."""
     order = {"CPU": 0, "GPU": 1, "memory": 2, "object_store_memory": 3}
-    items = sorted(shape.items(), key=lambda kv: (order.get(kv[0], 4), kv[0]))
-    return "{" + ", ".join(f"{k}: {_format_amount(k, v)}" for k, v in items) + "}"
+    items = sorted(shape.items(), key=lambda kv: (is_label_resource(kv[0]), order.get(kv[0], 4), kv[0]))
+    return "{" + ", ".join(k if is_label_resource(k) else f"{k}: {_format_amount(k, v)}" for k, v in items) + "}"
 
 
 def plural(n: int, word: str) -> str:
