@@ -25,6 +25,11 @@ Fewer nodes at equal cost: every node's cost carries a per-node overhead (``NODE
 three CPUs' worth: Ray's processes, a Pod, a start-up), in the admin's own unit when groups set
 explicit costs (``node_costs``), so when costs are proportional to size (cost = CPUs) the plan
 with fewer nodes is the cheaper one.
+
+Label selectors (Ray's ``label_selector`` and ``fallback_strategy``) restrict a shape to the
+groups whose labels match: ``labels`` makes each selector set a resource only those groups'
+nodes offer, so every pass honours it and an unmatched selector is reported infeasible by name.
+
 Identical placement groups are packed together the same way, all-or-nothing per group.
 CPU-only demand never launches an accelerator node while some other group could hold it: when
 that group is at its max the demand is reported ``capped``, GPUs are not spent on it.
@@ -35,7 +40,8 @@ held back, and fewer nodes win at up to one idle accelerator per node saved (``p
 Modules, in the order a plan uses them: ``request`` (the public request/reply types), ``cost``,
 ``vectors`` and ``text`` (prices, resource arithmetic, wording), ``pool`` and ``context`` (the
 internal model), ``schedule`` (the passes' order and the choice between candidate plans),
-``limits``, ``gangs``, ``packing`` and ``upsize`` (the passes), ``reasons`` (the reply).
+``labels`` (selectors as resources), ``limits``, ``gangs``, ``packing`` and ``upsize`` (the
+passes), ``reasons`` (the reply).
 """
 
 from __future__ import annotations
