@@ -88,6 +88,17 @@ def _existing(n: int, seed: int, groups=CPU_GROUPS, idle_fraction=0.3) -> tuple[
     return tuple(nodes)
 
 
+CPU64 = NodeGroup("cpu64", {"CPU": 64, "memory": 256 * GB}, max_nodes=500)
+
+
+def _proportional(groups: tuple[NodeGroup, ...], per_cpu: float = 1.0) -> tuple[NodeGroup, ...]:
+    """The same groups with explicit costs proportional to size, as an admin copies them from a
+    cloud price list: ``per_cpu`` per CPU and 50 times that per GPU. Many packings then cost
+    the same; the planner must still pick the one with the fewest nodes."""
+    return tuple(replace(g, cost=per_cpu * (g.resources.get("CPU", 0) + 50 * g.resources.get("GPU", 0)))
+                 for g in groups)
+
+
 RAY_TOO_SLOW = ("Ray's v2 scheduler walks one ResourceRequest per pending task against every "
                 "candidate node (O(tasks x nodes)); at 5,000 mixed tasks it already takes seconds "
                 "per decision, so traces above 10,000 units are run for ours only")
@@ -133,6 +144,23 @@ def traces() -> list[Trace]:
               PlanRequest(MIXED_GROUPS, nodes=_existing(10, 11, idle_fraction=1.0),
                           constraints=(ResourceDemand({"CPU": 1}, 64), ResourceDemand({"GPU": 1}, 4)),
                           demand=_split(200, CPU_SHAPES[:2], random.Random(12)))),
+        Trace("proportional-cpu", "3,000 tasks in 8 CPU shapes on cpu4/cpu16/cpu64 groups priced cost = CPUs",
+              PlanRequest(_proportional(CPU_GROUPS + (CPU64,)), demand=_split(3000, CPU_SHAPES, random.Random(15)))),
+        Trace("proportional-mixed", "5,000 tasks: 8 CPU shapes + 5% GPU tasks + 10 infeasible, cpu+gpu groups "
+              "priced cost = CPUs + 50 x GPUs",
+              PlanRequest(_proportional(MIXED_GROUPS + (CPU64,)), demand=_mixed_burst(5000, 16))),
+        Trace("proportional-fragmentation", "3- and 5-CPU tasks on 4/8/16/64-CPU groups priced $0.05 per CPU",
+              PlanRequest(_proportional((NodeGroup("cpu4", {"CPU": 4}, max_nodes=500),
+                                         NodeGroup("cpu8", {"CPU": 8}, max_nodes=500),
+                                         NodeGroup("cpu16", {"CPU": 16}, max_nodes=500),
+                                         NodeGroup("cpu64", {"CPU": 64}, max_nodes=500)), per_cpu=0.05),
+                          demand=(ResourceDemand({"CPU": 3}, 700), ResourceDemand({"CPU": 5}, 500)))),
+        Trace("proportional-tail", "700 tasks of 0.5 to 12 CPUs on seven groups, cpu1 to cpu64, "
+              "priced cost = CPUs",
+              PlanRequest(_proportional(tuple(NodeGroup(f"cpu{c}", {"CPU": c}, max_nodes=500)
+                                              for c in (1, 2, 4, 8, 16, 32, 64))),
+                          demand=_split(700, ({"CPU": 0.5}, {"CPU": 3}, {"CPU": 4}, {"CPU": 6}, {"CPU": 12}),
+                                        random.Random(17)))),
         Trace("scale-100k-50shapes-1000nodes",
               "100,000 pending units in 50 shapes (incl. 6 placement groups) on 1,000 existing "
               "nodes; group maxes and max_workers=4000 cap it",
