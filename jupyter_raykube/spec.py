@@ -22,6 +22,7 @@ BACKENDS = ("local", "kubernetes")
 CLUSTER_NAME_MAX = 40  # leaves room for "-<group>-<5 chars>" inside a 63-char Pod name
 GROUP_NAME_MAX = 15
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_PLAIN_NUMBER = re.compile(r"^\s*[0-9]+(\.[0-9]*)?\s*$")  # "2", "4.0": no quantity parser needed
 _RESOURCE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:/-]*$")
 _RESERVED_RESOURCES = {"CPU", "GPU", "memory", "object_store_memory"}
 RESOURCE_NAME_MAX = 253  # a Kubernetes qualified name's limit, and far beyond any Ray resource's
@@ -159,6 +160,16 @@ class ClusterSpec:
         data = asdict(self)
         data["groups"] = [asdict(g) for g in self.groups]
         return data
+
+    @classmethod
+    def decode(cls, data: Mapping[str, Any]) -> ClusterSpec:
+        """A spec from its own `to_dict()` (a state file, a Kubernetes annotation). Plain values
+        need no REST parsing, so reading one back never imports the `kubernetes` package for
+        quantity strings; fields a newer version added take their defaults, unknown ones (from
+        a newer version) are ignored. Values are still checked by the dataclasses."""
+        head = HeadSpec(**_known(HeadSpec, data.get("head") or {}))
+        groups = tuple(WorkerGroup(**_known(WorkerGroup, g)) for g in data.get("groups") or ())
+        return cls(**{**_known(cls, data), "head": head, "groups": groups})
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, defaults: ClusterSpec | None = None) -> ClusterSpec:
@@ -322,6 +333,10 @@ def parse_group(data: Mapping[str, Any], base: WorkerGroup | None = None) -> Wor
     return replace(start, name=name, **values)
 
 
+def _known(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+
+
 def _reject_unknown(prefix: str, data: Mapping[str, Any], allowed: set[str]) -> None:
     for key in data:
         if key not in allowed:
@@ -330,14 +345,17 @@ def _reject_unknown(prefix: str, data: Mapping[str, Any], allowed: set[str]) -> 
 
 def _quantity(field_name: str, value: Any, *, high: int, allowed: str) -> Decimal:
     """A Kubernetes quantity (or a JSON number) as a Decimal no larger than `high`."""
-    # Imported here: the kubernetes package takes ~2 s to import, most of `%raycluster start`'s
-    # own overhead, and only quantity strings need it.
-    from kubernetes.utils import parse_quantity
-
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise SpecError(field_name, value, "a number or a Kubernetes quantity string")
     try:
-        amount = Decimal(parse_quantity(value))
+        if isinstance(value, str) and not _PLAIN_NUMBER.match(value):
+            # Imported here: the kubernetes package takes ~2 s to import, and only quantity
+            # strings with a suffix ("500m", "4Gi") need its parser.
+            from kubernetes.utils import parse_quantity
+
+            amount = Decimal(parse_quantity(value))
+        else:
+            amount = Decimal(value)
         too_large = not amount.is_finite() or abs(amount) > high
     except (ValueError, TypeError, ArithmeticError):  # InvalidOperation and Overflow too
         raise SpecError(field_name, value, 'a number or a Kubernetes quantity such as "2", "500m", "4Gi"') from None

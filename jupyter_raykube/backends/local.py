@@ -327,7 +327,7 @@ class LocalBackend(Backend):
 
 
 def _handle_from(record: Record) -> ClusterHandle:
-    spec = ClusterSpec.from_dict(record["spec"], defaults=ClusterSpec(name=record["name"]))
+    spec = ClusterSpec.decode(record["spec"])
     details = {k: record[k] for k in ("uid", "temp_dir", "token")}
     return ClusterHandle(name=record["name"], backend=record["backend"], spec=spec,
                          address=record["address"], dashboard_address=record["dashboard_address"],
