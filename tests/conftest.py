@@ -14,7 +14,9 @@ import pytest
 
 from jupyter_raykube.backends import processes
 
-pytest_plugins = ["pytest_jupyter.jupyter_server"]
+# The Kubernetes fixtures are registered here, once, so every module shares the session's one
+# control plane (a fixture imported into a test module would be that module's own).
+pytest_plugins = ["pytest_jupyter.jupyter_server", "tests.kube.fixtures"]
 T = TypeVar("T")
 
 _runtime = Path(os.environ.get("RAYKUBE_TEST_RUNTIME", "/tmp")) / f"raykube-tests-{os.getpid()}"

@@ -1,11 +1,14 @@
-"""The JupyterHub hooks (`jupyter_raykube.hub`) with real KubeSpawner objects, over HTTP against
-the Kubernetes API emulator (tests/kube), which validates every object it stores strictly.
+"""The JupyterHub hooks (`jupyter_raykube.hub`) with real KubeSpawner objects, against the test
+control plane (tests/kube: a real kube-apiserver with RBAC and admission). The hub authenticates
+as a ServiceAccount holding exactly the Role (or ClusterRole) that docs/jupyterhub.md tells
+admins to apply, so the apiserver's RBAC, escalation check included, judges the docs; its
+requests go through the fault proxy, whose log the tests read.
 
 KubeSpawner gets a minimal hub and user stand-in, as in kubespawner's own tests (`Hub()` and a
 user with `name`, `id`, `url`, `groups`). Outside a cluster its asyncio client
 (kubernetes_asyncio) loads the kubeconfig named by $KUBECONFIG, a variable it reads once, when
 first imported: the `kubespawner_kubeconfig` fixture imports KubeSpawner with $KUBECONFIG naming
-a file that each test then fills in for its own emulator (the variable itself is not left set,
+a file that each test then fills in for its own namespace (the variable itself is not left set,
 so other tests' kubeconfig discovery is unaffected). KubeSpawner creates its client in
 `__init__` on the running loop, so each test runs one `asyncio.run(...)`. At the end,
 `asyncio.run` cancels KubeSpawner's client-closing task, which is what JupyterHub does at
@@ -29,13 +32,13 @@ import pytest
 import yaml
 from jupyterhub.objects import Hub
 from kubernetes.client import ApiClient, CoreV1Api, RbacAuthorizationV1Api
+from kubernetes.client.exceptions import ApiException
 from traitlets import TraitError
 from traitlets.config import Config
 
 from jupyter_raykube import hub
-from tests.kube.emulator import KubeEmulator
-from tests.kube.fixtures import kube_api_client, kube_emulator, process_kubelet  # noqa: F401
-from tests.kube.helpers import namespace as namespace_manifest
+from tests.kube.controlplane import ControlPlane
+from tests.kube.faultproxy import FaultProxy
 from tests.kube.helpers import wait_until
 from tests.kube.kubelet import ProcessKubelet
 
@@ -45,7 +48,8 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).parent.parent
 RBAC = ROOT / "deploy" / "rbac.yaml"
 DOCS = ROOT / "docs" / "jupyterhub.md"
-NS = "jhub"
+NS = "jhub"  # where the pure tests put objects; the cluster tests use a fresh namespace each
+HUB_ACCOUNT = "hub"  # Zero to JupyterHub's hub ServiceAccount, as in docs/jupyterhub.md
 USER = "alice@example.com"
 ACCOUNT = "raykube-alice-example-com---ff8d9819"  # KubeSpawner's safe slug of USER
 OWNER_LABEL = "alice-example.com-ff8d9819"  # the backend's raykube.io/owner value for USER
@@ -85,17 +89,45 @@ def kubespawner_kubeconfig(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def hub_config(kube_emulator: KubeEmulator, kubespawner_kubeconfig: Path, kube_api_client: ApiClient,
-               monkeypatch: pytest.MonkeyPatch) -> Config:
-    """KubeSpawner config for this test's emulator, with the namespace `jhub` created."""
+def hub_ns(make_kube_namespace: Callable[..., str]) -> str:
+    """The hub's namespace (a fresh one per test), where the users' servers also run."""
+    return make_kube_namespace("jhub")
+
+
+def grant_hub(admin: ApiClient, kind: str, namespace: str, hub_namespace: str) -> None:
+    """docs/jupyterhub.md's Role (in `namespace`) or ClusterRole for the hub's ServiceAccount."""
+    rbac = RbacAuthorizationV1Api(admin)
+    binding = {"metadata": {"name": "raykube-hub"},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": "raykube-hub"},
+               "subjects": [{"kind": "ServiceAccount", "name": HUB_ACCOUNT, "namespace": hub_namespace}]}
+    role = {"metadata": {"name": "raykube-hub"}, "rules": documented_hub_rules(kind)}
+    try:
+        if kind == "Role":
+            rbac.create_namespaced_role(namespace, role)
+            rbac.create_namespaced_role_binding(namespace, binding)
+        else:
+            rbac.create_cluster_role(role)
+            rbac.create_cluster_role_binding({**binding, "metadata": {"name": f"raykube-hub-{hub_namespace}"}})
+    except ApiException as exc:
+        if exc.status != 409:  # the ClusterRole, made by an earlier test
+            raise
+
+
+@pytest.fixture
+def hub_config(kube_control_plane: ControlPlane, hub_ns: str, kubespawner_kubeconfig: Path,
+               kube_fault_proxy: FaultProxy, kube_admin: ApiClient, monkeypatch: pytest.MonkeyPatch) -> Config:
+    """KubeSpawner config for this test's namespace; the hub is its ServiceAccount with the
+    documented Role there, talking through the fault proxy."""
     from kubespawner.clients import load_config
 
-    kube_emulator.write_kubeconfig(kubespawner_kubeconfig)
+    grant_hub(kube_admin, "Role", hub_ns, hub_ns)
+    token = kube_control_plane.service_account_token(hub_ns, HUB_ACCOUNT)
+    kube_control_plane.write_kubeconfig(kubespawner_kubeconfig, token=token, namespace=hub_ns,
+                                        server=kube_fault_proxy.url)
     load_config.cache_clear()  # KubeSpawner loads the kubeconfig once per process; this test's is new
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)  # KubeSpawner tries in-cluster config first
-    CoreV1Api(kube_api_client).create_namespace(namespace_manifest(NS))
     c = Config()
-    c.KubeSpawner.namespace = NS
+    c.KubeSpawner.namespace = hub_ns
     c.KubeSpawner.k8s_api_request_retry_timeout = 10
     return c
 
@@ -123,12 +155,12 @@ def env_of(pod: dict[str, Any]) -> list[dict[str, Any]]:
     return pod["spec"]["containers"][0].get("env", [])
 
 
-def api_calls(emulator: KubeEmulator) -> set[tuple[str, str, str]]:
-    """(API group, resource, RBAC verb) of every request the emulator served."""
+def api_calls(proxy: FaultProxy) -> set[tuple[str, str, str]]:
+    """(API group, resource, RBAC verb) of every request the hub made."""
     pattern = re.compile(r"^/(?:api/v1|apis/(?P<group>[^/]+)/[^/]+)(?:/namespaces/[^/]+)?"
                          r"/(?P<res>[a-z]+)(?:/(?P<name>[^/]+)(?:/(?P<sub>[a-z]+))?)?$")
     calls = set()
-    for record in emulator.requests():
+    for record in proxy.requests():
         match = pattern.match(record.path)
         assert match, f"unexpected API path {record.path}"
         resource = match["res"] + (f"/{match['sub']}" if match["sub"] else "")
@@ -152,8 +184,10 @@ def documented_hub_rules(kind: str) -> list[dict[str, Any]]:
     return next(d["rules"] for d in documents if d["kind"] == kind and d["metadata"]["name"] == "raykube-hub")
 
 
-def assert_no_invalid_objects(emulator: KubeEmulator) -> None:
-    assert not [r for r in emulator.requests() if r.status == 422], "an object failed the API server's validation"
+def assert_no_invalid_objects(proxy: FaultProxy) -> None:
+    """The apiserver accepted every object (no 422) and every call (no 403: the documented rules suffice)."""
+    assert not [r for r in proxy.requests() if r.status in (403, 422)], [
+        (r.method, r.path, r.status) for r in proxy.requests() if r.status in (403, 422)]
 
 
 # --- (c) one set of rules ----------------------------------------------------------------------
@@ -249,8 +283,8 @@ def test_profile_entries() -> None:
 
 
 @pytest.mark.k8s
-def test_pod_gets_env_service_account_and_downward_api(hub_config: Config, kube_emulator: KubeEmulator,
-                                                       kube_api_client: ApiClient,
+def test_pod_gets_env_service_account_and_downward_api(hub_config: Config, hub_ns: str, kube_fault_proxy: FaultProxy,
+                                                       kube_admin: ApiClient,
                                                        process_kubelet: ProcessKubelet) -> None:
     """The Pod KubeSpawner builds, after the hooks, is accepted by the API server; run by the
     kubelet, its container sees its own name, UID and namespace, the backend and the policy."""
@@ -272,7 +306,7 @@ def test_pod_gets_env_service_account_and_downward_api(hub_config: Config, kube_
         return before, as_json(pod, spawner), created
 
     before, after, created = run(scenario)
-    assert_no_invalid_objects(kube_emulator)
+    assert_no_invalid_objects(kube_fault_proxy)
     policy = {**NO_CAPS, "max_cpus": 16, "max_gpus": 2}
     names = [e["name"] for e in env_of(after)]
     assert len(names) == len(set(names)), names
@@ -292,29 +326,31 @@ def test_pod_gets_env_service_account_and_downward_api(hub_config: Config, kube_
         manifest["spec"].pop("automountServiceAccountToken", None)
     assert after == before
 
-    v1 = CoreV1Api(kube_api_client)
+    v1 = CoreV1Api(kube_admin)
     name = created.metadata.name
-    wait_until(lambda: v1.read_namespaced_pod(name, NS).status.phase == "Succeeded", timeout_s=30,
+    wait_until(lambda: v1.read_namespaced_pod(name, hub_ns).status.phase == "Succeeded", timeout_s=30,
                what=f"Pod {name} to run and exit")
-    seen = json.loads(v1.read_namespaced_pod_log(name, NS).strip().splitlines()[-1])
-    assert seen == {"JUPYTER_POD_NAME": name, "JUPYTER_POD_UID": created.metadata.uid, "RAYKUBE_NAMESPACE": NS,
+    seen = json.loads(v1.read_namespaced_pod_log(name, hub_ns).strip().splitlines()[-1])
+    assert seen == {"JUPYTER_POD_NAME": name, "JUPYTER_POD_UID": created.metadata.uid, "RAYKUBE_NAMESPACE": hub_ns,
                     "RAYKUBE_BACKEND": "kubernetes", "RAYKUBE_POLICY": json.dumps(policy, separators=(",", ":"))}
 
 
 @pytest.mark.k8s
-def test_profile_choice_sets_policy_and_namespace(hub_config: Config, kube_emulator: KubeEmulator,
-                                                  kube_api_client: ApiClient) -> None:
+def test_profile_choice_sets_policy_and_namespace(hub_config: Config, hub_ns: str, kube_fault_proxy: FaultProxy,
+                                                  kube_admin: ApiClient,
+                                                  make_kube_namespace: Callable[..., str]) -> None:
     """A chosen profile's caps tighten the user's policy (through KubeSpawner's own override
     merging), the hook keeps that RAYKUBE_POLICY, and a profile that sets `namespace` gets its
     ServiceAccount, Role and RoleBinding there."""
-    CoreV1Api(kube_api_client).create_namespace(namespace_manifest("team-ml"))
+    team = make_kube_namespace("team-ml")
+    grant_hub(kube_admin, "Role", team, hub_ns)
     hub_config.RayKubeHubPolicy.max_cpus = 16
     hub_config.RayKubeHubPolicy.max_lifetime_s = 3600
     hub_config.RayKubeHubPolicy.group_policies = {"gpu-users": {"max_gpus": 2}}
     hub_config.KubeSpawner.environment = {"TEAM": "{username}"}
     hub_config.KubeSpawner.profile_list = hub.ray_profile_list([
         *hub.DEFAULT_PROFILES,
-        hub.RayProfile("team", "Team GPU", "", {"max_gpus": 1}, kubespawner_override={"namespace": "team-ml"})])
+        hub.RayProfile("team", "Team GPU", "", {"max_gpus": 1}, kubespawner_override={"namespace": team})])
 
     async def spawn(profile: str) -> tuple[str, dict[str, Any]]:
         spawner = make_spawner(hub_config, groups=("gpu-users",), profile=profile)
@@ -325,27 +361,27 @@ def test_profile_choice_sets_policy_and_namespace(hub_config: Config, kube_emula
         return spawner.namespace, as_json(pod, spawner)
 
     namespace, pod = run(lambda: spawn("ray-gpu"))
-    assert namespace == NS
+    assert namespace == hub_ns
     policies = [e["value"] for e in env_of(pod) if e["name"] == "RAYKUBE_POLICY"]
     assert [json.loads(p) for p in policies] == [
         {**NO_CAPS, "max_cpus": 16, "max_gpus": 2, "max_workers": 8, "max_lifetime_s": 3600}]
     assert {"name": "TEAM", "value": "alice-example-com---ff8d9819"} in env_of(pod)  # other env untouched
 
     namespace, pod = run(lambda: spawn("team"))
-    assert namespace == "team-ml"
+    assert namespace == team
     assert [json.loads(e["value"]) for e in env_of(pod) if e["name"] == "RAYKUBE_POLICY"] == [
         {**NO_CAPS, "max_cpus": 16, "max_gpus": 1, "max_lifetime_s": 3600}]
-    rbac = RbacAuthorizationV1Api(kube_api_client)
-    assert rbac.read_namespaced_role(ACCOUNT, "team-ml").rules[0].resources == ["pods"]
-    assert_no_invalid_objects(kube_emulator)
+    rbac = RbacAuthorizationV1Api(kube_admin)
+    assert rbac.read_namespaced_role(ACCOUNT, team).rules[0].resources == ["pods"]
+    assert_no_invalid_objects(kube_fault_proxy)
 
 
 # --- (b) the user's ServiceAccount, Role and RoleBinding ---------------------------------------
 
 
 @pytest.fixture
-def rbac_api(kube_api_client: ApiClient) -> RbacAuthorizationV1Api:
-    return RbacAuthorizationV1Api(kube_api_client)
+def rbac_api(kube_admin: ApiClient) -> RbacAuthorizationV1Api:
+    return RbacAuthorizationV1Api(kube_admin)
 
 
 def assert_user_rbac(kube_api_client: ApiClient, namespace: str) -> None:
@@ -361,46 +397,50 @@ def assert_user_rbac(kube_api_client: ApiClient, namespace: str) -> None:
 
 
 @pytest.mark.k8s
-def test_pre_spawn_hook_creates_rbac_idempotently_and_repairs_it(hub_config: Config, kube_emulator: KubeEmulator,
-                                                                 kube_api_client: ApiClient,
+def test_pre_spawn_hook_creates_rbac_idempotently_and_repairs_it(hub_config: Config, hub_ns: str,
+                                                                 kube_fault_proxy: FaultProxy, kube_admin: ApiClient,
                                                                  rbac_api: RbacAuthorizationV1Api) -> None:
     async def hook() -> None:
         await hub.pre_spawn_hook(make_spawner(hub_config))
 
-    kube_emulator.clear_requests()
+    kube_fault_proxy.clear_requests()
     run(hook)
-    calls = api_calls(kube_emulator)
-    assert_user_rbac(kube_api_client, NS)
+    calls = api_calls(kube_fault_proxy)
+    assert_user_rbac(kube_admin, hub_ns)
 
     # Again: nothing is created or changed.
-    kube_emulator.clear_requests()
+    kube_fault_proxy.clear_requests()
     run(hook)
-    assert not [r for r in kube_emulator.requests() if r.method != "GET" and r.status < 400]
-    assert_user_rbac(kube_api_client, NS)
+    assert not [r for r in kube_fault_proxy.requests() if r.method != "GET" and r.status < 400]
+    assert_user_rbac(kube_admin, hub_ns)
 
     # Someone widened the Role and pointed the binding at another role: both are put back.
-    rbac_api.patch_namespaced_role(ACCOUNT, NS, {"rules": [
+    rbac_api.patch_namespaced_role(ACCOUNT, hub_ns, {"rules": [
         {"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]})
-    rbac_api.delete_namespaced_role_binding(ACCOUNT, NS)
-    rbac_api.create_namespaced_role_binding(NS, {
+    rbac_api.delete_namespaced_role_binding(ACCOUNT, hub_ns)
+    rbac_api.create_namespaced_role_binding(hub_ns, {
         "metadata": {"name": ACCOUNT}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
                                                    "name": "admin"},
-        "subjects": [{"kind": "ServiceAccount", "name": ACCOUNT, "namespace": NS}]})
-    kube_emulator.clear_requests()
+        "subjects": [{"kind": "ServiceAccount", "name": ACCOUNT, "namespace": hub_ns}]})
+    kube_fault_proxy.clear_requests()
     run(hook)
-    calls |= api_calls(kube_emulator)
-    assert_no_invalid_objects(kube_emulator)
-    assert_user_rbac(kube_api_client, NS)
+    calls |= api_calls(kube_fault_proxy)
+    assert_no_invalid_objects(kube_fault_proxy)
+    assert_user_rbac(kube_admin, hub_ns)
     assert ("rbac.authorization.k8s.io", "roles", "update") in calls
     assert ("rbac.authorization.k8s.io", "rolebindings", "delete") in calls
     assert calls <= granted(documented_hub_rules("Role")), calls - granted(documented_hub_rules("Role"))
 
 
 @pytest.mark.k8s
-def test_per_user_namespace(hub_config: Config, kube_emulator: KubeEmulator, kube_api_client: ApiClient) -> None:
+def test_per_user_namespace(hub_config: Config, hub_ns: str, kube_fault_proxy: FaultProxy, kube_admin: ApiClient,
+                            kube_control_plane: ControlPlane) -> None:
     """With enable_user_namespaces the hook makes the namespace (KubeSpawner would only in
     start()), puts the objects there, and the server's Pod can then be created there."""
+    grant_hub(kube_admin, "ClusterRole", "", hub_ns)
     hub_config.KubeSpawner.enable_user_namespaces = True
+    # KubeSpawner's default is {hubnamespace}-{username}; this test's hub namespace keeps it unique
+    hub_config.KubeSpawner.user_namespace_template = hub_ns + "-{username}"
     hub_config.KubeSpawner.user_namespace_labels = {"team": "ml"}
 
     async def scenario() -> tuple[str, Any]:
@@ -410,14 +450,18 @@ def test_per_user_namespace(hub_config: Config, kube_emulator: KubeEmulator, kub
         pod = hub.modify_pod_hook(spawner, await spawner.get_pod_manifest())
         return spawner.namespace, await spawner.api.create_namespaced_pod(spawner.namespace, pod)
 
-    kube_emulator.clear_requests()
-    namespace, created = run(scenario)
-    calls = api_calls(kube_emulator) - {("", "pods", "create")}  # KubeSpawner's own call
-    assert_no_invalid_objects(kube_emulator)
-    assert namespace == "user-alice-example-com---ff8d9819"  # KubeSpawner's {hubnamespace}-{username}
-    v1 = CoreV1Api(kube_api_client)
-    assert v1.read_namespace(namespace).metadata.labels["team"] == "ml"
-    assert_user_rbac(kube_api_client, namespace)
-    assert created.metadata.namespace == namespace and created.spec.service_account_name == ACCOUNT
-    allowed = granted(documented_hub_rules("ClusterRole"))
-    assert ("", "namespaces", "create") in calls and calls <= allowed, calls - allowed
+    kube_fault_proxy.clear_requests()
+    user_namespace = f"{hub_ns}-alice-example-com---ff8d9819"
+    try:
+        namespace, created = run(scenario)
+        calls = api_calls(kube_fault_proxy) - {("", "pods", "create")}  # KubeSpawner's own call
+        assert_no_invalid_objects(kube_fault_proxy)
+        assert namespace == user_namespace
+        v1 = CoreV1Api(kube_admin)
+        assert v1.read_namespace(namespace).metadata.labels["team"] == "ml"
+        assert_user_rbac(kube_admin, namespace)
+        assert created.metadata.namespace == namespace and created.spec.service_account_name == ACCOUNT
+        allowed = granted(documented_hub_rules("ClusterRole"))
+        assert ("", "namespaces", "create") in calls and calls <= allowed, calls - allowed
+    finally:
+        kube_control_plane.delete_namespace(user_namespace)

@@ -1,27 +1,27 @@
-"""The Kubernetes objects of a Ray cluster, built without a cluster: golden dicts (kubespawner's
-`test_objects.py` style), the API server's validation (the emulator's strict schema + apiserver
-rules, called directly), the RBAC manifest, and the image version check."""
+"""The Kubernetes objects of a Ray cluster: golden dicts (kubespawner's `test_objects.py` style),
+built without a cluster; the real kube-apiserver's verdict on them (a server-side dry run with
+strict field validation, in a namespace enforcing Pod Security "restricted"); the RBAC manifest;
+and the image version check."""
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from kubernetes.client import ApiClient, V1Toleration, V1Volume, V1VolumeMount
+from kubernetes.client import ApiClient, CoreV1Api, RbacAuthorizationV1Api, V1Toleration, V1Volume, V1VolumeMount
+from kubernetes.client.exceptions import ApiException
 
 from jupyter_raykube.backends import k8s_objects as o
 from jupyter_raykube.backends.kubernetes import KubernetesBackend, RayVersionMismatch, check_ray_versions
 from jupyter_raykube.spec import ClusterSpec, HeadSpec, WorkerGroup
-from tests.kube.resources import builtin_types
-from tests.kube.validation import object_errors
 
 GiB = 1024**3
 RBAC = Path(__file__).parent.parent / "deploy" / "rbac.yaml"
-TYPES = {(t.group, t.kind): t for t in builtin_types()}
 
 SPEC = ClusterSpec(name="alice-1", backend="kubernetes", head=HeadSpec(cpus=0), env={"HF_HOME": "/data/hf"},
                    labels={"team": "ml"},
@@ -51,11 +51,29 @@ def as_dict(obj: Any) -> dict[str, Any]:
     return ApiClient().sanitize_for_serialization(obj)
 
 
-def assert_valid(manifest: dict[str, Any]) -> None:
-    """What the emulator (and so kube-apiserver 1.37) would say when this object is written."""
-    group = manifest["apiVersion"].rpartition("/")[0]
-    errors = object_errors(TYPES[(group, manifest["kind"])], manifest)
-    assert not errors, errors
+Validate = Callable[[dict[str, Any]], None]
+
+
+@pytest.fixture
+def assert_valid(kube_admin: ApiClient, make_kube_namespace: Callable[..., str]) -> Iterator[Validate]:
+    """``assert_valid(manifest)``: kube-apiserver accepts it (a dry-run create in a namespace that
+    enforces Pod Security "restricted"; unknown or duplicate fields are errors, not warnings)."""
+    namespace = make_kube_namespace("objects", {"pod-security.kubernetes.io/enforce": "restricted"})
+
+    core, rbac = CoreV1Api(kube_admin), RbacAuthorizationV1Api(kube_admin)
+    create = {"Pod": core.create_namespaced_pod, "Service": core.create_namespaced_service,
+              "Secret": core.create_namespaced_secret, "ServiceAccount": core.create_namespaced_service_account,
+              "Role": rbac.create_namespaced_role, "RoleBinding": rbac.create_namespaced_role_binding}
+
+    def check(manifest: dict[str, Any]) -> None:
+        manifest = {**manifest, "metadata": {**manifest["metadata"], "namespace": namespace}}
+        try:
+            create[manifest["kind"]](namespace, manifest, dry_run="All", field_validation="Strict")
+        except ApiException as exc:
+            raise AssertionError(f"kube-apiserver refused {manifest['kind']} {manifest['metadata'].get('name')}: "
+                                 f"{exc.status} {exc.body}") from None
+
+    yield check
 
 
 def test_head_pod() -> None:
@@ -197,10 +215,11 @@ def test_builders_are_pure() -> None:
     assert "mutated" not in META.labels and "mutated" not in as_dict(again)["metadata"]["labels"]
 
 
+@pytest.mark.k8s
 @pytest.mark.parametrize("cluster", ["alice-1", "7up", "a" * 40])
-def test_every_object_passes_api_server_validation(cluster: str) -> None:
-    """Strict kubernetes-validate 1.37 schemas plus the apiserver's own rules (names, quantities,
-    GPU limits, port names, volume mounts), exactly as the emulator applies them on write."""
+def test_every_object_passes_api_server_validation(cluster: str, assert_valid: Validate) -> None:
+    """The apiserver's own validation (names, quantities, GPU limits, port names, volume mounts,
+    unknown fields) and Pod Security admission, on every object of a cluster."""
     spec = ClusterSpec(name=cluster, backend="kubernetes",
                        groups=(WorkerGroup("cpu", cpus=2), WorkerGroup("gpu-l4", cpus=1, gpus=2,
                                                                        custom={"x/y.z": 0.5})))
@@ -220,7 +239,8 @@ def test_every_object_passes_api_server_validation(cluster: str) -> None:
     assert o.service_name("7up")[0].isalpha()  # Service names are DNS-1035 labels
 
 
-def test_rbac_manifest_is_valid_and_namespaced() -> None:
+@pytest.mark.k8s
+def test_rbac_manifest_is_valid_and_namespaced(assert_valid: Validate) -> None:
     documents = [d for d in yaml.safe_load_all(RBAC.read_text()) if d]
     assert [d["kind"] for d in documents] == ["ServiceAccount", "Role", "RoleBinding"]
     for document in documents:

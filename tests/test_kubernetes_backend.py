@@ -1,6 +1,13 @@
-"""The Kubernetes backend over HTTP, with the unpatched official client, against the API
-emulator and the process kubelet (tests/kube): faults and retries, owner garbage collection,
-Pod states, and real Ray clusters that autoscale, back off and are adopted by a new manager.
+"""The Kubernetes backend against a real control plane (tests/kube: kube-apiserver,
+kube-controller-manager, kube-scheduler, etcd) and the process kubelet, with the unpatched
+official client: faults and retries through the fault proxy, owner garbage collection by the
+real collector, Pod states, the scheduler's own messages, quotas, RBAC, and real Ray clusters
+that autoscale, back off and are adopted by a new manager.
+
+Who is who: the backend authenticates as the ServiceAccount of deploy/rbac.yaml (a TokenRequest
+token, through the fault proxy, whose request log the tests read); the test's own setup and
+checks use the admin client. Each test has its own namespace, enforcing Pod Security
+"restricted" as user namespaces often do.
 
 How addresses work here: the kubelet runs every Pod as a local process with its own loopback
 IP (127.0.0.x) and rewrites Service names in a container's command line to the head Pod's IP.
@@ -26,10 +33,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
+import kubernetes
 import pytest
 import ray
 from IPython.core.interactiveshell import InteractiveShell
-from kubernetes.client import ApiClient, CoreV1Api, CoreV1Event, V1EventSource, V1ObjectMeta, V1ObjectReference, V1Pod
+from kubernetes.client import ApiClient, CoreV1Api, V1ObjectMeta, V1Pod
 from traitlets.config import Config
 
 from jupyter_raykube.backends.base import BackendError, ClusterNotFound
@@ -42,23 +50,28 @@ from jupyter_raykube.connect import connect_driver
 from jupyter_raykube.manager import Cluster, ClusterManager
 from jupyter_raykube.magics import RayClusterMagics
 from jupyter_raykube.spec import ClusterSpec, SpecError, WorkerGroup
-from tests.kube.emulator import KubeEmulator
-from tests.kube.fixtures import kube_api_client, kube_config_file, kube_emulator, process_kubelet  # noqa: F401
-from tests.kube.fixtures import running_kubelet
+from tests.kube.controlplane import ControlPlane
+from tests.kube.faultproxy import FaultProxy
 from tests.kube.helpers import pod as pod_manifest
-from tests.kube.helpers import wait_until
+from tests.kube.helpers import restricted, wait_until
+from tests.kube.identity import backend_kubeconfig
+from tests.kube.fixtures import running_kubelet
 from tests.kube.kubelet import ProcessKubelet
+from tests.kube.nodes import NodePool
 
 pytestmark = pytest.mark.k8s
 T = TypeVar("T")
-NS = "default"
 MiB = 1024**2
-PODS = r"^/api/v1/namespaces/default/pods$"
 SMALL = {"memory": 512 * MiB, "object_store_memory": 128 * MiB}  # Ray's minimum object store is 75 MiB
+RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted"}
 ROLE = {("pods", v) for v in ("create", "get", "list", "watch", "delete")} | {("pods/log", "get")} \
     | {(r, v) for r in ("services", "secrets") for v in ("create", "get", "list", "delete")} | {("events", "list")}
 _NODE_PORT_FLAGS = ("--node-manager-port", "--object-manager-port", "--dashboard-agent-grpc-port",
                     "--runtime-env-agent-port", "--metrics-export-port")
+
+
+def pods_path(ns: str) -> str:
+    return rf"^/api/v1/namespaces/{ns}/pods$"
 
 
 def free_ports(count: int) -> list[int]:
@@ -80,9 +93,27 @@ def own_ports(pod: dict[str, Any], argv: list[str]) -> list[str]:
 
 
 @pytest.fixture
-def ray_kubelet(kube_emulator: KubeEmulator) -> Iterator[ProcessKubelet]:
+def ns(make_kube_namespace: Callable[..., str], request: pytest.FixtureRequest) -> str:
+    """The test's namespace, enforcing Pod Security "restricted"."""
+    return make_kube_namespace(request.node.name.removeprefix("test_"), RESTRICTED)
+
+
+@pytest.fixture
+def kube_config_file(kube_control_plane: ControlPlane, ns: str, kube_fault_proxy: FaultProxy,
+                     tmp_path: Path) -> Path:
+    """The backend's kubeconfig: deploy/rbac.yaml's ServiceAccount, through the fault proxy."""
+    return backend_kubeconfig(kube_control_plane, ns, tmp_path / "kubeconfig", server=kube_fault_proxy.url)
+
+
+@pytest.fixture
+def v1(kube_admin: ApiClient) -> CoreV1Api:
+    return CoreV1Api(kube_admin)
+
+
+@pytest.fixture
+def ray_kubelet(kube_control_plane: ControlPlane) -> Iterator[ProcessKubelet]:
     """`process_kubelet` with per-node ports (see `own_ports`), same teardown checks."""
-    yield from running_kubelet(kube_emulator, rewrite_argv=own_ports)
+    yield from running_kubelet(kube_control_plane, rewrite_argv=own_ports)
 
 
 def make_backend(config_file: Path, **traits: Any) -> KubernetesBackend:
@@ -90,10 +121,11 @@ def make_backend(config_file: Path, **traits: Any) -> KubernetesBackend:
 
 
 def backend_settings(config_file: Path, **traits: Any) -> dict[str, Any]:
-    """KubernetesBackend traits for the emulator and the process kubelet (free ports each time)."""
+    """KubernetesBackend traits for the test cluster and the process kubelet (free ports each time);
+    the namespace is the kubeconfig context's."""
     gcs, dashboard, client, agent = free_ports(4)
     settings: dict[str, Any] = {
-        "kubeconfig": str(config_file), "namespace": NS, "owner": "alice", "address_type": "pod-ip",
+        "kubeconfig": str(config_file), "owner": "alice", "address_type": "pod-ip",
         "health_probes": "head", "gcs_port": gcs, "dashboard_port": dashboard, "client_port": client,
         "dashboard_agent_port": agent, "request_timeout": 5.0, "retry_timeout": 30.0,
         "worker_memory": SMALL["memory"], "worker_object_store_memory": SMALL["object_store_memory"],
@@ -118,23 +150,22 @@ async def eventually(probe: Callable[[], Awaitable[T]], timeout: float = 60.0, w
         await anyio.sleep(0.2)
 
 
-def kubectl_objects(config_file: Path, cluster: str, tmp_path: Path) -> list[dict[str, Any]]:
+def kubectl_objects(control_plane: ControlPlane, ns: str, cluster: str) -> list[dict[str, Any]]:
     """What `kubectl get pods,services,secrets -l raykube.io/cluster=NAME` lists."""
-    out = subprocess.run(["kubectl", "--kubeconfig", str(config_file), "--cache-dir", str(tmp_path / "kubectl"),
-                          "get", "pods,services,secrets", "-l", f"raykube.io/cluster={cluster}", "-o", "json"],
-                         capture_output=True, text=True, timeout=60, check=True)
+    out = control_plane.kubectl("get", "pods,services,secrets", "-n", ns, "-l", f"raykube.io/cluster={cluster}",
+                                "-o", "json")
     return json.loads(out.stdout)["items"]
 
 
 _PATH = re.compile(r"^/api/v1/namespaces/[^/]+/(?P<res>[a-z]+)(?:/(?P<name>[^/]+)(?:/(?P<sub>[a-z]+))?)?$")
 
 
-def calls_made(emulator: KubeEmulator) -> set[tuple[str, str]]:
+def calls_made(proxy: FaultProxy) -> set[tuple[str, str]]:
     """(resource, RBAC verb) of every request the backend made (by its User-Agent)."""
     calls = set()
-    for record in emulator.requests():
+    for record in proxy.requests():
         if not record.user_agent.startswith("jupyter-raykube/"):
-            continue  # the test's own calls, kubectl's
+            continue  # the test's own calls
         match = _PATH.match(record.path)
         assert match, f"unexpected API path {record.path}"
         resource = match["res"] + (f"/{match['sub']}" if match["sub"] else "")
@@ -146,11 +177,18 @@ def calls_made(emulator: KubeEmulator) -> set[tuple[str, str]]:
     return calls
 
 
-def assert_api_use_is_clean(emulator: KubeEmulator) -> None:
-    """Every object we wrote passed validation (no 422) and every call is one deploy/rbac.yaml grants."""
-    assert not [r for r in emulator.requests() if r.status == 422], "an object failed the API server's validation"
-    calls = calls_made(emulator)
+def assert_api_use_is_clean(proxy: FaultProxy) -> None:
+    """The apiserver accepted every object we wrote (no 422) and refused nothing the Role should
+    allow (no 403 it answered itself); every call is one deploy/rbac.yaml grants."""
+    assert not [r for r in proxy.requests() if r.status == 422], "an object failed the API server's validation"
+    assert not [r for r in proxy.requests() if r.status == 403 and not r.fault], "the apiserver refused a call"
+    calls = calls_made(proxy)
     assert ("pods", "create") in calls and calls <= ROLE, calls - ROLE
+
+
+def created_pods(proxy: FaultProxy, ns: str) -> int:
+    """Pods the apiserver created for the backend (a create whose answer was lost included)."""
+    return len([r for r in proxy.requests("POST", pods_path(ns)) if r.status == 201])
 
 
 # --- the API, without Ray ------------------------------------------------------------------
@@ -163,7 +201,7 @@ def _pod(name: str, version: int, deleting: bool = False) -> V1Pod:
 
 
 def test_pod_cache_keeps_the_newest_version_and_remembers_deletions() -> None:
-    cache = PodReflector(CoreV1Api(ApiClient()), NS, "app=x")  # not started: only the cache
+    cache = PodReflector(CoreV1Api(ApiClient()), "default", "app=x")  # not started: only the cache
     cache.upsert(_pod("a", 5))
     cache.upsert(_pod("a", 4))  # a write that lost the race with a newer event
     assert cache.get("a").metadata.resource_version == "5"
@@ -176,94 +214,98 @@ def test_pod_cache_keeps_the_newest_version_and_remembers_deletions() -> None:
     assert sorted(p.metadata.name for p in cache.pods()) == ["b", "c"]
 
 
-def test_pod_cache_lists_again_when_its_watch_expires() -> None:
-    emulator = KubeEmulator(history_size=5).start()  # a short history: a resumed watch gets 410 Gone
-    api_client = emulator.api_client()
-    api = CoreV1Api(api_client)
-    cache = PodReflector(api, NS, "app=ray", request_timeout_s=5, watch_timeout_s=1).start()
+def test_pod_cache_lists_again_when_its_watch_expires(kube_config_file: Path, kube_fault_proxy: FaultProxy,
+                                                      v1: CoreV1Api, ns: str) -> None:
+    """The watch is cut off while Pods change, and the next one is told its resourceVersion
+    is too old (410 Gone, as after etcd compaction): the cache lists again and catches up."""
+    api_client = kubernetes.config.new_client_from_config(config_file=str(kube_config_file))
+    cache = PodReflector(CoreV1Api(api_client), ns, "app=ray", request_timeout_s=5, watch_timeout_s=1).start()
     try:
         wait_until(cache.first_load.is_set, what="the first list")
-        api.create_namespaced_pod(NS, pod_manifest("a", {"app": "ray"}, ["sleep", "inf"]))
+        v1.create_namespaced_pod(ns, restricted(pod_manifest("a", {"app": "ray"}, ["sleep", "inf"])))
         wait_until(lambda: cache.get("a"), what="the watch to see Pod a")
-        outage = emulator.inject("GET", r"/pods$", query_regex="watch=true", status=503, times=None)
+        outage = kube_fault_proxy.inject("GET", r"/pods$", query_regex="watch=true", status=503, times=None)
         wait_until(lambda: outage.hits, what="the watch to be cut off")
-        for name in "bcdefg":  # more changes than the server keeps
-            api.create_namespaced_pod(NS, pod_manifest(name, {"app": "ray"}, ["sleep", "inf"]))
-        api.delete_namespaced_pod("a", NS)
+        for name in "bcdefg":
+            v1.create_namespaced_pod(ns, restricted(pod_manifest(name, {"app": "ray"}, ["sleep", "inf"])))
+        v1.delete_namespaced_pod("a", ns)
+        expired = kube_fault_proxy.inject("GET", r"/pods$", query_regex="watch=true", status=410, reason="Expired",
+                                          message="too old resource version: 1 (2)", times=1)
         outage.remove()
         wait_until(lambda: sorted(p.metadata.name for p in cache.pods()) == list("bcdefg"), timeout_s=30,
                    what="the cache to catch up")
-        assert cache.lists == 2 and cache.last_error == ""
+        assert expired.hits == 1 and cache.lists == 2 and cache.last_error == ""
     finally:
         cache.stop()
         api_client.close()
-        emulator.stop()
 
 
-def test_api_faults_are_retried_without_duplicate_pods(kube_emulator: KubeEmulator, kube_config_file: Path) -> None:
+def test_api_faults_are_retried_without_duplicate_pods(kube_config_file: Path, kube_fault_proxy: FaultProxy,
+                                                       kube_control_plane: ControlPlane, v1: CoreV1Api,
+                                                       ns: str) -> None:
+    proxy, pods = kube_fault_proxy, pods_path(ns)
     backend = make_backend(kube_config_file, address_type="service", request_timeout=0.5, retry_timeout=20.0)
     spec = ClusterSpec(name="k-faults", backend="kubernetes", groups=(WorkerGroup("cpu", max=9),))
     group = spec.groups[0]
 
     async def scenario() -> None:
         handle = await backend.create_cluster(spec, owner="alice", token="t0ken")
-        assert handle.address == f"k-faults-head-svc.default.svc.cluster.local:{backend.gcs_port}"
+        assert handle.address == f"k-faults-head-svc.{ns}.svc.cluster.local:{backend.gcs_port}"
         created = []
 
-        kube_emulator.inject("POST", PODS, status=500, times=2)
+        proxy.inject("POST", pods, status=500, times=2)
         created.append(await backend.create_worker(handle, group))
 
-        kube_emulator.inject("POST", PODS, status=429, retry_after_s=1, times=1)
+        proxy.inject("POST", pods, status=429, retry_after_s=1, times=1)
         started = time.monotonic()
         created.append(await backend.create_worker(handle, group))
         assert time.monotonic() - started >= 1.0, "Retry-After was not honoured"
 
-        # A conflict for a Pod that does not exist, then a create whose response is lost (the
-        # server creates the Pod after the client gave up), then two 503s: the retry that
-        # finally gets through finds its own Pod (409 with our labels) and takes it.
-        kube_emulator.inject("POST", PODS, status=409, times=1)
-        slow = kube_emulator.inject("POST", PODS, status=None, delay_s=1.0, times=1)
-        kube_emulator.inject("POST", PODS, status=503, times=2)
+        # A conflict for a Pod that does not exist, then a create that the apiserver carries out
+        # but whose answer is lost, then two 503s: the retry that finally gets through is told
+        # the Pod exists (the apiserver's own 409), finds it carries our labels, and takes it.
+        proxy.inject("POST", pods, status=409, times=1)
+        lost = proxy.inject("POST", pods, lose_answer=True, times=1)
+        proxy.inject("POST", pods, status=503, times=2)
         created.append(await backend.create_worker(handle, group))
-        assert slow.hits == 1
+        assert lost.hits == 1
 
-        workers = [p for p in CoreV1Api(backend.api_client).list_namespaced_pod(
-            NS, label_selector="raykube.io/cluster=k-faults,raykube.io/node-type=worker").items]
-        assert sorted(p.metadata.name for p in workers) == sorted(n.name for n in created)
-        posts = kube_emulator.requests("POST", PODS)
-        assert len([r for r in posts if r.status == 201]) == 1 + 3  # the head + one per worker, no duplicates
+        workers = v1.list_namespaced_pod(ns, label_selector="raykube.io/cluster=k-faults,raykube.io/node-type=worker")
+        assert sorted(p.metadata.name for p in workers.items) == sorted(n.name for n in created)
+        posts = proxy.requests("POST", pods)
+        assert created_pods(proxy, ns) == 1 + 3  # the head + one per worker, no duplicates
         assert [r.status for r in posts if r.status == 409 and not r.fault] == [409]  # the lost create, found
         listed = await backend.list_nodes(handle)
         assert sorted(n.name for n in listed if n.group == "cpu") == sorted(n.name for n in created)
 
-        kube_emulator.inject("POST", PODS, status=403, times=1, message='pods is forbidden: User '
-                             '"system:serviceaccount:default:default" cannot create resource "pods"')
-        with pytest.raises(PermissionDenied, match=r"may not create pods/k-faults-cpu-\w{5} in namespace "
-                                                   r"default .*deploy/rbac.yaml \(verb 'create' on 'pods'\)"):
+        proxy.inject("POST", pods, status=403, times=1, message='pods is forbidden: User '
+                     f'"system:serviceaccount:{ns}:jupyter-raykube" cannot create resource "pods"')
+        with pytest.raises(PermissionDenied, match=rf"may not create pods/k-faults-cpu-\w{{5}} in namespace "
+                                                   rf"{ns} .*deploy/rbac.yaml \(verb 'create' on 'pods'\)"):
             await backend.create_worker(handle, group)
 
         # A second server cannot take the name; the first cluster is left alone.
         other, refused = (make_backend(kube_config_file, address_type="service") for _ in range(2))
         try:
-            with pytest.raises(ClusterExists, match="'k-faults' already exists in namespace default"):
+            with pytest.raises(ClusterExists, match=f"'k-faults' already exists in namespace {ns}"):
                 await other.create_cluster(spec, owner="alice", token="t0ken")
             assert len(await backend.list_nodes(handle)) == 1 + 3
             # One that may not list Pods is told so at once, not after retry_timeout.
-            kube_emulator.inject("GET", PODS, status=403, times=None)
-            with pytest.raises(PermissionDenied, match=r"could not list Pods in namespace default: permission "
+            proxy.inject("GET", pods, status=403, times=None)
+            with pytest.raises(PermissionDenied, match=rf"could not list Pods in namespace {ns}: permission "
                                                        r"denied: the service account may not list pods"):
                 with anyio.fail_after(10):
                     await refused.list_nodes(handle)
-            kube_emulator.clear_faults()
+            proxy.clear_faults()
         finally:
             await other.close()
             await refused.close()
 
         backend.retry_timeout = 1.0
-        kube_emulator.inject("GET", r"/log$", status=503, times=None)
-        with pytest.raises(BackendError, match=r"did not answer get pods/log/\S+ in namespace default for 1 s"):
+        proxy.inject("GET", r"/log$", status=503, times=None)
+        with pytest.raises(BackendError, match=rf"did not answer get pods/log/\S+ in namespace {ns} for 1 s"):
             await backend.logs(handle, created[0].name)
-        kube_emulator.clear_faults()
+        proxy.clear_faults()
         backend.retry_timeout = 20.0
 
         await backend.remove_node(handle, created[0].name)
@@ -273,50 +315,46 @@ def test_api_faults_are_retried_without_duplicate_pods(kube_emulator: KubeEmulat
         await backend.delete_cluster(handle)  # safe twice
         with pytest.raises(ClusterNotFound):
             await backend.list_nodes(handle)
+        assert kubectl_objects(kube_control_plane, ns, "k-faults") == []
 
     try:
         anyio.run(scenario)
     finally:
         close_backend(backend)
-    assert_api_use_is_clean(kube_emulator)
+    assert_api_use_is_clean(proxy)
 
 
-def test_deleting_the_server_pod_deletes_the_cluster(kube_emulator: KubeEmulator, kube_config_file: Path,
-                                                     kube_api_client: ApiClient, tmp_path: Path) -> None:
-    v1 = CoreV1Api(kube_api_client)
-    server = v1.create_namespaced_pod(NS, pod_manifest("jupyter-alice", {"app": "jupyterhub"}, ["sleep", "inf"]))
-    backend = make_backend(kube_config_file, address_type="service", owner_pod_name="jupyter-alice",
-                           events_after_s=0.0)
+def test_deleting_the_server_pod_deletes_the_cluster(kube_config_file: Path, kube_fault_proxy: FaultProxy,
+                                                     kube_control_plane: ControlPlane, v1: CoreV1Api,
+                                                     ns: str) -> None:
+    """The real garbage collector deletes every object of the cluster once the Pod running the
+    Jupyter server (their ownerReference) is deleted, as when JupyterHub stops the server."""
+    server = v1.create_namespaced_pod(ns, restricted(pod_manifest("jupyter-alice", {"app": "jupyterhub"},
+                                                                  ["sleep", "inf"])))
+    backend = make_backend(kube_config_file, address_type="service", owner_pod_name="jupyter-alice")
     spec = ClusterSpec(name="k-owned", backend="kubernetes", groups=(WorkerGroup("cpu", max=2),))
 
     async def scenario() -> None:
         handle = await backend.create_cluster(spec, owner="alice", token="t0ken")
         workers = [await backend.create_worker(handle, spec.groups[0]) for _ in range(2)]
-        # No kubelet here: the Pods stay Pending with nothing in their status; a Warning Event says why.
-        stuck = v1.read_namespaced_pod(workers[0].name, NS)
-        v1.create_namespaced_event(NS, CoreV1Event(
-            metadata=V1ObjectMeta(name=f"{stuck.metadata.name}.1"), type="Warning", reason="FailedMount",
-            message='MountVolume.SetUp failed for volume "data": not found',
-            involved_object=V1ObjectReference(kind="Pod", namespace=NS, name=stuck.metadata.name,
-                                              uid=stuck.metadata.uid),
-            source=V1EventSource(component="kubelet"), count=1))
-        nodes = {n.name: n for n in await backend.list_nodes(handle)}
-        assert nodes[workers[0].name].message == 'FailedMount: MountVolume.SetUp failed for volume "data": not found'
-        assert nodes[workers[1].name].message == ""
-        objects = kubectl_objects(kube_config_file, "k-owned", tmp_path)
+        # No nodes: kube-scheduler says so on each Pod, and the backend passes its words on.
+        stuck = await eventually(lambda: _node(backend, handle, workers[0].name, "pending", message=True),
+                                 what="the scheduler's verdict")
+        assert stuck.message.startswith("Unschedulable: no nodes available to schedule pods"), stuck.message
+        objects = kubectl_objects(kube_control_plane, ns, "k-owned")
         assert sorted(o["kind"] for o in objects) == ["Pod", "Pod", "Pod", "Secret", "Service"]
         for obj in objects:
             assert obj["metadata"]["ownerReferences"] == [
                 {"apiVersion": "v1", "kind": "Pod", "name": "jupyter-alice", "uid": server.metadata.uid}]
 
-        v1.delete_namespaced_pod("jupyter-alice", NS)  # JupyterHub stops the user's server
-        wait_until(lambda: not kubectl_objects(kube_config_file, "k-owned", tmp_path), timeout_s=30,
+        v1.delete_namespaced_pod("jupyter-alice", ns)  # JupyterHub stops the user's server
+        wait_until(lambda: not kubectl_objects(kube_control_plane, ns, "k-owned"), timeout_s=60,
                    what="the garbage collector to delete the cluster")
         await eventually(lambda: _gone(backend, handle), timeout=30, what="the watch to see the head go")
 
         misconfigured = make_backend(kube_config_file, address_type="service", owner_pod_name="jupyter-bob")
         try:
-            with pytest.raises(BackendError, match="owner Pod 'jupyter-bob' not found in namespace default"):
+            with pytest.raises(BackendError, match=f"owner Pod 'jupyter-bob' not found in namespace {ns}"):
                 await misconfigured.create_cluster(spec, owner="bob", token="t0ken")
         finally:
             await misconfigured.close()
@@ -325,7 +363,7 @@ def test_deleting_the_server_pod_deletes_the_cluster(kube_emulator: KubeEmulator
         anyio.run(scenario)
     finally:
         close_backend(backend)
-    assert_api_use_is_clean(kube_emulator)
+    assert_api_use_is_clean(kube_fault_proxy)
 
 
 async def _gone(backend: KubernetesBackend, handle: Any) -> bool:
@@ -334,6 +372,11 @@ async def _gone(backend: KubernetesBackend, handle: Any) -> bool:
     except ClusterNotFound:
         return True
     return False
+
+
+async def _node(backend: KubernetesBackend, handle: Any, name: str, phase: str, message: bool = False) -> Any:
+    return next((n for n in await backend.list_nodes(handle)
+                 if n.name == name and n.phase == phase and (n.message or not message)), None)
 
 
 FAKE_RAY = """#!/bin/sh
@@ -347,15 +390,19 @@ exec sleep 600
 """
 
 
-def test_pod_states_explain_why_nodes_do_not_run(kube_emulator: KubeEmulator, process_kubelet: ProcessKubelet,
-                                                  kube_config_file: Path, tmp_path: Path) -> None:
+def fake_ray(tmp_path: Path) -> str:
     fake = tmp_path / "fake-ray"
     fake.write_text(FAKE_RAY)
     fake.chmod(0o755)
-    process_kubelet.make_unschedulable(lambda p: p["metadata"]["labels"].get("raykube.io/group") == "big",
-                                       "0/1 nodes are available: 1 Insufficient cpu.")
+    return str(fake)
+
+
+def test_pod_states_explain_why_nodes_do_not_run(process_kubelet: ProcessKubelet, kube_config_file: Path,
+                                                  kube_fault_proxy: FaultProxy, kube_control_plane: ControlPlane,
+                                                  v1: CoreV1Api, ns: str, tmp_path: Path) -> None:
+    fake = fake_ray(tmp_path)
     process_kubelet.fail_image_pull("registry.example/missing:*")
-    backend = make_backend(kube_config_file, ray_command=str(fake), health_probes="none",
+    backend = make_backend(kube_config_file, ray_command=fake, health_probes="none",
                            gpu_image="registry.example/missing:1")
     spec = ClusterSpec(name="k-states", backend="kubernetes", groups=(
         WorkerGroup("cpu", max=1), WorkerGroup("crash", max=1), WorkerGroup("gpu", gpus=1, max=1),
@@ -377,18 +424,23 @@ def test_pod_states_explain_why_nodes_do_not_run(kube_emulator: KubeEmulator, pr
         assert nodes["head"] == ("running", "")
         assert nodes["cpu"] == ("running", "")
         assert nodes["crash"] == ("exited", "container exited with code 3 (Error)")
+        # the GPU Pod tolerates the GPU pool's taint, so it got there (and found no image)
         assert nodes["gpu"] == ("pending", 'ImagePullBackOff: Back-off pulling image "registry.example/missing:1"')
-        assert nodes["big"] == ("pending", "Unschedulable: 0/1 nodes are available: 1 Insufficient cpu.")
+        assert v1.read_namespaced_pod(names["gpu"], ns).spec.node_name == "gpu-pool-0"
+        scheduled = next(c for c in v1.read_namespaced_pod(names["big"], ns).status.conditions
+                         if c.type == "PodScheduled")
+        assert nodes["big"] == ("pending", f"Unschedulable: {scheduled.message}")  # kube-scheduler's own words
+        assert scheduled.message.startswith("0/3 nodes are available: ") and "Insufficient cpu" in scheduled.message
         assert "boom: raylet failed to start" in await backend.logs(handle, names["crash"], tail=5)
         assert await backend.logs(handle, "k-states-cpu-nope") == ""
 
-        process_kubelet.oom_kill(NS, names["cpu"])
+        process_kubelet.oom_kill(ns, names["cpu"])
         oom = await eventually(lambda: _node(backend, handle, names["cpu"], "exited"), what="the OOM kill")
         assert oom.message == "container exited with code 137 (OOMKilled)"
 
         # discover(), from a server configured otherwise (other ports): finds the live cluster
         # again, and deletes one whose head Pod has exited
-        dead_backend = make_backend(kube_config_file, address_type="service", ray_command=str(fake),
+        dead_backend = make_backend(kube_config_file, address_type="service", ray_command=fake,
                                     health_probes="none")
         try:
             dead = await dead_backend.create_cluster(dead_spec, owner="alice", token="t0ken")
@@ -402,21 +454,17 @@ def test_pod_states_explain_why_nodes_do_not_run(kube_emulator: KubeEmulator, pr
                 again.details["token"], again.details["image"], again.created_at) == (
             handle.address, handle.dashboard_address, handle.client_address, spec, "alice", "t0ken",
             backend.image, handle.created_at)
-        assert not kubectl_objects(kube_config_file, "k-dead", tmp_path)
+        assert not kubectl_objects(kube_control_plane, ns, "k-dead")
         assert await make_backend(kube_config_file, owner="bob").discover() == []  # another user's
 
         await backend.delete_cluster(handle)
-        assert not kubectl_objects(kube_config_file, "k-states", tmp_path)
+        assert not kubectl_objects(kube_control_plane, ns, "k-states")
 
     try:
         anyio.run(scenario)
     finally:
         close_backend(backend)
-    assert_api_use_is_clean(kube_emulator)
-
-
-async def _node(backend: KubernetesBackend, handle: Any, name: str, phase: str) -> Any:
-    return next((n for n in await backend.list_nodes(handle) if n.name == name and n.phase == phase), None)
+    assert_api_use_is_clean(kube_fault_proxy)
 
 
 # --- real Ray clusters -----------------------------------------------------------------------
@@ -437,11 +485,11 @@ def _events(bm: BlockingManager, cluster: Cluster, kind: str) -> list[str]:
     return [e["message"] for e in _snapshot(bm, cluster)["events"] if e["kind"] == kind]
 
 
-def _worker_pods(v1: CoreV1Api, cluster: str, group: str | None = None) -> list[Any]:
+def _worker_pods(v1: CoreV1Api, ns: str, cluster: str, group: str | None = None) -> list[Any]:
     selector = f"raykube.io/cluster={cluster},raykube.io/node-type=worker"
     if group:
         selector += f",raykube.io/group={group}"
-    return v1.list_namespaced_pod(NS, label_selector=selector).items
+    return v1.list_namespaced_pod(ns, label_selector=selector).items
 
 
 @ray.remote(num_cpus=1)
@@ -455,20 +503,20 @@ def on_gpu() -> tuple[str, list[Any]]:
     return os.environ["RAY_CLOUD_INSTANCE_ID"], list(ray.get_gpu_ids())
 
 
-def _stop_and_check_clean(bm: BlockingManager, name: str, config_file: Path, kubelet: ProcessKubelet,
-                          tmp_path: Path) -> None:
+def _stop_and_check_clean(bm: BlockingManager, name: str, control_plane: ControlPlane, ns: str,
+                          kubelet: ProcessKubelet) -> None:
     ray.shutdown()
     bm.call(bm.manager.stop, name)
-    assert kubectl_objects(config_file, name, tmp_path) == []
+    assert kubectl_objects(control_plane, ns, name) == []
     wait_until(lambda: not kubelet.leftover_processes(), timeout_s=60, what="every Ray process to exit")
 
 
 def test_magic_starts_a_kubernetes_cluster_that_autoscales_pods_and_stops_clean(
-        kube_emulator: KubeEmulator, ray_kubelet: ProcessKubelet, kube_config_file: Path, kube_api_client: ApiClient,
-        tmp_path: Path) -> None:
+        ray_kubelet: ProcessKubelet, kube_config_file: Path, kube_fault_proxy: FaultProxy,
+        kube_control_plane: ControlPlane, v1: CoreV1Api, ns: str) -> None:
     """`%raycluster start --backend kubernetes` from a kernel whose default backend is local:
-    the manager builds the Kubernetes backend from its config on first use."""
-    v1 = CoreV1Api(kube_api_client)
+    the manager builds the Kubernetes backend from its config on first use. kube-scheduler
+    places every Pod; the GPU worker lands on the tainted GPU pool."""
     config = Config({"KubernetesBackend": backend_settings(kube_config_file, request_timeout=2.0)})
     bm = BlockingManager(lambda: ClusterManager(default_backend="local", owner="alice", autoscale_interval_s=0.5,
                                                 config=config))
@@ -479,44 +527,46 @@ def test_magic_starts_a_kubernetes_cluster_that_autoscales_pods_and_stops_clean(
                                            "--cpu-workers 0:2 --gpu-workers 0:1 --idle-timeout 5")
         cluster = bm.call(bm.manager.get, "k-life")
         assert cluster.backend.name == "kubernetes" and bm.manager.backend.name == "local"
-        assert v1.read_namespaced_pod("k-life-head", NS).status.phase == "Running"
+        head = v1.read_namespaced_pod("k-life-head", ns)
+        assert head.status.phase == "Running" and head.spec.node_name.startswith("cpu-pool-")
         assert ray.is_initialized()  # through Ray Client, as a notebook outside the cluster connects
         wait_until(lambda: any(c.type == "Ready" and c.status == "True"
-                               for c in v1.read_namespaced_pod("k-life-head", NS).status.conditions),
+                               for c in v1.read_namespaced_pod("k-life-head", ns).status.conditions),
                    timeout_s=60, what="the head's readiness probe (/api/healthz)")
 
-        # The API server fails and stalls while the autoscaler creates worker Pods.
-        kube_emulator.inject("POST", PODS, status=503, times=2)
-        kube_emulator.inject("POST", PODS, status=None, delay_s=3.0, times=1)  # the response is lost
+        # The API server fails, and loses an answer, while the autoscaler creates worker Pods.
+        kube_fault_proxy.inject("POST", pods_path(ns), status=503, times=2)
+        kube_fault_proxy.inject("POST", pods_path(ns), lose_answer=True, times=1)
         hosts = ray.get([where.remote(2) for _ in range(4)], timeout=240)
         assert all(h.startswith("k-life-cpu-") for h in hosts), hosts
 
         gpu_node, gpu_ids = ray.get(on_gpu.remote(), timeout=240)
         assert gpu_node.startswith("k-life-gpu-") and len(gpu_ids) == 1
-        container = v1.read_namespaced_pod(gpu_node, NS).spec.containers[0]
+        gpu_pod = v1.read_namespaced_pod(gpu_node, ns)
+        assert gpu_pod.spec.node_name == "gpu-pool-0"
+        container = gpu_pod.spec.containers[0]
         assert container.resources.limits == {"cpu": "1", "memory": "640Mi", "nvidia.com/gpu": "1"}
         assert {"--num-cpus=1", "--num-gpus=1", f"--memory={512 * MiB}"} <= set(container.args)
 
         # Each launch made exactly one Pod, retried creates included. (On a loaded machine a node
         # can fail to start, be removed and be launched again: launches count, not the group max.)
         launched = sum(int(m.split()[1]) for m in _events(bm, cluster, "scale_up"))
-        created = [r for r in kube_emulator.requests("POST", PODS) if r.status == 201]
-        assert len(created) == 1 + launched, "a worker Pod was created twice"
+        assert created_pods(kube_fault_proxy, ns) == 1 + launched, "a worker Pod was created twice"
         assert not _events(bm, cluster, "error"), _events(bm, cluster, "error")
 
-        wait_until(lambda: not _worker_pods(v1, "k-life"), timeout_s=90, what="idle workers to be removed")
+        wait_until(lambda: not _worker_pods(v1, ns, "k-life"), timeout_s=90, what="idle workers to be removed")
         scale_down = _events(bm, cluster, "scale_down")
         assert any(m.startswith("draining cpu node") for m in scale_down), scale_down
         assert any(m.startswith("removed idle gpu node") for m in scale_down), scale_down
 
         shell.run_line_magic("raycluster", "stop k-life")
         assert not ray.is_initialized()
-        assert kubectl_objects(kube_config_file, "k-life", tmp_path) == []
+        assert kubectl_objects(kube_control_plane, ns, "k-life") == []
         wait_until(lambda: not ray_kubelet.leftover_processes(), timeout_s=60, what="every Ray process to exit")
     finally:
         ray.shutdown()
         bm.close()
-    assert_api_use_is_clean(kube_emulator)
+    assert_api_use_is_clean(kube_fault_proxy)
 
 
 def test_auto_backend_is_kubernetes_where_a_kubeconfig_is(kube_config_file: Path, tmp_path: Path,
@@ -537,12 +587,15 @@ def test_auto_backend_is_kubernetes_where_a_kubeconfig_is(kube_config_file: Path
         resolve_backend("cloud")
 
 
+@pytest.fixture
+def cpu_only_kubelet(kube_control_plane: ControlPlane) -> Iterator[ProcessKubelet]:
+    """Two CPU nodes and no GPU pool at all."""
+    yield from running_kubelet(kube_control_plane, rewrite_argv=own_ports, pools=[NodePool("cpu-pool", count=2)])
+
+
 def test_unschedulable_pods_are_explained_and_their_group_backs_off(
-        kube_emulator: KubeEmulator, ray_kubelet: ProcessKubelet, kube_config_file: Path,
-        kube_api_client: ApiClient, tmp_path: Path) -> None:
-    why = "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."
-    ray_kubelet.make_unschedulable(lambda p: p["metadata"]["labels"].get("raykube.io/group") == "gpu", why)
-    v1 = CoreV1Api(kube_api_client)
+        cpu_only_kubelet: ProcessKubelet, kube_config_file: Path, kube_fault_proxy: FaultProxy,
+        kube_control_plane: ControlPlane, v1: CoreV1Api, ns: str) -> None:
     backend = make_backend(kube_config_file)
     bm = _manager(backend, join_timeout_s=6.0, backoff_s=300.0)
     spec = ClusterSpec(name="k-unsched", backend="kubernetes", groups=(
@@ -556,11 +609,13 @@ def test_unschedulable_pods_are_explained_and_their_group_backs_off(
             return next((n for n in _snapshot(bm, cluster)["nodes"] if n["group"] == "gpu" and n["message"]), None)
 
         node = wait_until(gpu_node, timeout_s=60, what="the gpu node's Pending reason")
-        assert (node["state"], node["message"]) == ("starting", f"Unschedulable: {why}")
+        assert node["state"] == "starting" and node["message"].startswith("Unschedulable: 0/2 nodes are available: ")
+        why = node["message"].removeprefix("Unschedulable: ")
+        assert "2 Insufficient nvidia.com/gpu" in why  # kube-scheduler's own words
         backoff = wait_until(lambda: _events(bm, cluster, "backoff"), timeout_s=60, what="the group to back off")
         assert backoff == [(f"backing off the gpu group for 300 s: gpu node {node['name']} did not join Ray "
                             f"within 6 s: Unschedulable: {why}")]
-        wait_until(lambda: not _worker_pods(v1, "k-unsched"), timeout_s=30, what="the Pending Pod to be removed")
+        wait_until(lambda: not _worker_pods(v1, ns, "k-unsched"), timeout_s=30, what="the Pending Pod to be removed")
 
         def backed_off() -> dict[str, Any] | None:
             return next((d for d in _snapshot(bm, cluster)["demand"]
@@ -568,21 +623,19 @@ def test_unschedulable_pods_are_explained_and_their_group_backs_off(
 
         demand = wait_until(backed_off, timeout_s=30, what="the demand to say why it waits")
         assert f"gpu group is backed off: gpu node {node['name']} did not join Ray" in demand["reason"]
-        created = [r for r in kube_emulator.requests("POST", PODS) if r.status == 201]
-        assert len(created) == 2, "a backed-off group launched again"  # the head, one gpu Pod
+        assert created_pods(kube_fault_proxy, ns) == 2, "a backed-off group launched again"  # the head, one gpu Pod
         ray.cancel(ref, force=True)
-        _stop_and_check_clean(bm, "k-unsched", kube_config_file, ray_kubelet, tmp_path)
+        _stop_and_check_clean(bm, "k-unsched", kube_control_plane, ns, cpu_only_kubelet)
     finally:
         ray.shutdown()
         bm.close()
         close_backend(backend)
-    assert_api_use_is_clean(kube_emulator)
+    assert_api_use_is_clean(kube_fault_proxy)
 
 
 def test_a_new_manager_adopts_a_running_cluster_and_keeps_autoscaling(
-        kube_emulator: KubeEmulator, ray_kubelet: ProcessKubelet, kube_config_file: Path,
-        kube_api_client: ApiClient, tmp_path: Path) -> None:
-    v1 = CoreV1Api(kube_api_client)
+        ray_kubelet: ProcessKubelet, kube_config_file: Path, kube_fault_proxy: FaultProxy,
+        kube_control_plane: ControlPlane, v1: CoreV1Api, ns: str) -> None:
     spec = ClusterSpec(name="k-adopt", backend="kubernetes", idle_timeout_s=60, groups=(
         WorkerGroup("cpu", cpus=1, max=1, **SMALL),))
     first_backend = make_backend(kube_config_file)
@@ -593,7 +646,7 @@ def test_a_new_manager_adopts_a_running_cluster_and_keeps_autoscaling(
         first.close()  # the first server goes away; its cluster keeps running
         close_backend(first_backend)
     assert created.handle is not None
-    assert v1.read_namespaced_pod("k-adopt-head", NS).status.phase == "Running"
+    assert v1.read_namespaced_pod("k-adopt-head", ns).status.phase == "Running"
 
     backend = make_backend(kube_config_file)  # a new server: its own (different) port settings
     bm = _manager(backend, adopt_on_start=True)  # as RayKube runs when clusters outlive the server
@@ -604,7 +657,7 @@ def test_a_new_manager_adopts_a_running_cluster_and_keeps_autoscaling(
         assert "this server now autoscales the cluster" in [e["message"] for e in _snapshot(bm, cluster)["events"]]
         connect_driver(cluster.handle.address, bm.manager.token)
         host = ray.get(where.remote(0), timeout=240)
-        assert host.startswith("k-adopt-cpu-") and host in [p.metadata.name for p in _worker_pods(v1, "k-adopt")]
+        assert host.startswith("k-adopt-cpu-") and host in [p.metadata.name for p in _worker_pods(v1, ns, "k-adopt")]
 
         # Ray Client (ray://), what a notebook outside the cluster uses (through kubectl port-forward)
         program = ("import os, ray\n"
@@ -614,9 +667,102 @@ def test_a_new_manager_adopts_a_running_cluster_and_keeps_autoscaling(
                                 env={**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": bm.manager.token},
                                 timeout=180)
         assert "ran on k-adopt-" in client.stdout, client.stderr[-3000:]
-        _stop_and_check_clean(bm, "k-adopt", kube_config_file, ray_kubelet, tmp_path)
+        _stop_and_check_clean(bm, "k-adopt", kube_control_plane, ns, ray_kubelet)
     finally:
         ray.shutdown()
         bm.close()
         close_backend(backend)
-    assert_api_use_is_clean(kube_emulator)
+    assert_api_use_is_clean(kube_fault_proxy)
+
+
+# --- deploy/rbac.yaml: every rule is needed --------------------------------------------------
+
+
+@pytest.fixture
+def silent_kubelet(kube_control_plane: ControlPlane) -> Iterator[ProcessKubelet]:
+    """One Node whose kubelet never starts its Pods: they stay Pending with nothing in their
+    status, which is when the backend reads their Events."""
+    yield from running_kubelet(kube_control_plane, pools=[NodePool("hung", count=1, serve_pods=False)])
+
+
+async def _every_call(backend: KubernetesBackend, proxy: FaultProxy, ns: str) -> list[str]:
+    """Each backend call a Jupyter server makes, in order; what failed (as text), not raised."""
+    failures: list[str] = []
+    spec = ClusterSpec(name="k-rbac", backend="kubernetes", groups=(WorkerGroup("cpu", max=1),))
+
+    async def step(call: Awaitable[Any]) -> Any:
+        try:
+            return await call
+        except (BackendError, ClusterNotFound, ExceptionGroup) as exc:  # a group: from deletes done in parallel
+            failures.append(str(exc) if not isinstance(exc, ExceptionGroup) else "; ".join(map(str, exc.exceptions)))
+            return None
+
+    # A create of each kind whose answer is lost: the retry's 409 makes the backend read it back.
+    for resource in ("secrets", "services", "pods"):
+        proxy.inject("POST", rf"^/api/v1/namespaces/{ns}/{resource}$", lose_answer=True, times=1)
+    handle = await step(backend.create_cluster(spec, owner="alice", token="t0ken"))
+    if handle is None:
+        return failures
+    worker = await step(backend.create_worker(handle, spec.groups[0]))
+    await step(backend.list_nodes(handle))  # Pending with an empty status: its Events are read
+    await step(backend.logs(handle, "k-rbac-head"))
+    await step(backend.discover())
+    if worker is not None:
+        await step(backend.remove_node(handle, worker.name))
+    await step(backend.delete_cluster(handle))
+    return failures
+
+
+def test_every_rule_of_deploy_rbac_yaml_is_needed(silent_kubelet: ProcessKubelet, kube_control_plane: ControlPlane,
+                                                  make_kube_namespace: Callable[..., str],
+                                                  kube_fault_proxy: FaultProxy, v1: CoreV1Api,
+                                                  tmp_path: Path) -> None:
+    """With the Role exactly as written, every call of a server's life succeeds; with any one
+    (resource, verb) taken out, some call gets the apiserver's 403 for exactly that one."""
+    from tests.kube.identity import role_rules
+
+    def run_with(rules: list[dict[str, Any]], label: str) -> tuple[str, list[str]]:
+        kube_fault_proxy.clear_faults()
+        ns = make_kube_namespace(f"rbac-{label}", RESTRICTED)
+        v1.create_namespaced_pod(ns, restricted(pod_manifest("jupyter-alice", {"app": "jupyterhub"},
+                                                             ["sleep", "inf"])))
+        config = backend_kubeconfig(kube_control_plane, ns, tmp_path / f"{label}.kubeconfig",
+                                    server=kube_fault_proxy.url, rules=rules)
+        backend = make_backend(config, address_type="service", owner_pod_name="jupyter-alice", events_after_s=0.0,
+                               retry_timeout=5.0, delete_wait_s=1.0,
+                               node_selector={"*": {"kubernetes.io/hostname": "hung-0"}})
+        try:
+            return ns, anyio.run(_every_call, backend, kube_fault_proxy, ns)
+        finally:
+            close_backend(backend)
+            # what the hung node never finishes deleting would fill it up for the next run
+            v1.delete_collection_namespaced_pod(ns, grace_period_seconds=0)
+
+    def refused_calls(ns: str) -> set[tuple[str, str]]:
+        calls = set()
+        for record in kube_fault_proxy.requests():
+            match = _PATH.match(record.path)
+            if record.status != 403 or record.fault or not match or f"/namespaces/{ns}/" not in record.path:
+                continue
+            resource = match["res"] + (f"/{match['sub']}" if match["sub"] else "")
+            verb = "get" if record.method == "GET" and match["name"] else (
+                "watch" if "watch=" in record.query else "list") if record.method == "GET" else {
+                "POST": "create", "DELETE": "delete"}[record.method]
+            calls.add((resource, verb))
+        return calls
+
+    rules = role_rules()
+    ns, failures = run_with(rules, "all")
+    assert refused_calls(ns) == set() and not [f for f in failures if "permission denied" in f], failures
+    assert calls_made(kube_fault_proxy) == ROLE  # every rule was used
+    for rule_index, rule in enumerate(rules):
+        for resource in rule["resources"]:
+            for verb in rule["verbs"]:
+                reduced = [dict(r) for r in rules]
+                reduced[rule_index] = {**rule, "resources": [resource], "verbs": [v for v in rule["verbs"] if v != verb]}
+                others = [r for r in rule["resources"] if r != resource]
+                if others:
+                    reduced.append({**rule, "resources": others})
+                reduced = [r for r in reduced if r["verbs"]]
+                ns, _ = run_with(reduced, f"{resource.replace('/', '-')}-{verb}")
+                assert (resource, verb) in refused_calls(ns), f"nothing needed {verb} on {resource}"

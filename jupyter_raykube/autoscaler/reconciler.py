@@ -19,7 +19,7 @@ from typing import Literal
 
 import anyio
 
-from ..backends.base import Backend, BackendNode, ClusterHandle, ClusterNotFound
+from ..backends.base import Backend, BackendError, BackendNode, ClusterHandle, ClusterNotFound
 from ..events import EventLog
 from ..spec import ClusterSpec
 from .demand import ClusterState, GcsReader, RayNode
@@ -98,6 +98,7 @@ class Reconciler:
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("jupyter_raykube"))
     observation: Observation | None = None
     _backoff: dict[str, _Backoff] = field(default_factory=dict)
+    _provisioned_at: dict[str, float] = field(default_factory=dict)  # node -> last seen provisioning
     _draining: dict[str, _Drain] = field(default_factory=dict)
     _wake: anyio.Event = field(default_factory=anyio.Event)
     _next_round_s: float = 0.0  # when the round after this one is due (set by each round)
@@ -148,6 +149,8 @@ class Reconciler:
                        now: float) -> tuple[ObservedNode, ...]:
         ray_by_instance = {n.instance_id: n for n in state.nodes if n.status != "dead"}
         dead = {n.instance_id for n in state.nodes if n.status == "dead"}
+        listed = {n.name for n in backend_nodes}
+        self._provisioned_at = {n: t for n, t in self._provisioned_at.items() if n in listed}
         observed: list[ObservedNode] = []
         to_remove: list[tuple[str, str]] = []
         for node in backend_nodes:
@@ -167,7 +170,10 @@ class Reconciler:
                 to_remove.append((node.name, f"{node.group} node {node.name} failed: {why}"))
             elif ray_node is not None:
                 observed.append(ObservedNode(node.name, node.group, "running", node.created_at, ray_node))
-            elif now - node.created_at > self.settings.join_timeout_s:
+            elif node.provisioning:
+                self._provisioned_at[node.name] = now  # its join clock starts once it has a machine
+                observed.append(ObservedNode(node.name, node.group, "starting", node.created_at, None, node.message))
+            elif now - max(node.created_at, self._provisioned_at.get(node.name, 0.0)) > self.settings.join_timeout_s:
                 reason = (f"{node.group} node {node.name} did not join Ray within "
                           f"{self.settings.join_timeout_s:.0f} s{': ' + node.message if node.message else ''}")
                 to_remove.append((node.name, reason))
@@ -234,7 +240,11 @@ class Reconciler:
         launched: Counter[str] = Counter()
 
         async def launch(group_name: str) -> None:
-            await self.backend.create_worker(self.handle, self.spec.group(group_name))
+            try:
+                await self.backend.create_worker(self.handle, self.spec.group(group_name))
+            except BackendError as exc:  # refused (a quota, a permission): every round would fail the same way
+                self._back_off(group_name, f"could not create a {group_name} node: {exc}", self.clock())
+                return
             launched[group_name] += 1
 
         wanted = sum(reply.launch.values())

@@ -75,6 +75,11 @@ class PermissionDenied(BackendError):
     """The API server refused a call (403): the service account lacks a permission."""
 
 
+class QuotaExceeded(BackendError):
+    """The namespace's ResourceQuota refused a create (403 "exceeded quota"): retrying will not
+    help until something in the namespace is deleted or the quota raised."""
+
+
 class RayVersionMismatch(BackendError):
     """The cluster's image runs another Ray (or Python) version than the driver."""
 
@@ -221,6 +226,11 @@ class KubernetesBackend(Backend):
     delete_wait_s = Float(60.0, config=True, help="""Seconds `delete_cluster` waits for the
         cluster's Pods to be gone (their containers get SIGTERM and their grace period).""")
 
+    scale_up_timeout_s = Float(900.0, config=True, help="""How long an unschedulable Pod that
+        cluster-autoscaler is adding a node for (its TriggeredScaleUp Event) may wait for that
+        node before the usual join timeout applies again (cluster-autoscaler's own
+        max-node-provision-time is 15 minutes). Its Events are read as `events_after_s` says.""")
+
     events_after_s = Float(10.0, config=True, help="""A Pending Pod whose status does not say
         why it waits (no Unschedulable condition, no waiting reason) has its newest Warning
         Event shown instead (FailedMount, FailedCreatePodSandBox, ...), read after this many
@@ -274,7 +284,7 @@ class KubernetesBackend(Backend):
         self.core = CoreV1Api(self.api_client)
         self._reflector: PodReflector | None = None
         self._owner_refs: tuple[Any, ...] | None = None
-        self._event_messages: dict[str, tuple[float, str]] = {}  # pod uid -> (read at, message)
+        self._events_read: dict[str, tuple[float, Any]] = {}  # "uid/selector" -> (read at, newest Event)
         self._events_readable = True
 
     def _configuration(self) -> Configuration:
@@ -415,10 +425,15 @@ class KubernetesBackend(Backend):
         nodes = []
         for pod in live:
             phase, message = pod_state(pod)
-            if phase == "pending" and not message:
+            scale_up = ""
+            if phase == "pending" and _unschedulable(pod):
+                scale_up = await self._scale_up(pod)
+                message += f"; TriggeredScaleUp: {scale_up}" if scale_up else ""
+            elif phase == "pending" and not message:
                 message = await self._event_message(pod)
             nodes.append(BackendNode(name=pod.metadata.name, group=_labels(pod).get(LABEL_GROUP, ""),
-                                     phase=phase, created_at=_created_at(pod), message=message))
+                                     phase=phase, created_at=_created_at(pod), message=message,
+                                     provisioning=bool(scale_up)))
         return nodes
 
     async def delete_cluster(self, handle: ClusterHandle) -> None:
@@ -560,15 +575,29 @@ class KubernetesBackend(Backend):
             await anyio.sleep(0.1)
 
     async def _event_message(self, pod: V1Pod) -> str:
-        """The newest Warning Event of a Pending Pod that says nothing else, read once the Pod
-        is `events_after_s` old and at most every `events_after_s` per Pod."""
+        """The newest Warning Event of a Pending Pod that says nothing else."""
+        event = await self._newest_event(pod, "type=Warning")
+        return f"{event.reason}: {event.message}" if event is not None else ""
+
+    async def _scale_up(self, pod: V1Pod) -> str:
+        """What cluster-autoscaler said when it started adding a node for this unschedulable
+        Pod (its TriggeredScaleUp Event), unless that was over `scale_up_timeout_s` ago."""
+        event = await self._newest_event(pod, "reason=TriggeredScaleUp")
+        if event is None or time.time() - _event_time(event) > self.scale_up_timeout_s:
+            return ""
+        return str(event.message or "")
+
+    async def _newest_event(self, pod: V1Pod, selector: str) -> Any:
+        """The newest Event of `pod` matching the field `selector`, read once the Pod is
+        `events_after_s` old and at most every `events_after_s` per Pod and selector."""
         uid = pod.metadata.uid
         if not self._events_readable or _age(pod) < self.events_after_s:
-            return ""
-        read_at, message = self._event_messages.get(uid, (-1e9, ""))
+            return None
+        key = f"{uid}/{selector}"
+        read_at, newest = self._events_read.get(key, (-1e9, None))
         if time.monotonic() - read_at < self.events_after_s:
-            return message
-        selector = f"involvedObject.name={pod.metadata.name},involvedObject.uid={uid},type=Warning"
+            return newest
+        selector = f"involvedObject.name={pod.metadata.name},involvedObject.uid={uid},{selector}"
         try:
             events = await anyio.to_thread.run_sync(partial(
                 self.core.list_namespaced_event, self.namespace, field_selector=selector,
@@ -577,14 +606,13 @@ class KubernetesBackend(Backend):
             if exc.status == 403:
                 self._events_readable = False
                 self.log.warning("Not reading Pod Events: %s", self._describe(_Call("list", "events"), exc))
-            return message
+            return newest
         except (urllib3.exceptions.HTTPError, OSError):
-            return message
+            return newest
         newest = max(events.items or [], key=_event_time, default=None)
-        message = f"{newest.reason}: {newest.message}" if newest is not None else ""
-        self._event_messages = {u: v for u, v in self._event_messages.items() if time.monotonic() - v[0] < 600}
-        self._event_messages[uid] = (time.monotonic(), message)
-        return message
+        self._events_read = {k: v for k, v in self._events_read.items() if time.monotonic() - v[0] < 600}
+        self._events_read[key] = (time.monotonic(), newest)
+        return newest
 
     # --- API calls ---------------------------------------------------------------------------
 
@@ -689,6 +717,8 @@ class KubernetesBackend(Backend):
 
     def _describe(self, call: _Call, exc: BaseException) -> str:
         if isinstance(exc, ApiException):
+            if _over_quota(exc):
+                return f"the namespace's ResourceQuota refused to {call.describe(self.namespace)}: {_status_message(exc)}"
             if exc.status == 403:
                 return (f"permission denied: the service account may not {call.describe(self.namespace)} "
                         f"({_status_message(exc)}). Grant it the Role in deploy/rbac.yaml "
@@ -700,7 +730,7 @@ class KubernetesBackend(Backend):
         return f"{call.describe(self.namespace)} failed: {type(exc).__name__}: {exc}"
 
     def _failed(self, call: _Call, exc: ApiException) -> BackendError:
-        kind = PermissionDenied if exc.status == 403 else BackendError
+        kind = QuotaExceeded if _over_quota(exc) else PermissionDenied if exc.status == 403 else BackendError
         return kind(self._describe(call, exc))
 
 
@@ -739,6 +769,11 @@ def pod_state(pod: V1Pod) -> tuple[NodePhase, str]:
                 text += f": {term.message.strip()[-300:]}"
             parts.append(text)
     return phase, "; ".join(p for p in parts if p)
+
+
+def _unschedulable(pod: V1Pod) -> bool:
+    return any(c.type == "PodScheduled" and c.status == "False" and c.reason == "Unschedulable"
+               for c in (pod.status.conditions if pod.status is not None else None) or [])
 
 
 def _pod_ports(pod: V1Pod, default: Ports) -> Ports:
@@ -790,6 +825,11 @@ def _retry_after(exc: ApiException) -> float:
         return min(float(value), 60.0) if value is not None else 0.0
     except ValueError:
         return 0.0
+
+
+def _over_quota(exc: ApiException) -> bool:
+    """A 403 from the ResourceQuota admission plugin, not from RBAC: both are "Forbidden"."""
+    return exc.status == 403 and "exceeded quota" in _status_message(exc)
 
 
 def _status_message(exc: ApiException) -> str:

@@ -1,30 +1,24 @@
-"""Kubernetes test infrastructure: an API emulator served over HTTP and a process kubelet.
+"""Kubernetes test infrastructure: a real control plane, a process kubelet, a fault proxy.
 
 Modules, one job each:
 
-* ``emulator``     – ``KubeEmulator``: lifecycle, kubeconfig/client helpers, fault injection
-* ``server``       – the HTTP/REST front (routing, watch and log streaming)
-* ``store``        – objects, resourceVersions, watch history, create/update/patch/delete
-* ``controllers``  – garbage collector and namespace deletion (background)
-* ``resources``    – served resource types and discovery documents
-* ``defaults``     – per-kind defaulting and immutability rules
-* ``schema``       – strict schema validation with kubernetes-validate (pinned: Kubernetes 1.37)
-* ``validation``   – apiserver rules the schemas miss (names, labels, quantities, ports, ...)
-* ``selectors``    – label and field selectors
-* ``patching``     – merge, JSON and strategic-merge patches
-* ``faults``       – injected faults and the request log
-* ``tables``       – ``as=Table`` output for kubectl
-* ``errors``       – ``kind: Status`` errors
-* ``kubelet``      – ``ProcessKubelet``: the node, scheduling, the Pod watch loop
-* ``scheduler``    – fit decision (rules, nodeSelector, allocatable)
+* ``controlplane`` – ``ControlPlane``: etcd, kube-apiserver, kube-controller-manager, kube-scheduler
+* ``pki``          – the control plane's certificates and keys
+* ``faultproxy``   – ``FaultProxy``: faults injected in front of the apiserver
+* ``faults``       – fault rules and the request log
+* ``kubelet``      – ``ProcessKubelet``: Nodes, Leases, each node's Pod watch, graceful deletion
+* ``nodes``        – node pools: the Node objects and their Leases
+* ``nodeapi``      – the kubelet's API calls, as the node (and cluster DNS's reads)
 * ``podworker``    – one Pod's container lifecycle and status
 * ``containerenv`` – env / envFrom / downward API / secrets for a container
 * ``podnet``       – Pod IPs on 127.0.0.0/8 and Service-name resolution
 * ``process``      – process-tree start and kill
 * ``proctable``    – shared ``/proc`` snapshots (descendants, sessions, leak markers)
 * ``probes``       – readiness / liveness / startup probes
-* ``events``       – core/v1 Events written by scheduler and kubelet
-* ``fixtures``     – pytest fixtures (re-exported by ``conftest``)
+* ``logserver``    – the kubelet's ``/containerLogs`` endpoint that ``pods/log`` reaches
+* ``scaleup``      – a node pool that scales up from zero, as cluster-autoscaler does
+* ``identity``     – the code under test's ServiceAccount, bound to deploy/rbac.yaml's Role
+* ``fixtures``     – pytest fixtures (registered by ``tests/conftest.py``)
 * ``helpers``      – manifest builders and ``wait_until`` for the tests
 
 See ``README.md`` in this folder for behaviour and limits.

@@ -6,7 +6,7 @@ metadata.annotations['k'], spec.nodeName, spec.serviceAccountName, status.podIP(
 status.hostIP(s)), ``valueFrom.resourceFieldRef`` (limits/requests of cpu, memory,
 ephemeral-storage, with ``divisor``, rounded up like the kubelet; an unset limit falls back to
 the node's allocatable), ``valueFrom.secretKeyRef`` / ``configMapKeyRef`` and ``envFrom``
-``secretRef`` / ``configMapRef`` read from the emulator's store. A missing Secret, ConfigMap
+``secretRef`` / ``configMapRef`` read through a :data:`Lookup` (the node's client). A missing Secret, ConfigMap
 or key (not ``optional``) is a :class:`ConfigError`, shown as ``CreateContainerConfigError``.
 """
 
@@ -20,7 +20,6 @@ from typing import Any, Callable, Mapping
 
 from kubernetes.utils import parse_quantity
 
-from .errors import ApiError
 from .podnet import expand
 
 Lookup = Callable[[str, str], dict[str, Any] | None]  # (kind plural, name) -> object or None
@@ -124,14 +123,3 @@ def container_env(pod: Mapping[str, Any], container: Mapping[str, Any], lookup: 
             raise ConfigError(f"unsupported valueFrom for {name}: {sorted(source)}")
     return env
 
-
-def store_lookup(store: Any, namespace: str) -> Lookup:
-    """A :data:`Lookup` over the emulator's store (missing objects are None)."""
-
-    def lookup(plural: str, name: str) -> dict[str, Any] | None:
-        try:
-            return store.get(store.type_for("", plural), namespace, name)
-        except ApiError:
-            return None
-
-    return lookup

@@ -1,4 +1,4 @@
-"""Fault injection and the request log of the emulator.
+"""Fault rules and the request log of the fault proxy (``faultproxy.py``).
 
 Backends must survive an apiserver that is slow, overloaded (429 + Retry-After), briefly
 broken (500/503) or racing with another writer (409). Tests arm a :class:`Fault` for matching

@@ -1,77 +1,27 @@
-"""pytest fixtures for the Kubernetes emulator and the process kubelet.
+"""pytest fixtures for the Kubernetes tests, registered for the whole suite by ``pytest_plugins``
+in ``tests/conftest.py`` (so every module shares the session's one control plane).
 
-``tests/kube/conftest.py`` re-exports them for the tests in this folder; another test folder
-can use them by re-exporting the same way (or through ``pytest_plugins`` in the root
-conftest). Every fixture is function-scoped: a fresh API server costs milliseconds and tests
-must not see each other's objects.
+* ``kube_control_plane`` (session): etcd, kube-apiserver, kube-controller-manager, kube-scheduler.
+* ``make_kube_namespace`` / ``kube_namespace``: fresh namespaces, so tests never see each other's objects.
+* ``kube_fault_proxy``: the fault-injecting proxy in front of the apiserver.
+* ``process_kubelet``: the default node pools served by a process kubelet; ``running_kubelet``
+  for other pools or hooks. Function-scoped: each test gets fresh Nodes, and teardown fails on a
+  leaked process or an error in the kubelet's threads.
+* ``kube_admin``: an admin client for a test's own setup and checks (never the code under test's).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import os
 import sys
-from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import kubernetes
 import pytest
 
 from .controlplane import ControlPlane
-from .emulator import KubeEmulator
 from .faultproxy import FaultProxy
 from .kubelet import ProcessKubelet, default_base_env
-
-
-def venv_path() -> str:
-    """``PATH`` with this interpreter's bin directory first, so Pods' ``python``/``ray`` are the venv's."""
-    return os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "/usr/bin:/bin")])
-
-
-@pytest.fixture
-def kube_emulator() -> Iterator[KubeEmulator]:
-    """A running emulator; stopped (watches closed, port released) at teardown."""
-    emu = KubeEmulator().start()
-    try:
-        yield emu
-    finally:
-        emu.stop()
-
-
-@pytest.fixture
-def kube_config_file(kube_emulator: KubeEmulator, tmp_path: Path) -> Path:
-    """A kubeconfig for the emulator (server ``http://127.0.0.1:PORT``, token user)."""
-    return kube_emulator.write_kubeconfig(tmp_path / "kubeconfig")
-
-
-@pytest.fixture
-def kube_api_client(kube_emulator: KubeEmulator) -> Iterator[kubernetes.client.ApiClient]:
-    """An official-client ``ApiClient`` configured through the kubeconfig loader."""
-    client = kube_emulator.api_client()
-    try:
-        yield client
-    finally:
-        client.close()
-
-
-def running_kubelet(emulator: KubeEmulator, **options: Any) -> Iterator[ProcessKubelet]:
-    """A started kubelet; afterwards kills its processes and fails on leaks or kubelet errors.
-    For fixtures that need kubelet options (`yield from running_kubelet(emu, rewrite_argv=...)`)."""
-    kubelet = ProcessKubelet(emulator, base_env=default_base_env(venv_path()), **options).start()
-    try:
-        yield kubelet
-    finally:
-        kubelet.stop()
-    leftovers = kubelet.leftover_processes()
-    assert not leftovers, f"processes outlived the kubelet: {[(p.pid, p.cmdline()) for p in leftovers]}"
-    assert not kubelet.errors, f"kubelet errors: {kubelet.errors}"
-
-
-@pytest.fixture
-def process_kubelet(kube_emulator: KubeEmulator) -> Iterator[ProcessKubelet]:
-    """A started kubelet on the emulator; teardown kills its processes and fails on leaks or errors."""
-    yield from running_kubelet(kube_emulator)
 
 
 # --- the real control plane (tests/kube/controlplane.py) -----------------------------------------
@@ -127,3 +77,39 @@ def kube_fault_proxy(kube_control_plane: ControlPlane) -> Iterator[FaultProxy]:
     """A fault-injecting plain-HTTP proxy to the control plane's apiserver (``.url``, ``.inject``)."""
     with FaultProxy(kube_control_plane.url, kube_control_plane.ca_file) as proxy:
         yield proxy
+
+
+# --- the process kubelet (tests/kube/kubelet.py) ----------------------------------------------
+
+def venv_path() -> str:
+    """``PATH`` with this interpreter's bin directory first, so Pods' ``python``/``ray`` are the venv's."""
+    return os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "/usr/bin:/bin")])
+
+
+def running_kubelet(control_plane: ControlPlane, **options: Any) -> Iterator[ProcessKubelet]:
+    """A started kubelet; afterwards kills its processes and fails on leaks or kubelet errors.
+    For fixtures that need options (`yield from running_kubelet(cp, pools=..., rewrite_argv=...)`)."""
+    kubelet = ProcessKubelet(control_plane, base_env=default_base_env(venv_path()), **options).start()
+    try:
+        yield kubelet
+    finally:
+        kubelet.stop()
+    leftovers = kubelet.leftover_processes()
+    assert not leftovers, f"processes outlived the kubelet: {[(p.pid, p.cmdline()) for p in leftovers]}"
+    assert not kubelet.errors, f"kubelet errors: {kubelet.errors}"
+
+
+@pytest.fixture
+def process_kubelet(kube_control_plane: ControlPlane) -> Iterator[ProcessKubelet]:
+    """The default pools (2 CPU nodes, 1 tainted GPU node) served by a process kubelet."""
+    yield from running_kubelet(kube_control_plane)
+
+
+@pytest.fixture
+def kube_admin(kube_control_plane: ControlPlane) -> Iterator[kubernetes.client.ApiClient]:
+    """An admin ``ApiClient`` for the test's own setup and checks (never for the code under test)."""
+    api = kube_control_plane.admin_api_client()
+    try:
+        yield api
+    finally:
+        api.close()

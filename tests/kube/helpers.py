@@ -1,4 +1,4 @@
-"""Small manifest builders and a polling helper shared by the emulator and kubelet tests."""
+"""Small manifest builders and a polling helper shared by the Kubernetes tests."""
 
 from __future__ import annotations
 
@@ -36,10 +36,17 @@ def pod(name: str | None = None, labels: dict[str, str] | None = None, command: 
             "spec": {"restartPolicy": restart_policy, "containers": [c]}}
 
 
+def restricted(manifest: dict[str, Any]) -> dict[str, Any]:
+    """``manifest`` (a Pod) made to pass Pod Security "restricted": non-root, no privilege
+    escalation, no capabilities, the runtime's default seccomp profile."""
+    spec = manifest["spec"]
+    spec["securityContext"] = {"runAsNonRoot": True, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}}
+    for container in spec["containers"]:
+        container["securityContext"] = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+    return manifest
+
+
 def service(name: str, selector: dict[str, str], port: int, target_port: int | None = None) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
             "spec": {"selector": selector, "ports": [{"port": port, "targetPort": target_port or port}]}}
 
-
-def namespace(name: str) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}

@@ -26,8 +26,6 @@ import re
 import threading
 from typing import Any, Iterable, Mapping
 
-from .selectors import selector_from_match_labels
-
 _EXPAND = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 
 
@@ -73,13 +71,12 @@ class IPAllocator:
 
 
 def _endpoint_ip(service: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]) -> str | None:
-    selector = (service.get("spec") or {}).get("selector")
-    sel = selector_from_match_labels(selector)
+    selector = (service.get("spec") or {}).get("selector") or {}
     best: tuple[bool, str, int, str] | None = None
     for pod in pods:
         status = pod.get("status") or {}
         ip = status.get("podIP")
-        if not ip or status.get("phase") in ("Succeeded", "Failed") or not sel.matches(pod["metadata"].get("labels")):
+        if not ip or status.get("phase") in ("Succeeded", "Failed") or not _selects(selector, pod):
             continue
         ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
         meta = pod["metadata"]
@@ -87,6 +84,11 @@ def _endpoint_ip(service: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]) 
         if best is None or rank < best:
             best = rank
     return best[3] if best else None
+
+
+def _selects(selector: Mapping[str, str], pod: Mapping[str, Any]) -> bool:
+    labels = pod["metadata"].get("labels") or {}
+    return all(labels.get(k) == v for k, v in selector.items())
 
 
 class ServiceNames:

@@ -8,6 +8,9 @@ with ``restartCount``, ``lastState`` and ``CrashLoopBackOff`` for ``Always``/``O
 Only the first container runs; other containers and init containers are not started and do not
 appear in ``containerStatuses``. Volumes and resource limits are not applied to the process;
 each container gets its own working directory and ``TMPDIR`` instead of a filesystem.
+
+Every read and write goes through the node's own client (:class:`~.nodeapi.NodeApi`), so the
+apiserver's Node authorizer and NodeRestriction judge it as they judge a kubelet.
 """
 
 from __future__ import annotations
@@ -17,27 +20,26 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from .containerenv import ConfigError, container_env, store_lookup
-from .errors import ApiError
-from .events import record_event
+from .containerenv import ConfigError, container_env
+from .nodeapi import NodeApi, NotYetAllowed, PodGone
 from .podnet import ServiceNames, expand, rewrite
 from .probes import ProbeState, run_probe
 from .process import MARKER, ContainerProcess, StartError, resolve_executable
-from .store import now_rfc3339
 
 if TYPE_CHECKING:
     from .kubelet import ProcessKubelet
 
 
-class PodGone(Exception):
-    """The Pod was deleted (or the kubelet is stopping): stop without writing status."""
+def now_rfc3339() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 class PodWorker:
     """Thread that runs and supervises one Pod's first container."""
 
-    def __init__(self, kubelet: "ProcessKubelet", pod: dict[str, Any], pod_ip: str) -> None:
+    def __init__(self, kubelet: "ProcessKubelet", node: NodeApi, pod: dict[str, Any], pod_ip: str) -> None:
         self.k = kubelet
+        self.node = node
         meta = pod["metadata"]
         self.ns, self.name, self.uid = meta["namespace"], meta["name"], meta["uid"]
         self.pod = pod
@@ -54,6 +56,7 @@ class PodWorker:
         self.start_time = now_rfc3339()
         self.finished = False
         self.done = False  # set by the kubelet once the thread has cleaned up
+        self.deleting = False  # the apiserver set deletionTimestamp: delete the Pod once killed
         self.oom_requested = False
         self._conditions: dict[str, dict[str, Any]] = {}
         self._warned: set[str] = set()
@@ -131,35 +134,18 @@ class PodWorker:
         self._condition("Ready", self.ready, None if self.ready else not_ready, msg)
         self._condition("PodScheduled", True)
         order = ["PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady", "PodScheduled"]
-
-        def apply(obj: dict[str, Any]) -> None:
-            if obj["metadata"]["uid"] != self.uid:
-                raise PodGone()  # same name, new Pod: not ours
-            old = obj.get("status") or {}
-            obj["status"] = {
-                "phase": self.phase,
-                "conditions": [self._conditions[t] for t in order],
-                "hostIP": self.k.host_ip, "hostIPs": [{"ip": self.k.host_ip}],
-                "podIP": self.pod_ip, "podIPs": [{"ip": self.pod_ip}],
-                "startTime": self.start_time,
-                "containerStatuses": [self._container_status()],
-            }
-            if old.get("qosClass"):
-                obj["status"]["qosClass"] = old["qosClass"]
-
-        try:
-            self.pod = self.k.store.mutate(self.k.pods_rt, self.ns, self.name, apply, subresource="status")
-        except ApiError as err:
-            if err.code == 404:
-                raise PodGone() from None
-            raise
+        status = {"phase": self.phase, "conditions": [self._conditions[t] for t in order],
+                  "hostIP": self.k.host_ip, "hostIPs": [{"ip": self.k.host_ip}],
+                  "podIP": self.pod_ip, "podIPs": [{"ip": self.pod_ip}], "startTime": self.start_time,
+                  "containerStatuses": [self._container_status()]}
+        self.pod = self.node.write_status(self.pod, status)
 
     def _event(self, reason: str, message: str, warning: bool = False, once: bool = False) -> None:
         key = f"{reason}:{message}"
         if once and key in self._warned:
             return
         self._warned.add(key)
-        record_event(self.k.store, self.pod, reason, message, warning=warning, host=self.k.node_name)
+        self.node.record_event(self.pod, reason, message, warning=warning)
 
     # ---------------------------------------------------------------- run
     def _run(self) -> None:
@@ -222,10 +208,13 @@ class PodWorker:
             self._warned.add(f"Failed:{image}")
             return None
         try:
-            env = container_env(self.pod, self.container, store_lookup(self.k.store, self.ns), self.k.node_allocatable)
+            env = container_env(self.pod, self.container, self.node.lookup(self.ns),
+                                self.k.allocatable(self.node.node_name))
         except ConfigError as exc:
             self._wait("CreateContainerConfigError", str(exc), "Failed")
             return None
+        except NotYetAllowed:
+            return None  # the Node authorizer's graph has not seen this Pod's references yet
         argv = list(self.container.get("command") or self.k.image_entrypoints.get(image, []))
         argv += list(self.container.get("args") or [])
         if not argv:
@@ -233,8 +222,7 @@ class PodWorker:
                        "Failed")
             return None
         argv = [expand(a, env) for a in argv]
-        services, _, _, _ = self.k.store.list(self.k.services_rt, None)
-        pods, _, _, _ = self.k.store.list(self.k.pods_rt, None)
+        services, pods = self.k.dns.services_and_pods()
         table, waiting = ServiceNames(self.ns, services, pods).resolve(argv + list(env.values()))
         if waiting:
             self._wait("ContainerCreating", f"waiting for an endpoint of Service {', '.join(waiting)} (no Pod "
