@@ -26,6 +26,8 @@ from jupyter_raykube.autoscaler.planner import (
     plan,
 )
 
+from jupyter_raykube.autoscaler.planner.labels import format_selectors, resource_name
+
 from .planner_detail import assign, cost_first
 
 CPU1 = NodeGroup("cpu", {"CPU": 1}, max_nodes=3)
@@ -397,6 +399,17 @@ def test_placement_group_bundle_selectors():
     (status,) = reply.pending
     assert (status.status, status.selector, status.bundles) == (
         "waiting", "{ray.io/accelerator-type: A100}", ({"GPU": 1}, {"CPU": 2}))
+
+
+def test_strict_pack_bundles_whose_selectors_no_one_group_meets_are_infeasible():
+    not_a100 = (LabelConstraint("ray.io/accelerator-type", "not_in", ("A100",)),)
+    gang = GangDemand("pg1", "STRICT_PACK", ({"GPU": 1}, {"GPU": 1}), bundle_selectors=((A100,), (not_a100,)))
+    reply = plan(PlanRequest((T4_GROUP, A100_GROUP), gangs=(gang,)))
+    assert reply.launch == {}
+    (status,) = reply.pending
+    assert status.status == "infeasible"
+    assert status.reason.startswith("no worker group has labels matching {ray.io/accelerator-type: !A100} and "
+                                    "{ray.io/accelerator-type: A100} (needed by all bundles on one node")
 
 
 def test_format_shape():
@@ -774,3 +787,84 @@ def test_never_more_nodes_than_largest_node_first_at_equal_or_lower_cost(req):
     cost = sum(n * groups[name].cost for name, n in reply.launch.items())
     base_nodes, base_cost = largest_node_first(req.groups, req.demand)
     assert nodes <= base_nodes or cost < base_cost - 1e-9, (reply.launch, base_nodes, base_cost)
+
+
+# --- label selectors over random snapshots -----------------------------------------------------
+
+LABEL_SETS = ({}, {"acc": "a"}, {"acc": "b"}, {"acc": "a", "spot": "yes"})
+SELECTOR_SETS = (
+    (),
+    ((LabelConstraint("acc", "in", ("a",)),),),
+    ((LabelConstraint("acc", "not_in", ("a",)),),),  # also nodes without the label
+    ((LabelConstraint("acc", "in", ("a", "b")), LabelConstraint("spot", "not_in", ("yes",))),),
+    ((LabelConstraint("acc", "in", ("c",)),), (LabelConstraint("acc", "in", ("b",)),)),  # a fallback
+    ((LabelConstraint("acc", "in", ("c",)),),),  # no group is ever labelled c
+)
+
+
+def ray_matches(selectors, labels):
+    """Ray's rule, written out again: some selector whose every constraint holds; a missing
+    label fails ``in`` and passes ``not_in``."""
+    def holds(c):
+        return labels.get(c.key) in c.values if c.op == "in" else labels.get(c.key) not in c.values
+
+    return any(all(holds(c) for c in selector) for selector in selectors)
+
+
+@st.composite
+def labelled_requests(draw):
+    gs = tuple(NodeGroup(name, {"CPU": draw(CPUS)}, max_nodes=draw(st.integers(0, 6)),
+                         labels=draw(st.sampled_from(LABEL_SETS)))
+               for name in GROUP_NAMES[:draw(st.integers(1, 4))])
+    nodes = []
+    for i in range(draw(st.integers(0, 5))):
+        g = draw(st.sampled_from(gs))
+        free = draw(st.integers(0, int(g.resources["CPU"])))
+        nodes.append(NodeView(f"n{i}", g.name, "running", dict(g.resources), {"CPU": free}))
+    demand = tuple(ResourceDemand({"CPU": draw(st.sampled_from([0.5, 1, 2, 4, 8]))}, draw(st.integers(1, 30)),
+                                  selectors=draw(st.sampled_from(SELECTOR_SETS)))
+                   for _ in range(draw(st.integers(1, 4))))
+    gangs = []
+    for _ in range(draw(st.integers(0, 2))):
+        size = draw(st.integers(1, 3))
+        gangs.append(GangDemand(f"pg{len(gangs)}", draw(st.sampled_from(["PACK", "STRICT_PACK", "STRICT_SPREAD"])),
+                                tuple({"CPU": draw(st.sampled_from([1, 2]))} for _ in range(size)),
+                                tuple(draw(st.sampled_from(SELECTOR_SETS)) for _ in range(size))))
+    return PlanRequest(gs, tuple(nodes), demand, tuple(gangs))
+
+
+@settings(max_examples=300, deadline=None)
+@given(labelled_requests())
+def test_label_selectors_place_only_on_matching_nodes(req):
+    detail = assign(req)
+    reply = detail.reply
+    check_limits(req, reply)
+    group_of = {g.name: g for g in req.groups}
+    node_group = {n.node_id: n.group for n in req.nodes}
+    selectors_of = {resource_name(s): s for s in SELECTOR_SETS if s}
+    for node in detail.nodes:
+        group = group_of[node.group if node.origin == "new" else node_group[node.node_id]]
+        free = group.resources["CPU"] if node.origin == "new" else next(
+            n.available["CPU"] for n in req.nodes if n.node_id == node.node_id)
+        used = 0.0
+        for _, shape, copies in node.demand:
+            used += shape["CPU"] * copies
+            for key in shape:
+                if key != "CPU":
+                    assert ray_matches(selectors_of[key], group.labels), (node, group)
+        assert used <= free + 1e-9, node
+    # A task shape is infeasible exactly when no group's labels match it (or no matching group is
+    # large enough), and then the reason names the selector.
+    for d in req.demand:
+        statuses = [p for p in reply.pending if p.kind == "task" and p.shape == d.shape
+                    and p.selector == format_selectors(d.selectors)]
+        assert statuses, d
+        matching = [g for g in req.groups if not d.selectors or ray_matches(d.selectors, g.labels)]
+        infeasible = [p for p in statuses if p.status == "infeasible"]
+        if not any(g.resources["CPU"] >= d.shape["CPU"] for g in matching):
+            assert infeasible
+            if not matching:
+                assert all(p.reason.startswith(f"no worker group has labels matching {p.selector}")
+                           for p in infeasible)
+        else:
+            assert not infeasible

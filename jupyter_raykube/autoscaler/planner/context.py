@@ -196,6 +196,8 @@ class Ctx:
         def closeness(g: Group) -> tuple:
             return (min(g.total[i] / v for i, v in shape.vec), g.cost, g.name)
 
+        if not matching:  # each selector matches some group, but none matches them all
+            return f"no worker group has labels matching {selector} (needed by {what})"
         largest = max(matching, key=closeness)
         which = f"no worker group with labels matching {selector}" if selector else "no worker group"
         return (f"{which} can hold {what}: the largest is {largest.name} with "
