@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import platform
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 from .auth import use_token
 
@@ -33,8 +37,31 @@ def connect_driver(address: str, token: str, *, client_address: str = "", image:
         ray.shutdown()
     if token:
         use_token(token)
-    ray.init(address=target, logging_level="WARNING")  # the widget shows the dashboard link
+    if client_address:
+        with _one_ray_client_start():
+            ray.init(address=target, logging_level="WARNING")
+    else:
+        ray.init(address=target, logging_level="WARNING")  # the widget shows the dashboard link
     _connected_to = target
+
+
+@contextmanager
+def _one_ray_client_start() -> Iterator[None]:
+    """Hold a per-user lock while a Ray Client connection starts. Ray's client proxy gives each
+    connection a server on the first port from 23000 that is free at that moment (no setting
+    changes the range), so two clusters' proxies starting one at once can pick the same port:
+    one start fails, or a driver reaches the other cluster. `ray.init` returns once that server
+    listens, so one start at a time never collides."""
+    from jupyter_core.paths import jupyter_runtime_dir
+
+    path = Path(jupyter_runtime_dir()) / "raykube" / "ray-client.lock"
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def disconnect_driver() -> None:

@@ -96,6 +96,11 @@ def test_scale_two_clusters_and_a_foreign_ray(shell: InteractiveShell, tmp_path:
     try:
         shell.run_line_magic("raycluster", "start t-one --no-connect")
         shell.run_line_magic("raycluster", "start t-two --no-connect")
+        # A Ray Client driver on each at once: each reaches its own cluster, none collides.
+        clients = [_ray_client_driver(shell, name) for name in ("t-one", "t-two")]
+        for (proc, address), name in zip(clients, ("t-one", "t-two")):
+            out, _ = proc.communicate(timeout=180)
+            assert f"RAN ON {address}" in out, f"{name}: {out[-3000:]}"
         one = shell.run_line_magic("raycluster", "scale cpu 2 --cluster t-one").snapshot
         assert next(g for g in one["groups"] if g["name"] == "cpu")["nodes"] == 2
         workers = _alive_workers(one["address"], "cpu")
@@ -118,6 +123,25 @@ def test_scale_two_clusters_and_a_foreign_ray(shell: InteractiveShell, tmp_path:
         assert foreign.poll() is None, (tmp_path / "foreign.log").read_text()[-3000:]
     finally:
         processes.terminate_group(processes.ProcessRef.of(foreign), child=foreign, grace_s=30)
+
+
+_RAY_CLIENT_SCRIPT = textwrap.dedent("""
+    import os, sys, ray
+    from jupyter_raykube.connect import connect_driver
+    connect_driver(sys.argv[1], os.environ["T_TOKEN"], client_address=sys.argv[2])
+    where = ray.remote(num_cpus=0)(lambda: ray.get_runtime_context().gcs_address)
+    print("RAN ON", ray.get(where.remote()), flush=True)
+    """)
+
+
+def _ray_client_driver(shell: InteractiveShell, name: str) -> tuple[subprocess.Popen[str], str]:
+    """A process that connects to cluster `name` through Ray Client and runs a task there."""
+    snap = shell.run_line_magic("raycluster", f"status {name}").snapshot
+    record = LocalBackend().store.read(name)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")}, "T_TOKEN": record["token"]}
+    proc = subprocess.Popen([sys.executable, "-c", _RAY_CLIENT_SCRIPT, snap["address"], record["client_address"]],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return proc, snap["address"]
 
 
 def test_attach_from_second_process_leaves_cluster_running(shell: InteractiveShell) -> None:
