@@ -465,3 +465,4 @@ def test_per_user_namespace(hub_config: Config, hub_ns: str, kube_fault_proxy: F
         assert ("", "namespaces", "create") in calls and calls <= allowed, calls - allowed
     finally:
         kube_control_plane.delete_namespace(user_namespace)
+        RbacAuthorizationV1Api(kube_admin).delete_cluster_role_binding(f"raykube-hub-{hub_ns}")

@@ -37,7 +37,7 @@ import kubernetes
 import pytest
 import ray
 from IPython.core.interactiveshell import InteractiveShell
-from kubernetes.client import ApiClient, CoreV1Api, V1ObjectMeta, V1Pod
+from kubernetes.client import ApiClient, CoreV1Api, CoreV1Event, V1EventSource, V1ObjectMeta, V1ObjectReference, V1Pod
 from traitlets.config import Config
 
 from jupyter_raykube.backends.base import BackendError, ClusterNotFound
@@ -683,6 +683,38 @@ def silent_kubelet(kube_control_plane: ControlPlane) -> Iterator[ProcessKubelet]
     """One Node whose kubelet never starts its Pods: they stay Pending with nothing in their
     status, which is when the backend reads their Events."""
     yield from running_kubelet(kube_control_plane, pools=[NodePool("hung", count=1, serve_pods=False)])
+
+
+def test_a_pod_its_node_never_starts_shows_its_newest_warning_event(
+        silent_kubelet: ProcessKubelet, kube_config_file: Path, kube_fault_proxy: FaultProxy, v1: CoreV1Api,
+        ns: str) -> None:
+    """Bound to a node whose kubelet hangs, a Pod's status says nothing; what the node reported
+    as a Warning Event (here FailedMount) is what the snapshot shows."""
+    backend = make_backend(kube_config_file, address_type="service", events_after_s=0.0, delete_wait_s=1.0)
+    spec = ClusterSpec(name="k-silent", backend="kubernetes", groups=(WorkerGroup("cpu", max=1),))
+
+    async def scenario() -> None:
+        handle = await backend.create_cluster(spec, owner="alice", token="t0ken")
+        worker = await backend.create_worker(handle, spec.groups[0])
+        pod = wait_until(lambda: (lambda p: p if p.spec.node_name else None)(v1.read_namespaced_pod(worker.name, ns)),
+                         what="the scheduler to bind the Pod")
+        assert pod.spec.node_name == "hung-0" and (await _node(backend, handle, worker.name, "pending")).message == ""
+        v1.create_namespaced_event(ns, CoreV1Event(
+            metadata=V1ObjectMeta(name=f"{worker.name}.1"), type="Warning", reason="FailedMount",
+            message='MountVolume.SetUp failed for volume "data": not found',
+            involved_object=V1ObjectReference(kind="Pod", namespace=ns, name=worker.name, uid=pod.metadata.uid),
+            source=V1EventSource(component="kubelet", host="hung-0"), count=1))
+        stuck = await eventually(lambda: _node(backend, handle, worker.name, "pending", message=True),
+                                 what="the Event to be read")
+        assert stuck.message == 'FailedMount: MountVolume.SetUp failed for volume "data": not found'
+        await backend.delete_cluster(handle)
+
+    try:
+        anyio.run(scenario)
+    finally:
+        close_backend(backend)
+        v1.delete_collection_namespaced_pod(ns, grace_period_seconds=0)  # the hung node never finishes them
+    assert_api_use_is_clean(kube_fault_proxy)
 
 
 async def _every_call(backend: KubernetesBackend, proxy: FaultProxy, ns: str) -> list[str]:
