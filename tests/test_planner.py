@@ -326,6 +326,15 @@ def test_equal_cost_goes_to_fewer_nodes():
     assert reply.launch == {"cpu64": 2}
 
 
+def test_shapes_mixed_in_proportion_run_out_together():
+    # 700 x 3 CPUs and 500 x 5 CPUs fill 72 64-CPU nodes (8 CPUs spare) only if each node mixes
+    # the two in about the demand's proportion (8 + 8, 13 + 5, 18 + 2); the fullest pattern for
+    # the 5s first (11 + 3) leaves 3s that waste a CPU per node and two small nodes at the end.
+    groups = tuple(NodeGroup(f"cpu{c}", {"CPU": c}, max_nodes=500, cost=0.05 * c) for c in (4, 8, 16, 64))
+    reply = plan(PlanRequest(groups, demand=(ResourceDemand({"CPU": 3}, 700), ResourceDemand({"CPU": 5}, 500))))
+    assert reply.launch == {"cpu64": 72}
+
+
 def test_node_overhead_counts_in_the_unit_of_explicit_costs():
     groups = (NodeGroup("small", {"CPU": 4}, cost=0.2), NodeGroup("big", {"CPU": 16}, cost=0.8),
               NodeGroup("free", {"custom": 1}), NodeGroup("gpu", {"CPU": 8, "GPU": 1}))

@@ -39,10 +39,12 @@ class Ctx:
     new_ids: int = 0  # sequence numbers handed to launched nodes so far
     min_ids: list[range] = field(default_factory=list)  # launched for min_nodes
     held_back: frozenset[str] = frozenset()  # groups this candidate plan launches nothing for
+    lookahead: bool = False  # patterns scored by the whole plan's estimated cost (packing.py)
     _eligible: dict[ShapeKey, list[Group]] = field(default_factory=dict)
 
     @classmethod
-    def from_request(cls, req: PlanRequest, held_back: frozenset[str] = frozenset()) -> Ctx:
+    def from_request(cls, req: PlanRequest, held_back: frozenset[str] = frozenset(),
+                     lookahead: bool = False) -> Ctx:
         nodes = sorted((n for n in req.nodes if n.state != "draining"), key=lambda n: n.node_id)
         names: set[str] = set()
         for g in req.groups:
@@ -60,7 +62,8 @@ class Ctx:
         names.update(labels.resource_name(s) for s in selector_sets)
         # Label selectors as pseudo-resources (see labels.py): what each group's nodes offer.
         extra = labels.offered({g.name: g.labels for g in req.groups}, selector_sets)
-        ctx = cls(req, {name: i for i, name in enumerate(sorted(names))}, {}, nodes, held_back=held_back)
+        ctx = cls(req, {name: i for i, name in enumerate(sorted(names))}, {}, nodes, held_back=held_back,
+                  lookahead=lookahead)
         costs = node_costs(req.groups)
         for g in sorted(req.groups, key=lambda g: g.name):
             if g.name in ctx.groups:

@@ -71,13 +71,16 @@ def launch_patterns(ctx: Ctx, items: list[list], tag: str, *, view: Literal["fre
     """Cover ``items`` ([shape, copies left], FFD order; updated in place) with new nodes.
 
     One node *pattern* at a time. For the largest shape left, every group that may take it
-    simulates one node: c copies of that shape (c = as many as fit, and a few less), then the
+    simulates one node: c copies of that shape (c = as many as fit, and a few less, and about
+    this shape's share of the value left, so mixed shapes can run out together), then the
     gaps filled greedily with the other shapes left. A pattern is scored by what covering ALL
     remaining copies of the shape would cost -- whole nodes of the pattern plus the best
     single-group cover of the last few copies, fillers included -- per unit of demand value
     served, so a nearly empty big node loses to a small one, and four small nodes lose to one
     big one. The best pattern is opened as many times as the remaining counts and the limits
     allow, on a larger group's nodes when k patterns fit in one of them for no more cost.
+    With ``ctx.lookahead`` a pattern is scored instead by what the whole plan would cost: its
+    cover plus every other shape's leftover packed alone on its cheapest group.
     Cost: O(patterns x groups x shapes), never O(tasks).
     """
     first = 0
@@ -91,10 +94,18 @@ def launch_patterns(ctx: Ctx, items: list[list], tag: str, *, view: Literal["fre
             first += 1  # capped: later (smaller) shapes may still go elsewhere
             continue
         fit = [(g, how_many(g.total, shape.vec)) for g in groups]
+        alone = _alone_costs(ctx, items, first) if ctx.lookahead else {}
         best = None
+        demand_value = sum(units * s.value for s, units in items[first:] if units > 0)
         for g, most in fit:
             most = min(most, left)
-            for copies in range(most, max(0, most - _VARIANTS), -1):
+            # As many as fit and a few less; and the share of the node this shape has of what
+            # is left, so that shapes mixed in proportion run out together.
+            balanced = round(most * left * shape.value / demand_value) if demand_value else most
+            variants = sorted({*range(most, max(0, most - _VARIANTS), -1),
+                               *(c for c in (balanced - 1, balanced, balanced + 1) if 0 < c <= most)},
+                              reverse=True)
+            for copies in variants:
                 pattern, node_value = _fill_pattern(g.total, items, first, copies)
                 full, tail = divmod(left, copies)
                 cover = [(g.total, copies, full)]
@@ -105,10 +116,13 @@ def launch_patterns(ctx: Ctx, items: list[list], tag: str, *, view: Literal["fre
                         nodes = -(-tail // k)
                         covers.append((full * g.cost + nodes * h.cost,
                                        cover + [(h.total, -(-tail // nodes), nodes)]))
-                ratio = min(cost / _cover_value(items, first, left, c) for cost, c in covers)
+                if ctx.lookahead:  # what the whole plan would cost: this cover, the rest alone
+                    key = min(cost + _leftover_cost(items, first, left, c, alone) for cost, c in covers)
+                else:  # cost per value served by this cover
+                    key = min(cost / _cover_value(items, first, left, c) for cost, c in covers)
                 # Ties must stay ties through float rounding (4 nodes for 64 = 5 for 80), so
                 # that fuller nodes, then more copies of the largest shape, decide them.
-                score = (float(f"{ratio:.12g}"), -node_value, g.name, -copies)
+                score = (float(f"{key:.12g}"), -node_value, g.name, -copies)
                 if best is None or score < best[0]:
                     best = (score, g, pattern)
         _, g, pattern = best
@@ -166,6 +180,54 @@ def _fill_pattern(total: Vector, items: list[list], first: int, copies: int,
         pattern.append((j, take))
         value += take * other.value
     return pattern, value
+
+
+def _alone_costs(ctx: Ctx, items: list[list], first: int) -> dict[int, float]:
+    """Per shape after ``first``: the cost of one copy packed alone on its cheapest group."""
+    out = {}
+    for j in range(first + 1, len(items)):
+        other, units = items[j]
+        if units > 0:
+            costs = [h.cost / k for h in ctx.launchable(other) if (k := how_many(h.total, other.vec))]
+            out[j] = min(costs, default=0.0)
+    return out
+
+
+def _leftover_cost(items: list[list], first: int, copies: int, nodes: list[tuple[Vector, int, int]],
+                   alone: dict[int, float]) -> float:
+    """What the shapes the cover leaves over would cost packed alone (a lookahead)."""
+    taken = _cover_takes(items, first, copies, nodes)
+    return sum((items[j][1] - taken.get(j, 0)) * c for j, c in alone.items())
+
+
+def _cover_takes(items: list[list], first: int, copies: int,
+                 nodes: list[tuple[Vector, int, int]]) -> dict[int, int]:
+    shape = items[first][0]
+    gaps: list[tuple[Vector, int]] = [(subtract(total, shape.vec, per_node), n) for total, per_node, n in nodes]
+    takes = {}
+    for j, (other, units) in enumerate(items):
+        if units <= 0 or j == first:
+            continue
+        filled: list[tuple[Vector, int]] = []
+        got = 0
+        for gap, n in gaps:
+            k = how_many(gap, other.vec)
+            if not k or not units:
+                filled.append((gap, n))
+                continue
+            full = min(n, units // k)
+            rest = units - full * k if full < n else 0
+            if full:
+                filled.append((subtract(gap, other.vec, k), full))
+            if rest:
+                filled.append((subtract(gap, other.vec, rest), 1))
+            if n - full - (1 if rest else 0):
+                filled.append((gap, n - full - (1 if rest else 0)))
+            units -= full * k + rest
+            got += full * k + rest
+        gaps = filled
+        takes[j] = got
+    return takes
 
 
 def _cover_value(items: list[list], first: int, copies: int,

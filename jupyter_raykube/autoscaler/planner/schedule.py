@@ -14,19 +14,50 @@ from .upsize import upsize
 
 def schedule(request: PlanRequest) -> Ctx:
     """The passes' plan, or the one made with a smaller accelerator group held back when that
-    scores better (``plan_score``). Limits decide a capped plan, so it is not second-guessed."""
-    best = run_passes(request, frozenset())
+    scores better (``plan_score``). Limits decide a capped plan, so it is not second-guessed.
+
+    When the launched nodes leave enough free room between them to hold one more of them, the
+    plan is made again with patterns scored by the whole plan's estimated cost (``lookahead``:
+    shapes mixed in proportion, so none is left to fill nodes alone), and kept only if it has
+    no more nodes and no more cost.
+    """
+    best = _with_held_back(request, lookahead=False)
+    if best.capped or not _loose(best):
+        return best
+    other = _with_held_back(request, lookahead=True)
+    if (not other.capped and other.launched_nodes <= best.launched_nodes
+            and other.launched_cost <= best.launched_cost + 1e-9
+            and (other.launched_nodes, other.launched_cost) < (best.launched_nodes, best.launched_cost)):
+        return other
+    return best
+
+
+def _with_held_back(request: PlanRequest, lookahead: bool) -> Ctx:
+    best = run_passes(request, frozenset(), lookahead)
     if best.capped:
         return best
     for name in smaller_accelerator_groups(best):
-        other = run_passes(request, frozenset({name}))
+        other = run_passes(request, frozenset({name}), lookahead)
         if not other.capped and plan_score(other) < plan_score(best):
             best = other
     return best
 
 
-def run_passes(request: PlanRequest, held_back: frozenset[str]) -> Ctx:
-    ctx = Ctx.from_request(request, held_back)
+def _loose(ctx: Ctx) -> bool:
+    """Whether the free room left on launched nodes, pooled, could hold one launched node."""
+    slack = [0] * len(ctx.index)
+    smallest = None
+    for b in ctx.free.bins.values():
+        if b.origin == "new":
+            slack = [s + a * len(b.nodes) for s, a in zip(slack, b.avail)]
+            total = ctx.groups[b.group].total
+            if smallest is None or sum(total) < sum(smallest):
+                smallest = total
+    return smallest is not None and all(s >= t for s, t in zip(slack, smallest))
+
+
+def run_passes(request: PlanRequest, held_back: frozenset[str], lookahead: bool = False) -> Ctx:
+    ctx = Ctx.from_request(request, held_back, lookahead)
     for step in (enforce_max, enforce_min, fit_constraints, fit_gangs, fit_existing,
                  launch_for_demand, consolidate, upsize, scale_down_idle):
         step(ctx)
