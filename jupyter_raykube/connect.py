@@ -4,11 +4,23 @@ from __future__ import annotations
 
 import fcntl
 import platform
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from .auth import use_token
+from .backends.base import BackendError
+
+ATTACH_HINT = ("`%raycluster attach NAME` connects a kernel with its owner's token; elsewhere set "
+               "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the token in "
+               "<jupyter runtime dir>/raykube/auth_token")
+
+
+class RayAuthError(BackendError, ConnectionError):
+    """The cluster refused this process: it has no Ray token, or not the cluster's. A
+    BackendError, so the magic shows it as a one-line message."""
+
 
 _connected_to = ""  # under Ray Client the GCS address is not available from the runtime context
 
@@ -35,12 +47,15 @@ def connect_driver(address: str, token: str, *, client_address: str = "", image:
         if _connected_to == target:
             return
         ray.shutdown()
-    if token:
-        use_token(token)
+    if not token:
+        raise RayAuthError(f"authentication failed: this process has no Ray token for the cluster "
+                           f"at {target}. {ATTACH_HINT}.")
+    use_token(token)
     if client_address:
         with _one_ray_client_start():
             ray.init(address=target, logging_level="WARNING")
     else:
+        check_token(address)
         ray.init(address=target, logging_level="WARNING")  # the widget shows the dashboard link
     _connected_to = target
 
@@ -62,6 +77,25 @@ def _one_ray_client_start() -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def check_token(address: str) -> None:
+    """Ask the GCS at `address` once, with this process's token, and raise `RayAuthError` if it
+    refuses. `ray.init` retries a refused token for about 20 s and then reports a generic
+    connection error; this answers in about a second. A GCS that does not answer is left to
+    `ray.init` to report."""
+    from ray._raylet import InnerGcsClient
+    from ray.exceptions import AuthenticationError, RpcError
+
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=2).close()
+        InnerGcsClient.standalone(address, None, 5000)
+    except AuthenticationError:
+        raise RayAuthError(f"authentication failed: the Ray cluster at {address} refused this "
+                           f"process's Ray token. {ATTACH_HINT}.") from None
+    except (OSError, ValueError, RpcError):
+        return
 
 
 def disconnect_driver() -> None:
