@@ -21,6 +21,7 @@ from .backends.base import BackendError, ClusterNotFound
 from .client import ClusterClient, default_client
 from .connect import connect_driver, disconnect_driver
 from .display import ClusterStatus, ClusterTable
+from .formatting import duration
 from .spec import SpecError, parse_cpus, parse_range
 
 
@@ -166,14 +167,14 @@ class RayClusterMagics(Magics):
 
         result = work(progress)
         if line is not None:
-            done = f"{title}: done in {time.monotonic() - started:.1f} s"
+            done = f"{title}: done in {duration(time.monotonic() - started)}"
             line.update({"text/plain": done, "text/html": f"<span>{html.escape(done)}</span>"}, raw=True)
         return result
 
 
 def _progress_bundle(title: str, step: str, done: int, total: int, elapsed: float) -> dict[str, str]:
     """A status line with a progress bar in notebooks, plain text in a terminal."""
-    text = f"{title}: {step or 'working'} ({elapsed:.0f} s)"
+    text = f"{title}: {step or 'working'} ({duration(elapsed)})"
     bar = f"<progress value='{done}' max='{max(total, 1)}'></progress>"
     return {"text/plain": text, "text/html": f"<div>{bar} {html.escape(text)}</div>"}
 

@@ -4,6 +4,10 @@ Like tqdm's notebook bar, the widget tree is created once and a refresh only set
 A daemon thread re-reads the snapshot every second, so the kernel never blocks; it holds the
 widget weakly and ends when the widget is closed or the cluster is gone. Buttons only call the
 client (scale, stop): the widget owns no lifecycle logic.
+
+Two rules keep it from undoing other front-ends' work: a min/max field follows the snapshot
+until the user edits it, and Apply sends only the fields the user changed (the other bound is
+the cluster's current one). Stopping asks first, then disables every control.
 """
 
 from __future__ import annotations
@@ -16,87 +20,122 @@ from typing import Any
 
 import ipywidgets as w
 
+from . import connect
 from .backends.base import ClusterNotFound
-from .display import status_lines
+from .display import demand_html, events_html, header_html, nodes_html, status_lines, totals_html
 
 Snapshot = Mapping[str, Any]
 Fetch = Callable[[str], Snapshot]
-
-_BAR = ("<div style='display:flex;align-items:center;gap:4px;font-size:11px'>"
-        "<span style='width:6.5em'>{label}</span>"
-        "<div style='flex:1;background:var(--jp-layout-color3,#ddd);height:8px;border-radius:2px'>"
-        "<div style='width:{pct:.0f}%;background:var(--jp-brand-color1,#2196f3);height:8px;"
-        "border-radius:2px'></div></div><span style='width:9em;text-align:right'>{text}</span></div>")
+Scale = Callable[[str, str, int, int], Any]
+BOUNDS = ("min", "max")
+_ERROR = "color:var(--jp-error-color1,#d32f2f);font-size:12px"
+_NOTE = "color:var(--jp-ui-font-color2,#757575);font-size:12px"
 
 
-def _fmt(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else f"{value:.1f}"
+def _error(text: str) -> str:
+    return f"<span class='raykube-error' style='{_ERROR}'>{html.escape(text)}</span>"
 
 
-def _gb(value: float) -> str:
-    return f"{value / 1e9:.2f} GB"
+def _note(text: str) -> str:
+    return f"<span style='{_NOTE}'>{html.escape(text)}</span>"
 
 
-def _bar(label: str, used: float, total: float, text: str) -> str:
-    pct = 100.0 * used / total if total else 0.0
-    return _BAR.format(label=label, pct=min(pct, 100.0), text=text)
+class GroupControls:
+    """One worker group's row: node counts, min/max fields, Apply, and the row's own message.
 
+    `edited` holds the bounds the user changed and has not applied; only those stop following
+    the snapshot, and only those are sent."""
 
-def _node_html(node: Mapping[str, Any]) -> str:
-    total, used = node["resources_total"], node["resources_used"]
-    bars = [_bar(key, used.get(key, 0), total[key], f"{_fmt(used.get(key, 0))}/{_fmt(total[key])}")
-            for key in ("CPU", "GPU") if total.get(key)]
-    if total.get("memory"):
-        bars.append(_bar("memory", used.get("memory", 0), total["memory"],
-                         f"{_gb(used.get('memory', 0))}/{_gb(total['memory'])}"))
-    store_used, store_total = node["object_store_used_bytes"], node["object_store_total_bytes"]
-    bars.append(_bar("object store", store_used, store_total, f"{_gb(store_used)}/{_gb(store_total)}"))
-    title = (f"<b>{html.escape(node['name'])}</b> <span style='opacity:.7'>[{html.escape(node['group'])}]"
-             f" {html.escape(node['state'])}</span>")
-    return f"<div style='margin:4px 0'>{title}{''.join(bars)}</div>"
+    def __init__(self, name: str, on_apply: Callable[[str], None], enabled: bool) -> None:
+        self.name = name
+        self.edited: set[str] = set()
+        self._snap_values = {"min": 0, "max": 0}
+        self._syncing = False
+        self.counts = w.HTML(layout=w.Layout(width="15em"))
+        self.fields = {b: w.BoundedIntText(min=0, max=10_000, description=b, layout=w.Layout(width="9em"),
+                                           style={"description_width": "2.5em"}) for b in BOUNDS}
+        for bound, field in self.fields.items():
+            field.add_class(f"raykube-{bound}")
+            field.observe(lambda change, b=bound: self._on_edit(b, change["new"]), names="value")
+        self.apply = w.Button(description="Apply", disabled=not enabled, layout=w.Layout(width="6em"),
+                              tooltip=f"Set the {name} group's min/max node counts")
+        self.apply.on_click(lambda _: on_apply(name))
+        self.message = w.HTML()
+        self.box = w.HBox([w.HTML(f"<b title='{html.escape(name)}'>{html.escape(name)}</b>",
+                                  layout=w.Layout(width="6em")),
+                           self.counts, self.fields["min"], self.fields["max"], self.apply, self.message])
+        self.box.add_class("raykube-group")
+        self.box.add_class(f"raykube-group-{name}")
 
+    def follow(self, group: Mapping[str, Any], counts_html: str) -> None:
+        """Show the snapshot's bounds in every field the user is not editing."""
+        self.counts.value = counts_html
+        self._snap_values = {b: int(group[b]) for b in BOUNDS}
+        self._syncing = True
+        try:
+            for bound in BOUNDS:
+                if bound not in self.edited:
+                    self.fields[bound].value = self._snap_values[bound]
+        finally:
+            self._syncing = False
 
-def _demand_html(demand: list[Mapping[str, Any]]) -> str:
-    if not demand:
-        return "<i>No pending demand.</i>"
-    rows = "".join(
-        f"<tr><td>{d['count']} &times; {html.escape(d['label'])}</td><td>{html.escape(d['kind'])}</td>"
-        f"<td><b>{html.escape(d['status'])}</b></td><td>{html.escape(d['reason'])}</td></tr>" for d in demand)
-    return f"<table style='font-size:12px'>{rows}</table>"
+    def changes(self) -> dict[str, int]:
+        return {b: int(self.fields[b].value) for b in sorted(self.edited)}
 
+    def applied(self) -> None:
+        self.edited.clear()
 
-def _events_html(events: list[Mapping[str, Any]]) -> str:
-    rows = "".join(f"<div><span style='opacity:.6'>{html.escape(e['time'][11:19])}</span> "
-                   f"{html.escape(e['message'])}</div>" for e in events[-8:])
-    return f"<div style='font-size:12px'>{rows or '<i>No events yet.</i>'}</div>"
+    def disable(self) -> None:
+        for control in (*self.fields.values(), self.apply):
+            control.disabled = True
+        self.message.value = ""
+
+    def _on_edit(self, bound: str, value: int) -> None:
+        if self._syncing:
+            return
+        if value == self._snap_values[bound]:
+            self.edited.discard(bound)
+        else:
+            self.edited.add(bound)
+        self.message.value = ""
 
 
 class ClusterWidget(w.VBox):
-    """Header, one control row per group, node bars, pending demand and recent events."""
+    """Header and totals, one control row per group, a node table, pending demand, events."""
 
     def __init__(self, name: str, fetch: Fetch, *, initial: Snapshot | None = None,
-                 scale: Callable[[str, str, int, int], Any] | None = None,
-                 stop: Callable[[str], Any] | None = None, interval_s: float = 1.0) -> None:
+                 scale: Scale | None = None, stop: Callable[[str], Any] | None = None,
+                 interval_s: float = 1.0) -> None:
         self.cluster_name = name
         self._fetch = fetch
         self._scale = scale
         self._stop = stop
         self.header = w.HTML()
+        self.totals = w.HTML()
         self.groups_box = w.VBox()
         self.nodes = w.HTML()
         self.demand = w.HTML()
         self.events = w.HTML()
         self.message = w.HTML()
         self.stop_button = w.Button(description="Stop cluster", button_style="danger", icon="stop",
-                                    disabled=stop is None)
-        self.stop_button.on_click(lambda _: self._on_stop())
-        self._group_rows: dict[str, tuple[w.BoundedIntText, w.BoundedIntText, w.HTML]] = {}
-        super().__init__([self.header, self.groups_box, w.HTML("<b>Nodes</b>"), self.nodes,
-                          w.HTML("<b>Pending demand</b>"), self.demand, w.HTML("<b>Events</b>"),
-                          self.events, w.HBox([self.stop_button, self.message])])
+                                    disabled=stop is None, tooltip=f"Stop {name} (asks first)")
+        self.stop_button.on_click(lambda _: self._ask_stop())
+        self.confirm_button = w.Button(description="Stop", button_style="danger")
+        self.cancel_button = w.Button(description="Cancel")
+        self.confirm_button.on_click(lambda _: self._on_stop())
+        self.cancel_button.on_click(lambda _: self._cancel_stop())
+        self.confirm = w.HBox([w.HTML(f"<b>Stop {html.escape(name)}?</b> Its Ray nodes shut down; running "
+                                      "tasks and stored objects are lost."),
+                               self.confirm_button, self.cancel_button],
+                              layout=w.Layout(display="none"))
+        self.confirm.add_class("raykube-confirm-stop")
+        self._groups: dict[str, GroupControls] = {}
+        super().__init__([self.header, self.totals, self.groups_box, self.nodes, self.demand, self.events,
+                          w.HBox([self.stop_button, self.message]), self.confirm])
+        self.add_class("raykube-widget")
+        self._stopped = threading.Event()
         self.snapshot: Snapshot = initial or fetch(name)
         self._render(self.snapshot)
-        self._stopped = threading.Event()
         self._thread = threading.Thread(target=_refresh_loop, args=(weakref.ref(self), interval_s, self._stopped),
                                         name=f"raykube-widget-{name}", daemon=True)
         self._thread.start()
@@ -112,61 +151,98 @@ class ClusterWidget(w.VBox):
     def live(self) -> bool:
         return not self._stopped.is_set()
 
+    def group_controls(self, group: str) -> GroupControls:
+        return self._groups[group]
+
     # --- rendering ---------------------------------------------------------------------------
 
     def _render(self, snap: Snapshot) -> None:
         self.snapshot = snap
-        state = snap["state"] + (f" ({snap['step']})" if snap.get("step") else "")
-        link = (f" &middot; <a href='{html.escape(snap['dashboard_url'])}' target='_blank'>dashboard</a>"
-                if snap.get("dashboard_url") else "")
-        error = f"<div style='color:var(--jp-error-color1,red)'>{html.escape(snap['error'])}</div>" if snap.get("error") else ""
-        limits = (snap.get("policy") or {}).get("summary")
-        error += f"<div style='font-size:12px'>Limits: {html.escape(limits)}</div>" if limits else ""
-        self.header.value = (f"<h4 style='margin:4px 0'>Ray cluster {html.escape(snap['name'])} "
-                             f"&middot; {html.escape(state)}</h4><div style='font-size:12px'>"
-                             f"{html.escape(snap['backend'])} &middot; Ray {html.escape(snap['ray_version'])}"
-                             f" &middot; Python {html.escape(snap['python_version'])}{link}</div>{error}")
+        self.header.value = header_html(snap) + (
+            f"<div style='{_ERROR}'>{html.escape(snap['error'])}</div>" if snap.get("error") else "")
+        self.totals.value = totals_html(snap)
         for group in snap["groups"]:
-            self._group_row(group)
-        self.nodes.value = "".join(_node_html(n) for n in snap["nodes"]) or "<i>No nodes.</i>"
-        self.demand.value = _demand_html(snap["demand"])
-        self.events.value = _events_html(snap["events"])
+            extra = [f"{group[k]} {k}" for k in ("starting", "draining") if group.get(k)]
+            counts = f"{group['nodes']} running" + (f", {', '.join(extra)}" if extra else "")
+            self._controls(group["name"]).follow(group, _note(counts))
+        self.nodes.value = nodes_html(snap)
+        self.demand.value = demand_html(snap["demand"])
+        self.events.value = events_html(snap["events"])
 
-    def _group_row(self, group: Mapping[str, Any]) -> None:
-        name = group["name"]
-        if name not in self._group_rows:
-            low = w.BoundedIntText(value=group["min"], min=0, max=10_000, description="min",
-                                   layout=w.Layout(width="11em"))
-            high = w.BoundedIntText(value=group["max"], min=0, max=10_000, description="max",
-                                    layout=w.Layout(width="11em"))
-            count = w.HTML()
-            apply = w.Button(description="Apply", disabled=self._scale is None, layout=w.Layout(width="6em"))
-            apply.on_click(lambda _, g=name: self._on_scale(g))
-            self._group_rows[name] = (low, high, count)
-            self.groups_box.children = (*self.groups_box.children,
-                                        w.HBox([w.HTML(f"<b>{html.escape(name)}</b>", layout=w.Layout(width="4em")),
-                                                count, low, high, apply]))
-        count = self._group_rows[name][2]
-        count.value = (f"<span style='display:inline-block;width:11em'>{group['nodes']} running, "
-                       f"{group['starting']} starting</span>")
+    def _controls(self, name: str) -> GroupControls:
+        if name not in self._groups:
+            enabled = self._scale is not None and not self._stopped.is_set()
+            self._groups[name] = GroupControls(name, self._on_apply, enabled=enabled)
+            self.groups_box.children = (*self.groups_box.children, self._groups[name].box)
+        return self._groups[name]
+
+    def _show_stopped(self) -> None:
+        """The cluster is gone: final view, every control disabled, old errors cleared."""
+        self._stopped.set()
+        self._render({**self.snapshot, "state": "stopped", "step": "", "error": "", "nodes": [], "demand": []})
+        for controls in self._groups.values():
+            controls.disable()
+        self.stop_button.disabled = True
+        self.confirm.layout.display = "none"
+        self.message.value = ""
 
     # --- controls ----------------------------------------------------------------------------
 
-    def _on_scale(self, group: str) -> None:
-        low, high, _ = self._group_rows[group]
+    def _on_apply(self, group: str) -> None:
+        """Send only the bounds the user changed; the other one is the cluster's current."""
+        controls = self._groups[group]
+        changes = controls.changes()
+        if not changes:
+            controls.message.value = _note("nothing changed")
+            return
         try:
+            current = next(g for g in self._fetch(self.cluster_name)["groups"] if g["name"] == group)
+            low, high = changes.get("min", current["min"]), changes.get("max", current["max"])
+            if high < low:
+                controls.message.value = _error(f"max must be at least min ({low})")
+                return
             assert self._scale is not None
-            self._scale(self.cluster_name, group, low.value, high.value)
-            self.message.value = f"{html.escape(group)} set to {low.value}..{high.value}"
-        except Exception as exc:  # shown to the user, like the REST API's message  # noqa: BLE001
-            self.message.value = f"<span style='color:var(--jp-error-color1,red)'>{html.escape(str(exc))}</span>"
+            self._scale(self.cluster_name, group, low, high)
+        except Exception as exc:  # shown next to the control, like the REST API's message  # noqa: BLE001
+            controls.message.value = _error(str(exc))
+            return
+        controls.applied()
+        controls.message.value = _note(f"set to {low}–{high}")
+
+    def _ask_stop(self) -> None:
+        self.confirm.layout.display = "flex"
+        self.stop_button.disabled = True
+
+    def _cancel_stop(self) -> None:
+        self.confirm.layout.display = "none"
+        self.stop_button.disabled = self._stop is None
 
     def _on_stop(self) -> None:
         assert self._stop is not None
-        self.stop_button.disabled = True
-        self._stop(self.cluster_name)
-        self._stopped.set()
-        self._render({**self.snapshot, "state": "stopped", "step": "", "nodes": [], "demand": []})
+        self.confirm_button.disabled = True
+        try:
+            self._stop(self.cluster_name)
+        except ClusterNotFound:
+            pass  # already gone: the same end
+        except Exception as exc:  # noqa: BLE001
+            self.confirm_button.disabled = False
+            self.message.value = _error(f"could not stop: {exc}")
+            return
+        _disconnect_driver_from(self.snapshot)
+        self._show_stopped()
+        self.confirm_button.disabled = False
+
+
+def _disconnect_driver_from(snap: Snapshot) -> None:
+    """`ray.shutdown` when this kernel's driver is connected to the stopped cluster, so it
+    neither hangs on a dead GCS nor keeps a stale connection (another cluster's is kept)."""
+    targets = {snap.get("address") or None}
+    if snap.get("client_address"):
+        targets.add(f"ray://{snap['client_address']}")
+    # connect.py records the target it connected to (the GCS address is not available from
+    # Ray's runtime context under Ray Client).
+    if connect._connected_to and connect._connected_to in targets:  # noqa: SLF001
+        connect.disconnect_driver()
 
 
 def _refresh_loop(ref: Callable[[], ClusterWidget | None], interval_s: float, stopped: threading.Event) -> None:
@@ -178,11 +254,13 @@ def _refresh_loop(ref: Callable[[], ClusterWidget | None], interval_s: float, st
         try:
             snap = widget._fetch(widget.cluster_name)
         except ClusterNotFound:
-            widget._render({**widget.snapshot, "state": "stopped", "step": "", "nodes": [], "demand": []})
-            stopped.set()
+            widget._show_stopped()
             return
         except Exception as exc:  # keep the last view; say why it is stale  # noqa: BLE001
-            widget.message.value = f"<span style='opacity:.7'>not refreshed: {html.escape(str(exc))}</span>"
+            widget.message.value = _note(f"not refreshed: {exc}")
             continue
-        widget._render(snap)
+        if not stopped.is_set():
+            widget._render(snap)
+            if widget.message.value.startswith(f"<span style='{_NOTE}'>not refreshed"):
+                widget.message.value = ""
         del widget

@@ -1,0 +1,91 @@
+"""How numbers, bytes, durations and times read in the notebook front-ends (widget, text status,
+magic), with the same rules as the sidebar's `labextension/src/format.ts`: bytes in binary units
+(GiB), at most two decimals, times in local clock time, events newest first. One module, so a
+figure reads the same wherever it is shown.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+_BYTE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
+
+
+def number(value: float) -> str:
+    """``4`` for integers, else at most two decimals without trailing zeros (``0.5``, ``1.25``)."""
+    if not math.isfinite(value):
+        return "-"
+    if float(value).is_integer():
+        return str(int(value))
+    return f"{value:.2f}".rstrip("0").rstrip(".")
+
+
+def nbytes(value: float) -> str:
+    """Binary units, one decimal: ``512 B``, ``1.5 GiB``."""
+    unit = 0
+    while abs(value) >= 1024 and unit < len(_BYTE_UNITS) - 1:
+        value /= 1024
+        unit += 1
+    return f"{round(value)} B" if unit == 0 else f"{value:.1f} {_BYTE_UNITS[unit]}"
+
+
+def duration(seconds: float) -> str:
+    """Whole seconds, minutes and hours: ``40 s``, ``3 min 5 s``, ``2 h 10 min``."""
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        minutes, rest = divmod(s, 60)
+        return f"{minutes} min {rest} s" if rest else f"{minutes} min"
+    hours, rest = divmod(s, 3600)
+    return f"{hours} h {rest // 60} min" if rest // 60 else f"{hours} h"
+
+
+def local_time(iso: str) -> str:
+    """An event's ISO time (UTC, ``...Z``) as this machine's local clock time, ``HH:MM:SS``."""
+    try:
+        stamp = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    except ValueError:
+        return iso
+    return stamp.astimezone().strftime("%H:%M:%S")
+
+
+def usage(used: float, total: float) -> str:
+    """``1 / 4``: used of total resource units."""
+    return f"{number(used)} / {number(total)}"
+
+
+def bytes_usage(used: float, total: float) -> str:
+    """``0.5 GiB / 2.0 GiB``."""
+    return f"{nbytes(used)} / {nbytes(total)}"
+
+
+def newest_first(events: Sequence[Mapping[str, Any]], count: int = 10) -> list[Mapping[str, Any]]:
+    """The last `count` events, newest first (the snapshot lists them oldest first)."""
+    return list(reversed(events[-count:])) if count else []
+
+
+def seconds_until_removal(node: Mapping[str, Any], snap: Mapping[str, Any]) -> float | None:
+    """Seconds until the reconciler removes an idle worker node, or None when it will not: the
+    head, a busy or not-running node, or a group already at its min. Uses the cluster's idle
+    timeout (the snapshot's groups do not carry their own)."""
+    if node.get("head") or node["state"] != "running" or node["idle_s"] <= 0:
+        return None
+    group = next((g for g in snap["groups"] if g["name"] == node["group"]), None)
+    if group is None or group["nodes"] <= group["min"]:
+        return None
+    return max(0.0, float(snap["idle_timeout_s"]) - node["idle_s"])
+
+
+def idle_text(node: Mapping[str, Any], snap: Mapping[str, Any]) -> str:
+    """What a node's idle column says: ``busy``, ``idle 12 s`` or ``idle 20 s, removed in 40 s``."""
+    if node["state"] != "running":
+        return ""
+    if node["idle_s"] <= 0:
+        return "busy"
+    text = f"idle {duration(node['idle_s'])}"
+    left = seconds_until_removal(node, snap)
+    return text if left is None else f"{text}, removed in {duration(left)}"
