@@ -1,4 +1,5 @@
-"""`ClusterManager`: the one place where clusters are created, scaled, stopped and found.
+"""`ClusterManager`: the one place where clusters are created, scaled, stopped and found
+(each one's record is a `Cluster`, in cluster.py).
 
 Front-ends (magic, widgets, REST handlers, the hub hook) only call this. It is async and runs
 on one event loop: the Jupyter server's, or a private loop thread (`BlockingManager`) in a
@@ -11,18 +12,16 @@ from __future__ import annotations
 
 import getpass
 import os
-import platform
 import re
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import anyio
 import anyio.lowlevel
-import ray
 from anyio.abc import TaskGroup, TaskStatus
 from jupyter_core.paths import jupyter_runtime_dir
 from traitlets import Bool, CaselessStrEnum, Dict, Float, Instance, Int, List, TraitError, Type, Unicode, default, validate
@@ -30,86 +29,17 @@ from traitlets.config import LoggingConfigurable
 
 from .auth import load_or_create_token, use_token
 from .autoscaler.demand import GcsReader
-from .autoscaler.reconciler import AutoscalerSettings, HeadLost, Observation, Reconciler, describe_pending
-from .backends.base import HEAD_GROUP, Backend, ClusterHandle
-from .errors import ClusterExistsError, ClusterNotFound, NotOwnedError, PolicyError, SpecError, StartError
-from .backends.registry import AUTO, CHOICES, backend_class, backend_setting_from_env, resolve_backend
-from .events import EventLog
-from .policy import Policy, PolicyTrait, describe_duration
+from .autoscaler.limits import LimitsKeeper
+from .autoscaler.reconciler import AutoscalerSettings, HeadLost, Reconciler
+from .backends.base import Backend, ClusterHandle
+from .backends.registry import AUTO, CHOICES, backend_setting_from_env, build_backend, resolve_backend
+from .cluster import Cluster, Progress
+from .errors import ClusterExistsError, ClusterNotFound, NotOwnedError, PolicyError, SpecError
+from .policy import Policy, PolicyTrait
+from .readiness import one_line, wait_for_group, wait_for_groups, wait_for_head
 from .spec import DEFAULT_IDLE_TIMEOUT_S, ClusterSpec, WorkerGroup, default_groups, parse_group, parse_group_changes
 
 _NAME_CHARS = re.compile(r"[^a-z0-9-]+")
-ClusterStateName = Literal["starting", "running", "stopping", "stopped", "failed"]
-Progress = Callable[[str, int, int], None]  # (step, done, total)
-
-
-@dataclass(eq=False)
-class Cluster:
-    """Everything the manager knows about one cluster (one record, not parallel dicts)."""
-
-    spec: ClusterSpec
-    backend: Backend
-    owned: bool
-    owner: str = ""
-    events: EventLog = field(default_factory=EventLog)
-    handle: ClusterHandle | None = None
-    state: ClusterStateName = "starting"
-    step: str = ""
-    error: str = ""
-    dashboard_url: str = ""
-    reconciler: Reconciler | None = None
-    scope: anyio.CancelScope | None = None  # the autoscaler loop
-    policy: Policy = field(default_factory=Policy)
-    idle_since: float | None = None  # no driver attached and no work since then (epoch s)
-    saved_ranges: dict[str, tuple[int, int]] | None = None  # group ranges before an idle scale-to-0
-    start_scope: anyio.CancelScope | None = None  # a background start, cancelled by stop()
-    start_done: anyio.Event | None = None  # set once a background start has finished or cleaned up
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    @property
-    def observation(self) -> Observation | None:
-        return self.reconciler.observation if self.reconciler else None
-
-    def snapshot(self) -> dict[str, Any]:
-        """The JSON shape shared by widgets, sidebar, REST and tests (see docs/design)."""
-        obs = self.observation
-        nodes = obs.nodes if obs else ()
-        groups = []
-        for group in self.spec.groups:
-            mine = [n for n in nodes if n.group == group.name]
-            groups.append({"name": group.name, "min": group.min, "max": group.max,
-                           "resources": group.resources,
-                           "nodes": sum(1 for n in mine if n.state == "running"),
-                           "starting": sum(1 for n in mine if n.state == "starting"),
-                           "draining": sum(1 for n in mine if n.state == "draining")})
-        handle = self.handle
-        return {
-            "name": self.name,
-            "backend": self.spec.backend,
-            "state": self.state,
-            "step": self.step,
-            "error": self.error,
-            "owner": handle.owner if handle else self.owner,
-            "owned_here": self.owned,
-            "address": handle.address if handle else "",
-            "client_address": handle.client_address if handle else "",
-            "image": str(handle.details.get("image", "")) if handle else "",
-            "dashboard_url": self.dashboard_url,
-            "ray_version": ray.__version__,
-            "python_version": platform.python_version().rsplit(".", 1)[0],
-            "created_at": handle.created_at if handle else None,
-            "idle_timeout_s": self.spec.idle_timeout_s,
-            "idle_s": max(0.0, time.time() - self.idle_since) if self.idle_since is not None else 0.0,
-            "policy": {**self.policy.to_json(), "summary": self.policy.describe()},
-            "max_workers": self.spec.max_workers,
-            "groups": groups,
-            "nodes": [_node_json(n, obs.at if obs else 0.0) for n in nodes],
-            "demand": [describe_pending(p) for p in (obs.pending if obs else ())],
-            "events": self.events.to_json(last=50),
-        }
 
 
 class ClusterManager(LoggingConfigurable):
@@ -366,14 +296,14 @@ class ClusterManager(LoggingConfigurable):
                 await anyio.lowlevel.checkpoint()  # ... so a stop meanwhile cancels here, handle known
                 cluster.dashboard_url = self._dashboard_url(cluster.handle)
                 self._step(cluster, report, "waiting for the head node to join", 1, total)
-                await self._wait_for_head(cluster)
+                await wait_for_head(cluster, self.log)
                 self._start_autoscaler(cluster)
                 while cluster.observation is None:  # the first snapshot already lists the head
                     await anyio.sleep(0.05)
                 if total == 3:
                     wanted = sum(g.min for g in spec.groups)
                     self._step(cluster, report, f"waiting for {wanted} minimum worker(s)", 2, total)
-                    await self._wait_for_groups(cluster)
+                    await wait_for_groups(cluster)
         except BaseException as exc:
             await self._fail(cluster, exc, started, keep=keep_failed)
             if keep_failed and not isinstance(exc, anyio.get_cancelled_exc_class()):
@@ -436,7 +366,7 @@ class ClusterManager(LoggingConfigurable):
         `wait`, return once the group has settled inside the range."""
         cluster = await self.change_groups(name, {group: {"min": min_nodes, "max": max_nodes}})
         if wait:
-            await self._wait_for_group(cluster, group, progress)
+            await wait_for_group(cluster, group, progress)
         return cluster
 
     async def change_groups(self, name: str, changes: Mapping[str, Mapping[str, Any]]) -> Cluster:
@@ -503,12 +433,7 @@ class ClusterManager(LoggingConfigurable):
         return _parse_default_groups(self.default_groups) if self.default_groups else default_groups()
 
     def _build_backend(self, name: str) -> Backend:
-        cls = backend_class(name)
-        options = {"namespace": self.namespace} if name == "kubernetes" and self.namespace else {}
-        try:
-            return cls(parent=self, **options)
-        except Exception as exc:  # noqa: BLE001 - e.g. kubernetes' ConfigException
-            raise SpecError("backend", name, f"a backend configured on this machine ({name} is not: {exc})") from exc
+        return build_backend(name, parent=self, namespace=self.namespace)
 
     async def _discover(self) -> list[tuple[ClusterHandle, Backend]]:
         """Running clusters of this owner on every backend in use, with their backend."""
@@ -565,107 +490,9 @@ class ClusterManager(LoggingConfigurable):
                     await self._lost(cluster, str(exc))
 
         self._tg.start_soon(autoscale, name=f"raykube-autoscaler-{cluster.name}")
-        self._tg.start_soon(self._keep_within_policy, cluster, name=f"raykube-policy-{cluster.name}")
-
-    async def _keep_within_policy(self, cluster: Cluster) -> None:
-        """The administrator's lifetime and idle rules, checked once per autoscaler round
-        beside (not inside) the autoscaler loop, so stopping the cluster does not cancel the
-        task doing it. A failing round is an event, as in the autoscaler."""
-        policy = cluster.policy
-        if policy.max_lifetime_s is None and policy.idle_scale_down_s is None and policy.idle_stop_s is None:
-            return
-        while cluster.state not in ("stopping", "stopped", "failed"):
-            await anyio.sleep(self.autoscale_interval_s)
-            try:
-                await self._apply_policy(cluster, policy)
-            except Exception as exc:  # noqa: BLE001 - one bad round must not end the rules
-                self.log.exception("policy round failed for %s", cluster.name)
-                cluster.events.add(time.time(), "error", f"limits check failed: {exc}")
-
-    async def _apply_policy(self, cluster: Cluster, policy: Policy) -> None:
-        """Idle means no driver attached and nothing running or pending; a driver that
-        connects to a cluster scaled to 0 gets its workers back."""
-        obs, handle, now = cluster.observation, cluster.handle, time.time()
-        if obs is None or handle is None or cluster.state != "running":
-            return
-        if policy.max_lifetime_s is not None and now - handle.created_at >= policy.max_lifetime_s:
-            await self._stop_by_policy(cluster, f"it reached the maximum lifetime of "
-                                                f"{describe_duration(policy.max_lifetime_s)} set by your administrator")
-            return
-        busy = obs.ray.drivers > 0 or bool(obs.pending) or any(_running_work(n) for n in obs.nodes)
-        cluster.idle_since = None if busy else (cluster.idle_since or now)
-        idle_s = 0.0 if cluster.idle_since is None else now - cluster.idle_since
-        action = policy.idle_action(idle_s=idle_s, scaled_down=cluster.saved_ranges is not None)
-        why = f"idle for {describe_duration(idle_s)} (no driver attached, nothing running)"
-        if action == "stop":
-            await self._stop_by_policy(cluster, why)
-        elif action == "scale_to_zero":
-            cluster.saved_ranges = {g.name: (g.min, g.max) for g in cluster.spec.groups}
-            spec = cluster.spec
-            for group in spec.groups:
-                spec = spec.with_group_range(group.name, 0, 0)
-            self._set_spec(cluster, spec)
-            cluster.events.add(now, "scale_down", f"{why}: every group scaled to 0 workers; "
-                                                  f"connecting a driver brings them back")
-        elif action == "restore" and cluster.saved_ranges is not None:
-            spec = cluster.spec
-            for name, (low, high) in cluster.saved_ranges.items():
-                spec = spec.with_group_range(name, low, high)
-            ranges = ", ".join(f"{g.name} {g.min}..{g.max}" for g in spec.groups)
-            cluster.saved_ranges = None
-            self._set_spec(cluster, spec)
-            cluster.events.add(now, "scaled", f"in use again: group ranges restored ({ranges})")
-
-    async def _stop_by_policy(self, cluster: Cluster, reason: str) -> None:
-        cluster.events.add(time.time(), "info", f"stopping the cluster: {reason}")
-        await self._stop(cluster, reason=reason)
-
-    async def _wait_for_head(self, cluster: Cluster) -> None:
-        """Poll the GCS until the head is an ALIVE Ray node; fail fast if its process died."""
-        assert cluster.handle is not None
-        backend = cluster.backend
-        head_name = next(n.name for n in await backend.list_nodes(cluster.handle) if n.is_head)
-        reader: GcsReader | None = None
-        while True:
-            nodes = {n.name: n for n in await backend.list_nodes(cluster.handle)}
-            head = nodes.get(head_name)
-            if head is None or head.phase == "exited":
-                logs = await backend.logs(cluster.handle, head_name, tail=40)
-                self.log.warning("head node of %s stopped while starting; its last lines:\n%s", cluster.name, logs)
-                raise StartError(f"the head node stopped while starting ({head.message if head else 'gone'})"
-                                 f"{_telling_line(logs)}")
-            try:
-                if reader is None:
-                    reader = await anyio.to_thread.run_sync(GcsReader, cluster.handle.address)
-                state = await anyio.to_thread.run_sync(reader.read)
-                if any(n.instance_id == head_name and n.status != "dead" for n in state.nodes):
-                    return
-            except Exception as exc:  # the GCS is not listening yet  # noqa: BLE001
-                self.log.debug("head of %s not ready: %s", cluster.name, exc)
-            await anyio.sleep(0.2)
-
-    async def _wait_for_groups(self, cluster: Cluster) -> None:
-        for group in cluster.spec.groups:
-            if group.min:
-                await self._wait_for_group(cluster, group.name, None)
-
-    async def _wait_for_group(self, cluster: Cluster, group: str, progress: Progress | None) -> None:
-        """Until the group's running nodes are within [min, max] and none is starting/draining."""
-        while True:
-            spec_group = cluster.spec.group(group)
-            obs = cluster.observation
-            if cluster.state in ("stopped", "failed"):
-                raise StartError(f"cluster {cluster.name!r} is {cluster.state}")
-            if obs is not None:
-                mine = [n for n in obs.nodes if n.group == group]
-                running = sum(1 for n in mine if n.state == "running")
-                busy = sum(1 for n in mine if n.state in ("starting", "draining"))
-                if progress:
-                    progress(f"{group}: {running} running, {busy} changing", running,
-                             max(spec_group.min, 1))
-                if spec_group.min <= running <= spec_group.max and not busy:
-                    return
-            await anyio.sleep(0.2)
+        limits = LimitsKeeper(cluster, interval_s=self.autoscale_interval_s, set_spec=self._set_spec,
+                              stop=self._stop, log=self.log)
+        self._tg.start_soon(limits.run, name=f"raykube-policy-{cluster.name}")
 
     async def _fail(self, cluster: Cluster, exc: BaseException, started: float, *, keep: bool) -> None:
         """Remove everything the cluster started. `keep`: leave the record (state failed, with
@@ -725,31 +552,6 @@ class ClusterManager(LoggingConfigurable):
         return handle.created_at <= self._forgotten.get(handle.name, 0.0)
 
 
-_PATH = re.compile(r"(?:[A-Za-z]:)?(?:/[\w.@+-]+){2,}/?")
-
-
-def one_line(exc: BaseException) -> str:
-    """What a user sees of an error: its first line, without server paths (the details, a
-    traceback or a node's log, go to the server log)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    text = _PATH.sub("<path>", lines[0]) if lines else type(exc).__name__
-    return text if len(text) <= 300 else text[:299] + "…"
-
-
-def _telling_line(logs: str) -> str:
-    """The log line that says why a node stopped (Ray's last error line), as ": <line>"."""
-    lines = [line.strip() for line in logs.splitlines() if line.strip()]
-    errors = [line for line in lines if "error" in line.lower()]
-    chosen = (errors or lines)[-1:]
-    return f": {chosen[0]}" if chosen else ""
-
-
-def _running_work(node: Any) -> bool:
-    """A node with CPUs or GPUs in use (object-store bytes alone do not keep a cluster busy)."""
-    used = node.ray.used if node.ray else {}
-    return any(v > 0 for k, v in used.items() if k in ("CPU", "GPU"))
-
-
 def _parse_default_groups(items: list[dict[str, Any]]) -> tuple[WorkerGroup, ...]:
     groups = []
     for index, item in enumerate(items):
@@ -760,24 +562,3 @@ def _parse_default_groups(items: list[dict[str, Any]]) -> tuple[WorkerGroup, ...
         except SpecError as exc:
             raise TraitError(f"default_groups: {exc}") from None
     return tuple(groups)
-
-
-def _node_json(node: Any, now: float) -> dict[str, Any]:
-    ray_node = node.ray
-    total = dict(ray_node.total) if ray_node else {}
-    used = ray_node.used if ray_node else {}
-    return {
-        "id": ray_node.node_id if ray_node else "",
-        "name": node.name,
-        "group": node.group,
-        "state": node.state,
-        "head": node.group == HEAD_GROUP,
-        "resources_total": {k: v for k, v in total.items() if not k.startswith("node:") and k != "object_store_memory"},
-        "resources_used": {k: v for k, v in used.items() if not k.startswith("node:") and k != "object_store_memory"},
-        "object_store_used_bytes": used.get("object_store_memory", 0.0),
-        "object_store_total_bytes": total.get("object_store_memory", 0.0),
-        "idle_s": ray_node.idle_s if ray_node else 0.0,
-        "activity": list(ray_node.activity) if ray_node else [],
-        "message": node.message,
-        "age_s": max(0.0, now - node.created_at),
-    }

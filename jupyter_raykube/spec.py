@@ -247,7 +247,7 @@ def parse_cpus(field_name: str, value: Any) -> int:
 
 def parse_bytes(field_name: str, value: Any) -> int:
     """Bytes from 4000000000, "4G" or "4Gi" (Kubernetes quantity rules)."""
-    allowed = f'a size > 0 and at most 64Ti, such as 4000000000, "4G" or "4Gi"'
+    allowed = 'a size > 0 and at most 64Ti, such as 4000000000, "4G" or "4Gi"'
     amount = _quantity(field_name, value, high=MAX_NODE_BYTES, allowed=allowed)
     if amount <= 0:
         raise SpecError(field_name, value, allowed)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import yaml
 from traitlets.utils.importstring import import_item
@@ -56,6 +57,17 @@ def backend_class(name: str) -> type[Backend]:
         raise SpecError("backend", name, f"one of {', '.join(BACKENDS)}") from None
     cls: type[Backend] = import_item(path)
     return cls
+
+
+def build_backend(name: str, *, parent: Any, namespace: str = "") -> Backend:
+    """The backend called `name`, configured from `parent`'s config. One that cannot work here
+    (no Kubernetes configuration) is a SpecError on `backend`, naming the field to change."""
+    cls = backend_class(name)
+    options = {"namespace": namespace} if name == "kubernetes" and namespace else {}
+    try:
+        return cls(parent=parent, **options)
+    except Exception as exc:  # noqa: BLE001 - e.g. kubernetes' ConfigException
+        raise SpecError("backend", name, f"a backend configured on this machine ({name} is not: {exc})") from exc
 
 
 def _kubeconfig_paths() -> list[Path]:
