@@ -200,8 +200,8 @@ def _notes(rows: list[dict]) -> str:
                 tradeoffs.append(delta[:-1] + f"; {o['planner_cost']:,.0f} vs {t['planner_cost']:,.0f} with the "
                                  "per-node overhead)")
         first = o.get("cost_first")
-        if first and first["launch"] != o["launch"]:
-            gpus = [sum(n * r["gpus_per_node"].get(g, 0) for g, n in side["launch"].items()) for side in (first, o)]
+        gpus = [sum(n * r["gpus_per_node"].get(g, 0) for g, n in side["launch"].items()) for side in (first or o, o)]
+        if first and first["launch"] != o["launch"] and gpus[0] != gpus[1]:  # a node-for-accelerator trade
             same = ", Ray's launch exactly" if o["launch"] == t.get("launch") else ""
             traded.append(f"`{r['name']}` {first['nodes']:,} → {o['nodes']:,} nodes, cost {first['cost']:,.0f} → "
                           f"{o['cost']:,.0f} ({o['cost'] - first['cost']:+.0f}; GPUs {gpus[0]:,g} → {gpus[1]:,g} for "
@@ -225,7 +225,7 @@ The `proportional-*` traces price groups in proportion to size (cost = CPUs), so
 cost the same; Ray's scheduler ignores cost and packs for utilization, ours breaks such ties
 toward fewer nodes by charging every node an overhead. The planner before commit 3574266, which
 priced explicit costs without that overhead, launched 575, 1,004, 262 and 71 nodes on these
-snapshots (now 122, 287, 74 and 58).
+snapshots (now 122, 287, 72 and 58).
 
 `cpu-capped-gpu-free` shows the GPU rule: with the CPU groups at their max, Ray spends GPU nodes
 on CPU-only tasks; ours reports those tasks as capped ("cpu4 group is at its max of 5 nodes")
