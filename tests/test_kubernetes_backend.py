@@ -633,6 +633,47 @@ def test_unschedulable_pods_are_explained_and_their_group_backs_off(
     assert_api_use_is_clean(kube_fault_proxy)
 
 
+@pytest.fixture
+def late_gpu_kubelet(kube_control_plane: ControlPlane) -> Iterator[ProcessKubelet]:
+    """Two CPU nodes; the GPU pool scales up from zero 20 s after a Pod needs it."""
+    yield from running_kubelet(kube_control_plane, rewrite_argv=own_ports, pools=[
+        NodePool("cpu-pool", count=2), NodePool("gpu-pool", count=1, gpus=1, appear_after_s=20.0, max_count=2)])
+
+
+def test_a_pod_waiting_for_a_pool_to_scale_up_is_not_given_up_on(
+        late_gpu_kubelet: ProcessKubelet, kube_config_file: Path, kube_fault_proxy: FaultProxy,
+        kube_control_plane: ControlPlane, v1: CoreV1Api, ns: str) -> None:
+    """cluster-autoscaler's TriggeredScaleUp Event on the unschedulable GPU Pod shows in the
+    snapshot and holds off the join timeout (10 s here, the pool takes 20 s): the same Pod runs
+    on the new node and joins Ray; nothing is backed off or created twice."""
+    backend = make_backend(kube_config_file, events_after_s=0.5)
+    bm = _manager(backend, join_timeout_s=10.0, backoff_s=300.0)
+    spec = ClusterSpec(name="k-late", backend="kubernetes", groups=(WorkerGroup("gpu", cpus=1, gpus=1, max=1, **SMALL),))
+    try:
+        cluster = bm.call(bm.manager.create, spec)
+        connect_driver(cluster.handle.address, bm.manager.token)
+        ref = on_gpu.remote()
+
+        def waiting() -> dict[str, Any] | None:
+            return next((n for n in _snapshot(bm, cluster)["nodes"]
+                         if n["group"] == "gpu" and "TriggeredScaleUp" in n["message"]), None)
+
+        node = wait_until(waiting, timeout_s=60, what="the scale-up to show")
+        assert node["state"] == "starting" and node["message"].startswith("Unschedulable: 0/2 nodes are available")
+        assert node["message"].endswith("; TriggeredScaleUp: pod triggered scale-up: [{gpu-pool 0->1 (max: 2)}]")
+        host, gpu_ids = ray.get(ref, timeout=240)
+        assert host == node["name"] and len(gpu_ids) == 1
+        assert v1.read_namespaced_pod(host, ns).spec.node_name == "gpu-pool-0"
+        assert not _events(bm, cluster, "backoff") and not _events(bm, cluster, "node_failed")
+        assert created_pods(kube_fault_proxy, ns) == 2  # the head and the one GPU Pod, never replaced
+        _stop_and_check_clean(bm, "k-late", kube_control_plane, ns, late_gpu_kubelet)
+    finally:
+        ray.shutdown()
+        bm.close()
+        close_backend(backend)
+    assert_api_use_is_clean(kube_fault_proxy)
+
+
 def test_a_new_manager_adopts_a_running_cluster_and_keeps_autoscaling(
         ray_kubelet: ProcessKubelet, kube_config_file: Path, kube_fault_proxy: FaultProxy,
         kube_control_plane: ControlPlane, v1: CoreV1Api, ns: str) -> None:
@@ -673,6 +714,42 @@ def test_a_new_manager_adopts_a_running_cluster_and_keeps_autoscaling(
         bm.close()
         close_backend(backend)
     assert_api_use_is_clean(kube_fault_proxy)
+
+
+def test_a_worker_over_the_namespace_quota_is_explained_and_not_retried(
+        ray_kubelet: ProcessKubelet, kube_config_file: Path, kube_fault_proxy: FaultProxy,
+        kube_control_plane: ControlPlane, v1: CoreV1Api, ns: str) -> None:
+    """A ResourceQuota (as the JupyterHub policy gives each user) that holds the head but not a
+    worker: the apiserver's "exceeded quota" reaches the snapshot, the group backs off instead of
+    asking again every round, and stopping leaves nothing behind."""
+    v1.create_namespaced_resource_quota(ns, {"metadata": {"name": "ray-quota"}, "spec": {"hard": {"pods": "1"}}})
+    wait_until(lambda: v1.read_namespaced_resource_quota("ray-quota", ns).status.hard, timeout_s=30,
+               what="the quota controller to count the namespace")
+    backend = make_backend(kube_config_file)
+    bm = _manager(backend, backoff_s=300.0)
+    spec = ClusterSpec(name="k-quota", backend="kubernetes", groups=(WorkerGroup("cpu", cpus=1, max=2, **SMALL),))
+    try:
+        cluster = bm.call(bm.manager.create, spec)
+        connect_driver(cluster.handle.address, bm.manager.token)
+        ref = where.remote(0)  # demand for a cpu node
+        backoff = wait_until(lambda: _events(bm, cluster, "backoff"), timeout_s=60, what="the group to back off")
+        assert len(backoff) == 1 and backoff[0].startswith("backing off the cpu group for 300 s: could not create a "
+                                                           "cpu node: the namespace's ResourceQuota refused"), backoff
+        assert 'is forbidden: exceeded quota: ray-quota, requested: pods=1, used: pods=1, limited: pods=1' \
+            in backoff[0]
+        time.sleep(3)  # six more autoscaler rounds: none of them asks again
+        refused = [r for r in kube_fault_proxy.requests("POST", pods_path(ns)) if r.status == 403]
+        assert len(refused) == 1 and created_pods(kube_fault_proxy, ns) == 1  # the head only
+        assert not _events(bm, cluster, "error")
+        ray.cancel(ref, force=True)
+        _stop_and_check_clean(bm, "k-quota", kube_control_plane, ns, ray_kubelet)
+        wait_until(lambda: v1.read_namespaced_resource_quota("ray-quota", ns).status.used == {"pods": "0"},
+                   timeout_s=30, what="the quota to be free again")
+    finally:
+        ray.shutdown()
+        bm.close()
+        close_backend(backend)
+    assert calls_made(kube_fault_proxy) <= ROLE
 
 
 # --- deploy/rbac.yaml: every rule is needed --------------------------------------------------
