@@ -53,7 +53,14 @@ def connect_driver(address: str, token: str, *, client_address: str = "", image:
     use_token(token)
     if client_address:
         with _one_ray_client_start():
-            ray.init(address=target, logging_level="WARNING")
+            try:
+                ray.init(address=target, logging_level="WARNING")
+            except ConnectionAbortedError as err:
+                if "Starting Ray client server failed" not in str(err):
+                    raise
+                # Now and then the proxy's server for this connection exits at start (seen on
+                # the first port, 23000, of a fresh cluster); the next try gets the next port.
+                ray.init(address=target, logging_level="WARNING")
     else:
         check_token(address)
         ray.init(address=target, logging_level="WARNING")  # the widget shows the dashboard link
