@@ -55,7 +55,7 @@ RBAC_GROUP = "rbac.authorization.k8s.io"
 # Kubernetes backend makes, in the namespace of its clusters (docs/kubernetes.md, "RBAC").
 # deploy/rbac.yaml carries the same rules (tests/test_hub.py checks that they are equal).
 ROLE_RULES: tuple[dict[str, list[str]], ...] = (
-    {"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "get", "list", "watch", "delete"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "get", "list", "watch", "patch", "delete"]},
     {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
     {"apiGroups": [""], "resources": ["services", "secrets"], "verbs": ["create", "get", "list", "delete"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["list"]},

@@ -321,10 +321,16 @@ class ClusterManager(LoggingConfigurable):
         return cluster
 
     async def list(self) -> list[Cluster]:
-        """Clusters owned here plus those other processes of this user run."""
+        """Clusters owned here plus those other processes of this user run (with the desired
+        state their owner last wrote)."""
         for handle, backend in await self._discover():
-            if handle.name not in self._clusters and not self._is_forgotten(handle):
+            known = self._clusters.get(handle.name)
+            if known is None and not self._is_forgotten(handle):
                 self._clusters[handle.name] = self._attached(handle, backend)
+            elif (known is not None and not known.owned and known.handle is not None
+                  and known.handle.created_at == handle.created_at and known.spec != handle.spec):
+                known.handle = handle  # its owner scaled it since we attached
+                self._set_spec(known, handle.spec)
         return sorted(self._clusters.values(), key=lambda c: c.name)
 
     async def attach(self, name: str) -> Cluster:
@@ -384,6 +390,8 @@ class ClusterManager(LoggingConfigurable):
         if cluster.saved_ranges is not None:  # scaled to 0 while idle: the user's range wins
             cluster.saved_ranges = None
         before = {g.name: g for g in cluster.spec.groups}
+        if cluster.handle is not None:  # written first: other processes and a restarted server see it
+            cluster.handle = await cluster.backend.save_spec(cluster.handle, new_spec)
         self._set_spec(cluster, new_spec)
         for group in new_spec.groups:
             if group.name in changes and group != before[group.name]:

@@ -249,7 +249,7 @@ def test_rbac_manifest_is_valid_and_namespaced(assert_valid: Validate) -> None:
     # The verbs the backend needs; tests/test_kubernetes_backend.py checks that it calls no others.
     role = documents[1]
     granted = {(r, v) for rule in role["rules"] for r in rule["resources"] for v in rule["verbs"]}
-    assert granted == {("pods", v) for v in ("create", "get", "list", "watch", "delete")} | {("pods/log", "get")} \
+    assert granted == {("pods", v) for v in ("create", "get", "list", "watch", "patch", "delete")} | {("pods/log", "get")} \
         | {(r, v) for r in ("services", "secrets") for v in ("create", "get", "list", "delete")} | {("events", "list")}
 
 

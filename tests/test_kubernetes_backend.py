@@ -64,7 +64,7 @@ T = TypeVar("T")
 MiB = 1024**2
 SMALL = {"memory": 512 * MiB, "object_store_memory": 128 * MiB}  # Ray's minimum object store is 75 MiB
 RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted"}
-ROLE = {("pods", v) for v in ("create", "get", "list", "watch", "delete")} | {("pods/log", "get")} \
+ROLE = {("pods", v) for v in ("create", "get", "list", "watch", "patch", "delete")} | {("pods/log", "get")} \
     | {(r, v) for r in ("services", "secrets") for v in ("create", "get", "list", "delete")} | {("events", "list")}
 _NODE_PORT_FLAGS = ("--node-manager-port", "--object-manager-port", "--dashboard-agent-grpc-port",
                     "--runtime-env-agent-port", "--metrics-export-port")
@@ -816,6 +816,7 @@ async def _every_call(backend: KubernetesBackend, proxy: FaultProxy, ns: str) ->
     await step(backend.list_nodes(handle))  # Pending with an empty status: its Events are read
     await step(backend.logs(handle, "k-rbac-head"))
     await step(backend.discover())
+    await step(backend.save_spec(handle, spec.with_group_range("cpu", 0, 2)))  # a scale's desired state
     if worker is not None:
         await step(backend.remove_node(handle, worker.name))
     await step(backend.delete_cluster(handle))
@@ -856,7 +857,7 @@ def test_every_rule_of_deploy_rbac_yaml_is_needed(silent_kubelet: ProcessKubelet
             resource = match["res"] + (f"/{match['sub']}" if match["sub"] else "")
             verb = "get" if record.method == "GET" and match["name"] else (
                 "watch" if "watch=" in record.query else "list") if record.method == "GET" else {
-                "POST": "create", "DELETE": "delete"}[record.method]
+                "POST": "create", "DELETE": "delete", "PATCH": "patch"}[record.method]
             calls.add((resource, verb))
         return calls
 

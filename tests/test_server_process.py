@@ -303,3 +303,43 @@ def test_the_server_owns_defaults_and_names(refusing_server: LiveServer) -> None
     created = refusing_server.api("POST", "clusters", defaults)  # the defaults are a valid request
     assert created.status_code == 202 and created.json()["name"] == defaults["name"], created.text
     _clean_up_after(refusing_server, created)
+
+
+LIST_RANGES = """
+from jupyter_raykube.blocking import BlockingManager
+from jupyter_raykube.manager import ClusterManager
+bm = BlockingManager(lambda: ClusterManager(default_backend="local", stop_clusters_on_close=False))
+try:
+    for cluster in bm.call(bm.manager.list):
+        print("RANGE", cluster.name, [(g.name, g.min, g.max) for g in cluster.spec.groups])
+finally:
+    bm.close()
+"""
+
+
+def test_a_scale_is_written_once_and_read_back_everywhere(tmp_path: Path) -> None:
+    """Desired state is persisted before it is acted on: another process lists the new range,
+    and a restarted server that adopts the cluster keeps it."""
+    keep = "--ClusterManager.stop_clusters_on_close=False"  # adopt_on_start follows: True
+    first = _start_server(tmp_path, keep)
+    try:
+        _start_cluster(first, {"name": "k-range", "groups": [{"name": "cpu", "max": 1}]})
+        uid = json.loads((first.runtime_dir / "raykube" / "clusters" / "k-range.json").read_text())["uid"]
+        patched = first.api("PATCH", "clusters/k-range", {"groups": {"cpu": {"min": 0, "max": 3}}})
+        assert patched.status_code == 200, patched.text
+        env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(first.runtime_dir), "PYTHONPATH": str(ROOT)}
+        listed = subprocess.run([sys.executable, "-c", LIST_RANGES], env=env, capture_output=True,
+                                text=True, timeout=120)
+        assert "RANGE k-range [('cpu', 0, 3)]" in listed.stdout, listed.stdout + listed.stderr[-2000:]
+    finally:
+        _stop_server(first, tmp_path / "server.log")
+    assert cluster_processes(uid), "with stop_clusters_on_close=False the cluster outlives its server"
+
+    second = _start_server(tmp_path, keep)
+    try:
+        snap = second.api("GET", "clusters/k-range").json()
+        assert snap["owned_here"] and [(g["name"], g["min"], g["max"]) for g in snap["groups"]] == [("cpu", 0, 3)]
+        assert second.api("DELETE", "clusters/k-range").status_code == 204
+    finally:
+        _stop_server(second, tmp_path / "server.log")
+    assert cluster_processes(uid) == []

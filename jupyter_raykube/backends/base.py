@@ -105,6 +105,12 @@ class Backend(LoggingConfigurable, metaclass=_AbstractTraitsMeta):
         """Every node of the cluster, the head included, with its phase."""
 
     @abstractmethod
+    async def save_spec(self, handle: ClusterHandle, spec: ClusterSpec) -> ClusterHandle:
+        """Write the cluster's desired state (its group ranges after a scale) where every
+        process and a restarted server read it back through `discover()`; returns the handle
+        carrying it. The manager calls this before it acts on a change."""
+
+    @abstractmethod
     async def delete_cluster(self, handle: ClusterHandle) -> None:
         """Stop every node and forget the cluster. Safe to call twice."""
 

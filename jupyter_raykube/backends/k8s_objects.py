@@ -278,6 +278,11 @@ def make_head_service(meta: ClusterMeta, ports: Ports) -> V1Service:
                    V1ServicePort(name="client", port=ports.client, target_port="client", protocol="TCP")]))
 
 
+def spec_annotation(spec: ClusterSpec) -> str:
+    """The head Pod's record of the cluster's desired state (read back by `discover()`)."""
+    return json.dumps(spec.to_dict(), sort_keys=True, separators=(",", ":"))
+
+
 def make_head_pod(meta: ClusterMeta, spec: ClusterSpec, size: NodeSize, settings: PodSettings) -> V1Pod:
     """The head: GCS, dashboard, Ray Client server and a raylet (`--num-cpus=0` by default, so
     tasks go to autoscaled workers). The spec is kept as an annotation for `discover()`."""
@@ -290,7 +295,7 @@ def make_head_pod(meta: ClusterMeta, spec: ClusterSpec, size: NodeSize, settings
                        V1ContainerPort(name="client", container_port=ports.client, protocol="TCP"),
                        V1ContainerPort(name="dashboard-agent", container_port=ports.dashboard_agent,
                                        protocol="TCP")]
-    annotations = {ANNOTATION_SPEC: json.dumps(spec.to_dict(), sort_keys=True, separators=(",", ":"))}
+    annotations = {ANNOTATION_SPEC: spec_annotation(spec)}
     return _pod(meta, meta.metadata(meta.head_pod_name, HEAD, HEAD, annotations), HEAD_CONTAINER, HEAD,
                 args, container_ports, size, settings, spec.env, health_path="/api/healthz")
 

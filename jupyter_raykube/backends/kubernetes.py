@@ -436,6 +436,18 @@ class KubernetesBackend(Backend):
                                      provisioning=bool(scale_up)))
         return nodes
 
+    async def save_spec(self, handle: ClusterHandle, spec: ClusterSpec) -> ClusterHandle:
+        """As the head Pod's spec annotation, which every server of this user reads back."""
+        head = handle.details["head_pod"]
+        body = {"metadata": {"annotations": {objects.ANNOTATION_SPEC: objects.spec_annotation(spec)}}}
+        try:
+            await self._api(_Call("patch", "pods", head), self.core.patch_namespaced_pod, head, self.namespace, body)
+        except ApiException as exc:
+            if exc.status == 404:
+                raise ClusterNotFound(f"no Ray cluster named {handle.name!r} in namespace {self.namespace}") from None
+            raise self._failed(_Call("patch", "pods", head), exc) from exc
+        return replace(handle, spec=spec)
+
     async def delete_cluster(self, handle: ClusterHandle) -> None:
         """Delete every object of the cluster (workers first), then wait for its Pods to go."""
         await self._delete_objects(handle.name, handle.details["cluster_id"], wait=True)
@@ -509,9 +521,8 @@ class KubernetesBackend(Backend):
         annotations = head.metadata.annotations or {}
         name = labels[LABEL_CLUSTER]
         try:
-            spec = ClusterSpec.from_dict(json.loads(annotations[objects.ANNOTATION_SPEC]),
-                                         defaults=ClusterSpec(name=name, backend=self.name))
-        except (KeyError, ValueError) as exc:
+            spec = ClusterSpec.decode(json.loads(annotations[objects.ANNOTATION_SPEC]))
+        except (KeyError, ValueError, TypeError) as exc:
             self.log.warning("Ignoring Ray cluster %s in %s: unreadable spec annotation (%s)",
                              name, self.namespace, exc)
             return None

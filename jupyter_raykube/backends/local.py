@@ -24,6 +24,7 @@ import sys
 import time
 from collections.abc import Collection, Mapping
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -255,6 +256,15 @@ class LocalBackend(Backend):
         child = self._children.get(node_name)
         code = child.poll() if child is not None else None
         return f"process exited with code {code}" if code is not None else "process exited"
+
+    async def save_spec(self, handle: ClusterHandle, spec: ClusterSpec) -> ClusterHandle:
+        """Into the cluster's state file, which every process of this user reads."""
+        def write() -> None:
+            if self.store.update(handle.name, lambda record: record.__setitem__("spec", spec.to_dict())) is None:
+                raise ClusterNotFound(f"no running cluster named {handle.name!r}")
+
+        await anyio.to_thread.run_sync(write)
+        return replace(handle, spec=spec)
 
     async def delete_cluster(self, handle: ClusterHandle) -> None:
         await anyio.to_thread.run_sync(self._delete_cluster, handle)
