@@ -18,7 +18,7 @@ import pytest
 import ray
 
 from jupyter_raykube.backends import processes
-from jupyter_raykube.backends.base import HEAD_GROUP
+from jupyter_raykube.backends.base import HEAD_GROUP, ClusterHandle
 from jupyter_raykube.backends.local import _HEAD_PORT_ENV, _NODE_PORT_FLAGS, _free_ports
 from jupyter_raykube.blocking import BlockingManager
 from jupyter_raykube.connect import connect_driver, disconnect_driver
@@ -85,7 +85,7 @@ def census() -> Iterator[Census]:
                  120, "the worker node to join")
         connect_driver(handle.address, manager.manager.token)
         assert ray.get(ray.remote(num_cpus=1)(lambda: 1).remote()) == 1  # the head has no CPUs: on the worker
-        with _ray_client(handle.client_address, manager.manager.token, handle.details["temp_dir"]):
+        with _ray_client(handle, manager.manager.token):
             record = manager.manager.backend.store.read("t-net")
             yield Census(manager.manager.backend.node_ip, handle.address, _listeners(record))
     finally:
@@ -93,18 +93,19 @@ def census() -> Iterator[Census]:
         manager.close()
 
 
-def _ray_client(address: str, token: str, temp_dir: str) -> subprocess.Popen[str]:
+def _ray_client(handle: ClusterHandle, token: str) -> subprocess.Popen[str]:
     """A Ray Client driver in its own process, holding its connection (and so the cluster's
     per-connection specific server) until its stdin closes."""
-    script = textwrap.dedent(f"""
-        import sys, ray
-        ray.init("ray://{address}")
+    script = textwrap.dedent("""
+        import os, sys, ray
+        from jupyter_raykube.connect import connect_driver
+        connect_driver(sys.argv[1], os.environ["T_TOKEN"], client_address=sys.argv[2])
         print("READY", ray.get(ray.remote(lambda: 6 * 7).remote()), flush=True)
         sys.stdin.read()
         """)
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
-    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")}, "T_TOKEN": token}
+    proc = subprocess.Popen([sys.executable, "-c", script, handle.address, handle.client_address], env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
     output = []
     for line in proc.stdout:
@@ -114,7 +115,7 @@ def _ray_client(address: str, token: str, temp_dir: str) -> subprocess.Popen[str
     if not output[-1:] or output[-1] != "READY 42\n":
         proc.kill()
         logs = "".join(f"\n== {p}\n{p.read_text(errors='replace')[-2000:]}"
-                       for p in Path(temp_dir).glob("*/session_latest/logs/ray_client_server*"))
+                       for p in Path(handle.details["temp_dir"]).glob("*/session_latest/logs/ray_client_server*"))
         raise AssertionError("".join(output)[-3000:] + logs)
     return proc
 
