@@ -32,7 +32,7 @@ class NodeJson(TypedDict):
     id: str  # the Ray node id ("" until the node joins)
     name: str  # the process or Pod
     group: str
-    state: str  # starting, running, draining, failed
+    state: str  # starting, running, draining
     head: bool
     resources_total: dict[str, float]
     resources_used: dict[str, float]

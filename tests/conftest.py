@@ -20,15 +20,19 @@ pytest_plugins = ["pytest_jupyter.jupyter_server", "tests.kube.fixtures"]
 T = TypeVar("T")
 
 _runtime = Path(os.environ.get("RAYKUBE_TEST_RUNTIME", "/tmp")) / f"raykube-tests-{os.getpid()}"
-os.environ["JUPYTER_RUNTIME_DIR"] = str(_runtime)  # every process the tests start inherits it
 # Every process this session starts inherits this tag, so the leak check below counts (and
 # kills) only this session's processes, never those of another test run on the same machine.
 SESSION_TAG = "JUPYTER_RAYKUBE_TEST_SESSION"
-os.environ[SESSION_TAG] = uuid.uuid4().hex
-# Run from a terminal of a Jupyter server with the extension, the tests would otherwise send
-# their clusters to that server.
-for _inherited in ("RAYKUBE_SERVER_URL", "RAYKUBE_SERVER_TOKEN", "RAYKUBE_BACKEND", "RAYKUBE_POLICY"):
-    os.environ.pop(_inherited, None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The session's environment, set once pytest runs (not when this module is imported)."""
+    os.environ["JUPYTER_RUNTIME_DIR"] = str(_runtime)  # every process the tests start inherits it
+    os.environ[SESSION_TAG] = uuid.uuid4().hex
+    # Run from a terminal of a Jupyter server with the extension, the tests would otherwise
+    # send their clusters to that server.
+    for inherited in ("RAYKUBE_SERVER_URL", "RAYKUBE_SERVER_TOKEN", "RAYKUBE_BACKEND", "RAYKUBE_POLICY"):
+        os.environ.pop(inherited, None)
 
 
 def _ours() -> set[int]:

@@ -15,12 +15,13 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Literal
 
 import anyio
 
 from ..backends.base import Backend, BackendError, BackendNode, ClusterHandle, ClusterNotFound
-from ..events import EventLog
+from ..events import EventKind, EventLog
 from ..spec import ClusterSpec
 from .demand import ClusterState, GcsReader, RayNode
 from .planner import (
@@ -33,7 +34,26 @@ from .planner import (
     plan,
 )
 
-NodeState = Literal["starting", "running", "draining", "failed"]
+NodeState = Literal["starting", "running", "draining"]  # a failed node is removed, not shown
+
+
+class RemovalCause(Enum):
+    """Why the reconciler removes a worker node: typed to the end, its sentence made once."""
+
+    IDLE = "idle"  # drained after its idle timeout: a scale-down
+    FAILED = "failed"  # its process or Pod exited, or its Ray node died
+    NOT_JOINED = "not_joined"  # not in Ray within the join timeout (its group backs off)
+
+    @property
+    def event_kind(self) -> EventKind:
+        return "scale_down" if self is RemovalCause.IDLE else "node_failed"
+
+
+@dataclass(frozen=True)
+class Removal:
+    name: str
+    cause: RemovalCause
+    message: str  # for people: the event's sentence
 
 
 class HeadLost(RuntimeError):
@@ -152,7 +172,7 @@ class Reconciler:
         listed = {n.name for n in backend_nodes}
         self._provisioned_at = {n: t for n, t in self._provisioned_at.items() if n in listed}
         observed: list[ObservedNode] = []
-        to_remove: list[tuple[str, str]] = []
+        to_remove: list[Removal] = []
         for node in backend_nodes:
             ray_node = ray_by_instance.get(node.name)
             if node.is_head:
@@ -162,12 +182,13 @@ class Reconciler:
             drain = self._draining.get(node.name)
             if drain is not None:
                 if ray_node is None or now - drain.requested_at > self.settings.drain_timeout_s:
-                    to_remove.append((node.name, f"removed idle {node.group} node {node.name}: {drain.reason}"))
+                    to_remove.append(Removal(node.name, RemovalCause.IDLE,
+                                             f"removed idle {node.group} node {node.name}: {drain.reason}"))
                     continue
                 observed.append(ObservedNode(node.name, node.group, "draining", node.created_at, ray_node))
             elif node.phase == "exited" or node.name in dead:
                 why = node.message or "its Ray node died"
-                to_remove.append((node.name, f"{node.group} node {node.name} failed: {why}"))
+                to_remove.append(Removal(node.name, RemovalCause.FAILED, f"{node.group} node {node.name} failed: {why}"))
             elif ray_node is not None:
                 observed.append(ObservedNode(node.name, node.group, "running", node.created_at, ray_node))
             elif node.provisioning:
@@ -176,7 +197,7 @@ class Reconciler:
             elif now - max(node.created_at, self._provisioned_at.get(node.name, 0.0)) > self.settings.join_timeout_s:
                 reason = (f"{node.group} node {node.name} did not join Ray within "
                           f"{self.settings.join_timeout_s:.0f} s{': ' + node.message if node.message else ''}")
-                to_remove.append((node.name, reason))
+                to_remove.append(Removal(node.name, RemovalCause.NOT_JOINED, reason))
                 self._back_off(node.group, reason, now)
             else:
                 observed.append(ObservedNode(node.name, node.group, "starting", node.created_at,
@@ -185,16 +206,15 @@ class Reconciler:
             await self._remove(to_remove)
         return tuple(observed)
 
-    async def _remove(self, nodes: list[tuple[str, str]]) -> None:
-        async def remove(name: str, message: str) -> None:
-            await self.backend.remove_node(self.handle, name)
-            self._draining.pop(name, None)
-            kind = "scale_down" if message.startswith("removed idle") else "node_failed"
-            self.events.add(self.clock(), kind, message)
+    async def _remove(self, removals: list[Removal]) -> None:
+        async def remove(removal: Removal) -> None:
+            await self.backend.remove_node(self.handle, removal.name)
+            self._draining.pop(removal.name, None)
+            self.events.add(self.clock(), removal.cause.event_kind, removal.message)
 
         async with anyio.create_task_group() as tg:
-            for name, message in nodes:
-                tg.start_soon(remove, name, message)
+            for removal in removals:
+                tg.start_soon(remove, removal)
 
     def _back_off(self, group: str, reason: str, now: float) -> None:
         self._backoff[group] = _Backoff(now + self.settings.backoff_s, reason)
