@@ -38,7 +38,7 @@ def connect_driver(address: str, token: str, *, client_address: str = "", image:
     if not address:
         raise RuntimeError("the cluster has no address yet")
     if image:
-        from .backends.kubernetes import check_ray_versions
+        from .versions import check_ray_versions
 
         check_ray_versions(image, ray_version=ray.__version__,
                            python_version=platform.python_version().rsplit(".", 1)[0])

@@ -55,5 +55,9 @@ class StartError(BackendError):
     """The cluster did not come up; everything it started has been removed."""
 
 
+class RayVersionMismatch(BackendError):
+    """The cluster's image runs another Ray (or Python) version than the driver."""
+
+
 class PolicyError(BackendError):
     """A limit set by the administrator would be exceeded (REST: 403)."""

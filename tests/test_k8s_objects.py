@@ -17,7 +17,9 @@ from kubernetes.client import ApiClient, CoreV1Api, RbacAuthorizationV1Api, V1To
 from kubernetes.client.exceptions import ApiException
 
 from jupyter_raykube.backends import k8s_objects as o
-from jupyter_raykube.backends.kubernetes import KubernetesBackend, RayVersionMismatch, check_ray_versions
+from jupyter_raykube.backends.kubernetes import KubernetesBackend
+from jupyter_raykube.errors import RayVersionMismatch
+from jupyter_raykube.versions import check_ray_versions, default_image, image_versions
 from jupyter_raykube.spec import ClusterSpec, HeadSpec, WorkerGroup
 
 GiB = 1024**3
@@ -264,12 +266,12 @@ def test_label_values_and_quantities() -> None:
 
 
 def test_image_versions_and_mismatch_message() -> None:
-    assert o.default_image("2.60.0", (3, 11)) == "rayproject/ray:2.60.0-py311"
-    assert o.image_versions("rayproject/ray:2.60.0-py311-gpu") == ("2.60.0", "3.11")
-    assert o.image_versions("registry.local:5000/ray:2.59.1") == ("2.59.1", None)
-    assert o.image_versions("rayproject/ray:latest") is None
-    assert o.image_versions("rayproject/ray@sha256:" + "0" * 64) is None
-    assert o.image_versions("registry.local:5000/ray") is None
+    assert default_image("2.60.0", (3, 11)) == "rayproject/ray:2.60.0-py311"
+    assert image_versions("rayproject/ray:2.60.0-py311-gpu") == ("2.60.0", "3.11")
+    assert image_versions("registry.local:5000/ray:2.59.1") == ("2.59.1", None)
+    assert image_versions("rayproject/ray:latest") is None
+    assert image_versions("rayproject/ray@sha256:" + "0" * 64) is None
+    assert image_versions("registry.local:5000/ray") is None
 
     check_ray_versions("rayproject/ray:2.60.0-py311", ray_version="2.60.0", python_version="3.11")
     check_ray_versions("my/custom:v7", ray_version="2.60.0", python_version="3.11")  # nothing to compare

@@ -43,6 +43,7 @@ from traitlets import Bool, Dict, Enum, Float, Int, List, Unicode, default
 
 from .. import __version__
 from ..spec import ClusterSpec, WorkerGroup
+from ..versions import check_ray_versions, default_image
 from . import k8s_objects as objects
 from .base import HEAD_GROUP, Backend, BackendError, BackendNode, ClusterHandle, ClusterNotFound, NodePhase
 from .k8s_objects import (
@@ -78,20 +79,6 @@ class PermissionDenied(BackendError):
 class QuotaExceeded(BackendError):
     """The namespace's ResourceQuota refused a create (403 "exceeded quota"): retrying will not
     help until something in the namespace is deleted or the quota raised."""
-
-
-class RayVersionMismatch(BackendError):
-    """The cluster's image runs another Ray (or Python) version than the driver."""
-
-
-def check_ray_versions(image: str, *, ray_version: str, python_version: str | None = None,
-                       who: str = "this kernel") -> None:
-    """Refuse a driver whose Ray (and Python minor) version differs from the cluster image's.
-    Images whose tag does not name versions pass (nothing to compare). Call it before
-    `ray.init` with the kernel's `ray.__version__` and "3.11"-style Python version."""
-    problem = objects.version_mismatch(image, ray_version, python_version, who=who)
-    if problem:
-        raise RayVersionMismatch(problem)
 
 
 @dataclass(frozen=True)
@@ -259,7 +246,7 @@ class KubernetesBackend(Backend):
 
     @default("image")
     def _default_image(self) -> str:
-        return objects.default_image(package_version("ray"), sys.version_info[:2])
+        return default_image(package_version("ray"), sys.version_info[:2])
 
     @default("gpu_image")
     def _default_gpu_image(self) -> str:
