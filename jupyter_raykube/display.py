@@ -152,7 +152,7 @@ def totals_html(snap: Snapshot) -> str:
     parts.append(("object store", bar(*store, fmt.bytes_usage(*store))))
     cells = "".join(f"<span style='white-space:nowrap'><span style='{_MUTED}'>{label}</span> {b}</span>"
                     for label, b in parts)
-    return f"<div class='raykube-totals' style='display:flex;flex-wrap:wrap;gap:2px 14px;margin:4px 0'>{cells}</div>"
+    return f"<div class='raykube-totals' style='display:flex;flex-wrap:wrap;gap:2px 14px;margin:4px 0;font-size:12px'>{cells}</div>"
 
 
 def _node_row(node: Mapping[str, Any], snap: Snapshot) -> str:

@@ -1,7 +1,8 @@
 /**
  * The REST client: every call to the jupyter_raykube server extension goes through
  * `requestAPI()`, which uses the server's auth (token + XSRF) via ServerConnection.
- * The interfaces mirror the cluster snapshot JSON (DESIGN.md, "The snapshot").
+ * The interfaces mirror the TypedDicts of jupyter_raykube/snapshot.py (the snapshot) and
+ * spec.py `ClusterSpec.to_dict()` (a request) field for field.
  */
 import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
@@ -13,19 +14,20 @@ export type DemandStatus = 'waiting' | 'capped' | 'infeasible';
 /** Resource name to amount, e.g. `{CPU: 1, memory: 2e9}`. */
 export type Resources = Record<string, number>;
 
-/** One worker group of a cluster, with its node counts. */
+/** One worker group of a cluster, with its node counts (snapshot.py `GroupJson`). */
 export interface IGroup {
   name: string;
   min: number;
   max: number;
+  /** What one node of the group offers (memory only when the group sets it). */
   resources: Resources;
   /** Nodes of the group that are running. */
   nodes: number;
   starting: number;
-  draining?: number;
+  draining: number;
 }
 
-/** One Ray node (the head or a worker). */
+/** One Ray node, the head or a worker (snapshot.py `NodeJson`). */
 export interface INode {
   id: string;
   name: string;
@@ -36,30 +38,46 @@ export interface INode {
   resources_used: Resources;
   object_store_used_bytes: number;
   object_store_total_bytes: number;
+  /** Seconds Ray has seen the node idle (0 while busy). */
   idle_s: number;
   activity: string[];
-  message?: string;
-  age_s?: number;
+  message: string;
+  age_s: number;
 }
 
-/** A pending resource shape and why it is not served yet. */
+/** A pending resource shape and why it is not served yet (reconciler.py `describe_pending`). */
 export interface IDemand {
-  kind?: 'task' | 'placement_group' | 'request_resources';
+  kind: 'task' | 'placement_group' | 'request_resources';
   shape: Resources;
-  label?: string;
+  /** Present for placement groups: the gang's bundles. */
+  bundles?: Resources[];
+  label: string;
   count: number;
   status: DemandStatus;
   reason: string;
 }
 
-/** One autoscaler or lifecycle event. */
+/** One autoscaler or lifecycle event; `time` is ISO 8601 in UTC (snapshot.py `EventJson`). */
 export interface IEvent {
   time: string;
   kind: string;
   message: string;
 }
 
-/** A cluster snapshot, as returned by the server. Extend-only. */
+/** The administrator's caps (policy.py `Policy.to_json()` + `summary`). */
+export interface IPolicy {
+  max_clusters: number | null;
+  max_cpus: number | null;
+  max_gpus: number | null;
+  max_workers: number | null;
+  max_lifetime_s: number | null;
+  idle_scale_down_s: number | null;
+  idle_stop_s: number | null;
+  /** One line for people; empty without limits. */
+  summary: string;
+}
+
+/** A cluster snapshot (snapshot.py `SnapshotJson`), oldest event first. Extend-only. */
 export interface ICluster {
   name: string;
   backend: string;
@@ -67,33 +85,69 @@ export interface ICluster {
   step: string;
   error: string;
   owner: string;
+  owned_here: boolean;
   address: string;
+  client_address: string;
+  image: string;
   dashboard_url: string;
   ray_version: string;
   python_version: string;
   created_at: number | null;
-  idle_timeout_s: number | null;
+  idle_timeout_s: number;
+  /** Seconds the whole cluster has been idle. */
+  idle_s: number;
+  policy: IPolicy;
   max_workers: number | null;
-  /** The administrator's caps; `summary` is one line for people, empty without limits. */
-  policy?: { summary: string };
   groups: IGroup[];
   nodes: INode[];
   demand: IDemand[];
   events: IEvent[];
 }
 
-/** A worker group in a create request; every key but `name` is optional. */
-export interface IGroupRequest {
+/** A worker group as a request states it (spec.py `WorkerGroup`). */
+export interface IGroupSpec {
   name: string;
-  min?: number;
-  max?: number;
-  cpus?: number;
+  cpus: number;
+  gpus: number;
+  memory: number | null;
+  object_store_memory: number | null;
+  custom: Resources;
+  min: number;
+  max: number;
+  cost: number | null;
+  /** null: the cluster's idle timeout. */
+  idle_timeout_s: number | null;
+  labels: Record<string, string>;
 }
 
-/** Body of `POST clusters`. */
-export interface ICreateRequest {
+/** A whole cluster request (spec.py `ClusterSpec.to_dict()`), as `GET /` `defaults` gives it. */
+export interface IClusterSpec {
   name: string;
-  groups?: IGroupRequest[];
+  backend: string;
+  head: { cpus: number; memory: number | null; object_store_memory: number | null };
+  groups: IGroupSpec[];
+  idle_timeout_s: number;
+  max_workers: number | null;
+  image: string | null;
+  labels: Record<string, string>;
+  env: Record<string, string>;
+}
+
+/** `GET /`: who owns the clusters and what a new one gets (with the next free name). */
+export interface IServerInfo {
+  owner: string;
+  backend: string;
+  max_clusters: number | null;
+  defaults: IClusterSpec;
+}
+
+/** Changed fields of one group, the shape PATCH and POST share. */
+export type GroupChanges = Record<string, Partial<Omit<IGroupSpec, 'name'>>>;
+
+/** Body of `POST clusters`: only what differs from the server's defaults. */
+export interface ICreateRequest {
+  name?: string;
+  groups?: GroupChanges;
   idle_timeout_s?: number;
 }
 
@@ -149,6 +203,11 @@ export class RayKubeAPI {
   constructor(
     readonly serverSettings: ServerConnection.ISettings = ServerConnection.makeSettings()
   ) {}
+
+  /** The owner, backend and the default request (with the next free name). */
+  info(): Promise<IServerInfo> {
+    return this._request<IServerInfo>('');
+  }
 
   async listClusters(): Promise<ICluster[]> {
     const reply = await this._request<{ clusters: ICluster[] }>('clusters');

@@ -11,8 +11,9 @@ import {
   WidgetTracker
 } from '@jupyterlab/apputils';
 import { INotebookTracker, NotebookActions } from '@jupyterlab/notebook';
-import { IFrame, refreshIcon } from '@jupyterlab/ui-components';
+import { refreshIcon } from '@jupyterlab/ui-components';
 
+import { DashboardView } from './dashboard';
 import { rayIcon } from './icon';
 import type { ClusterListModel } from './model';
 import type { ClusterPanel } from './widget';
@@ -43,7 +44,7 @@ export interface ICommandContext {
 export function addCommands(context: ICommandContext): void {
   const { app, model, panel, notebooks, palette } = context;
   const { commands, shell } = app;
-  const dashboards = new WidgetTracker<MainAreaWidget<IFrame>>({
+  const dashboards = new WidgetTracker<MainAreaWidget<DashboardView>>({
     namespace: 'raykube-dashboard'
   });
 
@@ -77,13 +78,15 @@ export function addCommands(context: ICommandContext): void {
       const name = String(args.name);
       const url = String(args.url);
       const existing = dashboards.find(w => w.id === dashboardId(name));
-      if (existing) {
+      if (existing && !existing.content.ended) {
         shell.activateById(existing.id);
         return;
       }
-      // The dashboard is served by the server's proxy (same origin); it is a script app.
-      const content = new IFrame({ sandbox: ['allow-scripts', 'allow-same-origin'] });
-      content.url = url;
+      existing?.dispose();
+      const content = new DashboardView(name, url);
+      const follow = () => content.follow(model.clusters);
+      model.stateChanged.connect(follow);
+      content.disposed.connect(() => model.stateChanged.disconnect(follow));
       const widget = new MainAreaWidget({ content });
       widget.id = dashboardId(name);
       widget.title.label = `Ray: ${name}`;

@@ -14,7 +14,7 @@ import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { RayKubeAPI } from './api';
 import { addCommands } from './commands';
 import { ClusterListModel } from './model';
-import { ClusterPanel, DEFAULT_FORM, IFormDefaults } from './widget';
+import { ClusterPanel } from './widget';
 
 const PLUGIN_ID = 'jupyter-raykube:plugin';
 
@@ -39,7 +39,6 @@ const plugin: JupyterFrontEndPlugin<void> = {
     if (settingRegistry) {
       const apply = (settings: ISettingRegistry.ISettings) => {
         model.interval = settings.get('pollInterval').composite as number;
-        panel.defaults = formDefaults(settings);
       };
       settingRegistry
         .load(PLUGIN_ID)
@@ -51,17 +50,5 @@ const plugin: JupyterFrontEndPlugin<void> = {
     }
   }
 };
-
-function formDefaults(settings: ISettingRegistry.ISettings): IFormDefaults {
-  const get = (key: string) => settings.get(key).composite;
-  return {
-    cpuMin: (get('defaultCpuMin') as number) ?? DEFAULT_FORM.cpuMin,
-    cpuMax: (get('defaultCpuMax') as number) ?? DEFAULT_FORM.cpuMax,
-    workerCpus: (get('defaultWorkerCpus') as number) ?? DEFAULT_FORM.workerCpus,
-    gpuMin: (get('defaultGpuMin') as number) ?? DEFAULT_FORM.gpuMin,
-    gpuMax: (get('defaultGpuMax') as number) ?? DEFAULT_FORM.gpuMax,
-    idleTimeout: (get('defaultIdleTimeout') as number | null) ?? DEFAULT_FORM.idleTimeout
-  };
-}
 
 export default plugin;

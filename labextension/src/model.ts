@@ -1,7 +1,9 @@
 /**
- * The sidebar's model: the user's clusters, kept fresh by a Poll over the REST API, plus
- * the actions (create, scale, stop). After every action the list is re-fetched from the
- * server instead of being patched locally. Errors are kept as messages for the view.
+ * The sidebar's model: the user's clusters, kept fresh by a Poll over the REST API, the
+ * server's default request for the create form, and the actions (create, scale, stop).
+ * After every action the list is re-fetched from the server instead of being patched locally.
+ * An action's error belongs to the cluster it was about (the view shows it on that card);
+ * only a failed list refresh is a panel-wide banner.
  */
 import { VDomModel } from '@jupyterlab/ui-components';
 import { Poll } from '@lumino/polling';
@@ -11,6 +13,7 @@ import {
   GroupBounds,
   ICluster,
   ICreateRequest,
+  IServerInfo,
   RayKubeAPI
 } from './api';
 
@@ -19,10 +22,13 @@ const MAX_INTERVAL_MS = 60_000;
 
 /** An error to show: where it came from and the server's message. */
 export interface IErrorMessage {
-  /** "poll" for list refreshes, otherwise the action ("create alice-1", ...). */
+  /** "poll" for list refreshes, "info" for the server's defaults. */
   source: string;
   message: string;
 }
+
+/** What a create attempt gave: ok, or the server's message for the form to place. */
+export type CreateResult = { ok: true; name: string } | { ok: false; message: string };
 
 export class ClusterListModel extends VDomModel {
   constructor(
@@ -66,9 +72,41 @@ export class ClusterListModel extends VDomModel {
     return this._loaded;
   }
 
-  /** The last error to show, or null. */
+  /** The last panel-wide error (a failed refresh), or null. */
   get error(): IErrorMessage | null {
     return this._error;
+  }
+
+  /** The server's owner, backend and default request; null until fetched. */
+  get info(): IServerInfo | null {
+    return this._info;
+  }
+
+  /** The last failed action on a cluster (scale, stop), for its card; '' when none. */
+  clusterError(name: string): string {
+    return this._clusterErrors.get(name) ?? '';
+  }
+
+  /** Forget a card's error (its dismiss button). */
+  clearClusterError(name: string): void {
+    this._clusterErrors.delete(name);
+    this.stateChanged.emit();
+  }
+
+  /** Fetch the default request again (its suggested name changes after every create). */
+  async loadInfo(): Promise<void> {
+    try {
+      this._info = await this._api.info();
+      if (this._error?.source === 'info') {
+        this._error = null;
+      }
+    } catch (error) {
+      this._error = {
+        source: 'info',
+        message: `Cannot read the server's cluster defaults: ${errorMessage(error)}`
+      };
+    }
+    this.stateChanged.emit();
   }
 
   /** Names of clusters with an action in flight (their buttons are disabled). */
@@ -95,6 +133,9 @@ export class ClusterListModel extends VDomModel {
     this._active = value;
     if (value) {
       void this._poll.refresh();
+      if (!this._info) {
+        void this.loadInfo();
+      }
     }
   }
 
@@ -109,21 +150,27 @@ export class ClusterListModel extends VDomModel {
     await this._poll.tick;
   }
 
-  /** Create a cluster; resolves to whether the server accepted it. */
-  create(request: ICreateRequest): Promise<boolean> {
-    return this._act(request.name, `create ${request.name}`, () =>
-      this._api.createCluster(request)
-    );
+  /** Create a cluster from the changes to the defaults; errors go back to the form. */
+  async create(request: ICreateRequest): Promise<CreateResult> {
+    let result: CreateResult;
+    try {
+      const cluster = await this._api.createCluster(request);
+      result = { ok: true, name: cluster.name };
+    } catch (error) {
+      result = { ok: false, message: errorMessage(error) };
+    }
+    await Promise.all([this.refresh(), result.ok ? this.loadInfo() : Promise.resolve()]);
+    return result;
   }
 
   /** Set new min/max bounds for some groups of a cluster. */
   scale(name: string, groups: GroupBounds): Promise<boolean> {
-    return this._act(name, `scale ${name}`, () => this._api.scaleCluster(name, groups));
+    return this._act(name, () => this._api.scaleCluster(name, groups));
   }
 
   /** Stop a cluster (its nodes are drained and removed by the server). */
   stop(name: string): Promise<boolean> {
-    return this._act(name, `stop ${name}`, () => this._api.stopCluster(name));
+    return this._act(name, () => this._api.stopCluster(name));
   }
 
   dispose(): void {
@@ -134,22 +181,16 @@ export class ClusterListModel extends VDomModel {
     super.dispose();
   }
 
-  private async _act(
-    name: string,
-    source: string,
-    action: () => Promise<unknown>
-  ): Promise<boolean> {
+  private async _act(name: string, action: () => Promise<unknown>): Promise<boolean> {
     this._busy.add(name);
+    this._clusterErrors.delete(name);
     this.stateChanged.emit();
     let ok = true;
     try {
       await action();
-      if (this._error?.source === source) {
-        this._error = null;
-      }
     } catch (error) {
       ok = false;
-      this._error = { source, message: `Could not ${source}: ${errorMessage(error)}` };
+      this._clusterErrors.set(name, errorMessage(error));
     } finally {
       this._busy.delete(name);
     }
@@ -162,6 +203,8 @@ export class ClusterListModel extends VDomModel {
   private _clusters: ICluster[] = [];
   private _loaded = false;
   private _error: IErrorMessage | null = null;
+  private _info: IServerInfo | null = null;
+  private _clusterErrors = new Map<string, string>();
   private _busy = new Set<string>();
   private _active = false;
 }

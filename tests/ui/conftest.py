@@ -21,6 +21,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,8 +113,17 @@ def _write_settings(settings_dir: Path) -> None:
 
 @pytest.fixture(scope="session")
 def lab() -> Iterator[Lab]:
+    """The Lab most tests share: the server's built-in defaults."""
+    with running_lab() as server:
+        yield server
+
+
+@contextmanager
+def running_lab(server_config: dict[str, Any] | None = None, name: str = "jupyter-lab") -> Iterator[Lab]:
     """Start `python -m jupyterlab` on a free port with private Jupyter dirs; stop it after.
 
+    `server_config` goes into the private config dir as jupyter_server_config.json (e.g.
+    `{"ClusterManager": {"default_groups": [...]}}`), as an administrator would set it.
     Only the user-level dirs are private: the venv's share/jupyter (sys.prefix), where
     `pip install` put the lab extension, stays on the data path. The dirs are not under
     pytest's basetemp: another pytest run on the machine prunes old basetemps, and this
@@ -125,6 +135,8 @@ def lab() -> Iterator[Lab]:
     for d in dirs.values():
         d.mkdir()
     _write_settings(dirs["settings"])
+    if server_config:
+        (dirs["config"] / "jupyter_server_config.json").write_text(json.dumps(server_config))
     env = dict(os.environ, JUPYTER_CONFIG_DIR=str(dirs["config"]), JUPYTER_DATA_DIR=str(dirs["data"]),
                JUPYTER_RUNTIME_DIR=str(dirs["runtime"]), IPYTHONDIR=str(dirs["ipython"]),
                JUPYTERLAB_SETTINGS_DIR=str(dirs["settings"]),
@@ -132,7 +144,7 @@ def lab() -> Iterator[Lab]:
     env.pop("JUPYTER_PATH", None)
     token, port = secrets.token_hex(16), _free_port()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    log = (ARTIFACTS / "jupyter-lab.log").open("wb")
+    log = (ARTIFACTS / f"{name}.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root",
          f"--IdentityProvider.token={token}", "--ServerApp.ip=127.0.0.1", f"--port={port}",
@@ -193,7 +205,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 @pytest.fixture
 def page(browser: Any, lab: Lab, request: pytest.FixtureRequest) -> Iterator[Any]:
-    """A fresh browser context on the Lab page, JupyterLab fully started."""
+    """A fresh browser context on the shared Lab's page, JupyterLab fully started."""
+    yield from lab_page(browser, lab, request)
+
+
+def lab_page(browser: Any, lab: Lab, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """Open `lab` in a fresh browser context; a failing test leaves a screenshot behind."""
     context = browser.new_context(viewport={"width": 1400, "height": 900})
     context.set_default_timeout(30_000)
     page = context.new_page()
@@ -208,4 +225,3 @@ def page(browser: Any, lab: Lab, request: pytest.FixtureRequest) -> Iterator[Any
         if report is not None and report.failed:
             page.screenshot(path=str(ARTIFACTS / f"FAILED-{request.node.name}.png"))
         context.close()
-

@@ -83,3 +83,11 @@ def run_cell(page: Any, notebook: Any, index: int, code: str | None = None,
         "([el, pattern]) => new RegExp(pattern).test(el.textContent.trim())",
         arg=[prompt.element_handle(), EXECUTED_PROMPT.pattern], timeout=timeout)
     return target
+
+
+def use_theme(page: Any, theme: str) -> None:
+    """Switch JupyterLab to its light or dark theme and wait until the CSS is swapped."""
+    run_command(page, f"Use Theme: JupyterLab {theme.capitalize()}")
+    light = "true" if theme == "light" else "false"
+    page.wait_for_function(f"() => document.body.dataset.jpThemeLight === '{light}'")
+    page.wait_for_timeout(300)  # theme CSS swap
