@@ -42,7 +42,9 @@ from traitlets.config import Config
 
 from jupyter_raykube.backends.base import BackendError, ClusterNotFound
 from jupyter_raykube.backends.k8s_watch import PodReflector
-from jupyter_raykube.backends.kubernetes import ClusterExists, KubernetesBackend, PermissionDenied
+from jupyter_raykube.backends.k8s_api import PermissionDenied
+from jupyter_raykube.backends.kubernetes import KubernetesBackend
+from jupyter_raykube.errors import ClusterExistsError
 from jupyter_raykube.backends.registry import BACKEND_ENV, resolve_backend
 from jupyter_raykube.blocking import BlockingManager
 from jupyter_raykube.client import LocalClient
@@ -287,7 +289,7 @@ def test_api_faults_are_retried_without_duplicate_pods(kube_config_file: Path, k
         # A second server cannot take the name; the first cluster is left alone.
         other, refused = (make_backend(kube_config_file, address_type="service") for _ in range(2))
         try:
-            with pytest.raises(ClusterExists, match=f"'k-faults' already exists in namespace {ns}"):
+            with pytest.raises(ClusterExistsError, match=f"'k-faults' already exists in namespace {ns}"):
                 await other.create_cluster(spec, owner="alice", token="t0ken")
             assert len(await backend.list_nodes(handle)) == 1 + 3
             # One that may not list Pods is told so at once, not after retry_timeout.

@@ -18,23 +18,19 @@ Pod, so Kubernetes' garbage collector deletes the cluster together with the serv
 
 from __future__ import annotations
 
-import base64
 import getpass
 import json
 import os
 import secrets
 import string
 import sys
-import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
-from functools import partial
+from collections.abc import Mapping
+from dataclasses import replace
 from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
-import urllib3
 from kubernetes import config as kube_config
 from kubernetes.client import ApiClient, Configuration, CoreV1Api, V1Pod, V1Toleration, V1Volume, V1VolumeMount
 from kubernetes.client.exceptions import ApiException
@@ -42,10 +38,13 @@ from kubernetes.config.config_exception import ConfigException
 from traitlets import Bool, Dict, Enum, Float, Int, List, Unicode, default
 
 from .. import __version__
+from ..errors import ClusterExistsError
 from ..spec import ClusterSpec, WorkerGroup
 from ..versions import check_ray_versions, default_image
 from . import k8s_objects as objects
-from .base import HEAD_GROUP, Backend, BackendError, BackendNode, ClusterHandle, ClusterNotFound, NodePhase
+from .base import HEAD_GROUP, Backend, BackendError, BackendNode, ClusterHandle, ClusterNotFound
+from .k8s_api import Call, KubeCalls, NameTaken, PermissionDenied, status_message
+from .k8s_events import PodEvents
 from .k8s_objects import (
     LABEL_CLUSTER,
     LABEL_CLUSTER_ID,
@@ -59,6 +58,7 @@ from .k8s_objects import (
     PodSettings,
     Ports,
 )
+from .k8s_status import age_of, belongs, creation_time, labels_of, pod_state, token_of, unschedulable
 from .k8s_watch import PodReflector
 
 GiB = 1024**3
@@ -66,36 +66,6 @@ NAMESPACE_ENV = "RAYKUBE_NAMESPACE"  # set by the JupyterHub hook (jupyter_rayku
 _SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 _ORPHAN_GRACE_S = 60.0  # objects without a head this young may still be being created
 T = TypeVar("T")
-
-
-class ClusterExists(BackendError):
-    """A cluster of that name already exists in the namespace."""
-
-
-class PermissionDenied(BackendError):
-    """The API server refused a call (403): the service account lacks a permission."""
-
-
-class QuotaExceeded(BackendError):
-    """The namespace's ResourceQuota refused a create (403 "exceeded quota"): retrying will not
-    help until something in the namespace is deleted or the quota raised."""
-
-
-@dataclass(frozen=True)
-class _Call:
-    """What an API call does, in RBAC terms (for error messages)."""
-
-    verb: str
-    resource: str
-    name: str = ""
-
-    def describe(self, namespace: str) -> str:
-        target = f"{self.resource}/{self.name}" if self.name else self.resource
-        return f"{self.verb} {target} in namespace {namespace}"
-
-
-class _NameTaken(BackendError):
-    """An object of that name exists and is not ours."""
 
 
 class KubernetesBackend(Backend):
@@ -269,10 +239,10 @@ class KubernetesBackend(Backend):
         self.api_client = ApiClient(self._configuration())
         self.api_client.user_agent = f"jupyter-raykube/{__version__}"  # names us in audit logs
         self.core = CoreV1Api(self.api_client)
+        self.api = KubeCalls(self)  # retried, idempotent, explained calls in self.namespace
         self._reflector: PodReflector | None = None
         self._owner_refs: tuple[Any, ...] | None = None
-        self._events_read: dict[str, tuple[float, Any]] = {}  # "uid/selector" -> (read at, newest Event)
-        self._events_readable = True
+        self.events = PodEvents(self)
 
     def _configuration(self) -> Configuration:
         configuration = Configuration()
@@ -358,18 +328,18 @@ class KubernetesBackend(Backend):
         service = objects.make_head_service(meta, self._ports())
         head = objects.make_head_pod(meta, spec, self._head_size(spec), head_settings)
         try:
-            await self._create(_Call("create", "secrets", meta.secret_name), self.core.create_namespaced_secret,
+            await self.api.create(Call("create", "secrets", meta.secret_name), self.core.create_namespaced_secret,
                                self.core.read_namespaced_secret, secret)
-            await self._create(_Call("create", "services", meta.service_name), self.core.create_namespaced_service,
+            await self.api.create(Call("create", "services", meta.service_name), self.core.create_namespaced_service,
                                self.core.read_namespaced_service, service)
-            head_pod = await self._create(_Call("create", "pods", meta.head_pod_name), self.core.create_namespaced_pod,
+            head_pod = await self.api.create(Call("create", "pods", meta.head_pod_name), self.core.create_namespaced_pod,
                                           self.core.read_namespaced_pod, head)
             (await self._cache()).upsert(head_pod)
             if self.address_type == "pod-ip":
                 head_pod = await self._wait_for_pod_ip(meta.head_pod_name)
-        except _NameTaken:
+        except NameTaken:
             await self._delete_objects(meta.name, meta.cluster_id, wait=False)
-            raise ClusterExists(f"a Ray cluster named {spec.name!r} already exists in namespace "
+            raise ClusterExistsError(f"a Ray cluster named {spec.name!r} already exists in namespace "
                                 f"{self.namespace}") from None
         except BaseException:
             with anyio.CancelScope(shield=True):
@@ -388,24 +358,24 @@ class KubernetesBackend(Backend):
             name = objects.worker_pod_name(handle.name, group.name, _suffix())
             pod = objects.make_worker_pod(meta, handle.spec, group.name, name, size, settings)
             try:
-                created = await self._create(_Call("create", "pods", name), self.core.create_namespaced_pod,
+                created = await self.api.create(Call("create", "pods", name), self.core.create_namespaced_pod,
                                              self.core.read_namespaced_pod, pod)
-            except _NameTaken:
+            except NameTaken:
                 continue  # someone else's Pod has that name: draw another
             cache.upsert(created)
-            return BackendNode(name=name, group=group.name, phase="pending", created_at=_created_at(created))
+            return BackendNode(name=name, group=group.name, phase="pending", created_at=creation_time(created))
         raise BackendError(f"could not find a free Pod name for a {group.name} worker of {handle.name}")
 
     async def remove_node(self, handle: ClusterHandle, node_name: str) -> None:
-        deleted = await self._delete(_Call("delete", "pods", node_name), self.core.delete_namespaced_pod)
+        deleted = await self.api.delete(Call("delete", "pods", node_name), self.core.delete_namespaced_pod)
         if isinstance(deleted, V1Pod):
             (await self._cache()).upsert(deleted)
 
     async def list_nodes(self, handle: ClusterHandle) -> list[BackendNode]:
         """From the watch-fed cache: no API call unless a Pending Pod needs its Events read."""
         cache = await self._cache()
-        pods = [p for p in cache.pods() if _belongs(p, handle.name, handle.details["cluster_id"])]
-        if not any(_labels(p).get(LABEL_NODE_TYPE) == objects.HEAD for p in pods):
+        pods = [p for p in cache.pods() if belongs(p, handle.name, handle.details["cluster_id"])]
+        if not any(labels_of(p).get(LABEL_NODE_TYPE) == objects.HEAD for p in pods):
             raise ClusterNotFound(f"no Ray cluster named {handle.name!r} in namespace {self.namespace} "
                                   f"(its head Pod is gone)")
         live = [p for p in pods if p.metadata.deletion_timestamp is None]
@@ -413,13 +383,13 @@ class KubernetesBackend(Backend):
         for pod in live:
             phase, message = pod_state(pod)
             scale_up = ""
-            if phase == "pending" and _unschedulable(pod):
-                scale_up = await self._scale_up(pod)
+            if phase == "pending" and unschedulable(pod):
+                scale_up = await self.events.scale_up(pod)
                 message += f"; TriggeredScaleUp: {scale_up}" if scale_up else ""
             elif phase == "pending" and not message:
-                message = await self._event_message(pod)
-            nodes.append(BackendNode(name=pod.metadata.name, group=_labels(pod).get(LABEL_GROUP, ""),
-                                     phase=phase, created_at=_created_at(pod), message=message,
+                message = await self.events.warning(pod)
+            nodes.append(BackendNode(name=pod.metadata.name, group=labels_of(pod).get(LABEL_GROUP, ""),
+                                     phase=phase, created_at=creation_time(pod), message=message,
                                      provisioning=bool(scale_up)))
         return nodes
 
@@ -428,11 +398,11 @@ class KubernetesBackend(Backend):
         head = handle.details["head_pod"]
         body = {"metadata": {"annotations": {objects.ANNOTATION_SPEC: objects.spec_annotation(spec)}}}
         try:
-            await self._api(_Call("patch", "pods", head), self.core.patch_namespaced_pod, head, self.namespace, body)
+            await self.api.call(Call("patch", "pods", head), self.core.patch_namespaced_pod, head, self.namespace, body)
         except ApiException as exc:
             if exc.status == 404:
                 raise ClusterNotFound(f"no Ray cluster named {handle.name!r} in namespace {self.namespace}") from None
-            raise self._failed(_Call("patch", "pods", head), exc) from exc
+            raise self.api.failed(Call("patch", "pods", head), exc) from exc
         return replace(handle, spec=spec)
 
     async def delete_cluster(self, handle: ClusterHandle) -> None:
@@ -446,18 +416,18 @@ class KubernetesBackend(Backend):
         selector = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
         if self.owner:
             selector += f",{LABEL_OWNER}={objects.label_value(self.owner)}"
-        pods = await self._list(_Call("list", "pods"), self.core.list_namespaced_pod, selector)
-        secret_list = await self._list(_Call("list", "secrets"), self.core.list_namespaced_secret, selector)
-        service_list = await self._list(_Call("list", "services"), self.core.list_namespaced_service, selector)
-        tokens = {_labels(s).get(LABEL_CLUSTER_ID): _token(s) for s in secret_list}
-        heads = {(_labels(p)[LABEL_CLUSTER], _labels(p)[LABEL_CLUSTER_ID]): p for p in pods
-                 if _labels(p).get(LABEL_NODE_TYPE) == objects.HEAD and p.metadata.deletion_timestamp is None}
+        pods = await self.api.list(Call("list", "pods"), self.core.list_namespaced_pod, selector)
+        secret_list = await self.api.list(Call("list", "secrets"), self.core.list_namespaced_secret, selector)
+        service_list = await self.api.list(Call("list", "services"), self.core.list_namespaced_service, selector)
+        tokens = {labels_of(s).get(LABEL_CLUSTER_ID): token_of(s) for s in secret_list}
+        heads = {(labels_of(p)[LABEL_CLUSTER], labels_of(p)[LABEL_CLUSTER_ID]): p for p in pods
+                 if labels_of(p).get(LABEL_NODE_TYPE) == objects.HEAD and p.metadata.deletion_timestamp is None}
         found = []
         for (name, cluster_id), head in sorted(heads.items()):
             phase, message = pod_state(head)
             token = tokens.get(cluster_id)
             reason = (f"its head Pod has exited ({message or head.status.phase})" if phase == "exited"
-                      else "its token Secret is gone" if not token and _age(head) > _ORPHAN_GRACE_S else "")
+                      else "its token Secret is gone" if not token and age_of(head) > _ORPHAN_GRACE_S else "")
             if reason:
                 self.log.info("Deleting Ray cluster %s in %s: %s", name, self.namespace, reason)
                 await self._delete_objects(name, cluster_id, wait=False)
@@ -467,25 +437,25 @@ class KubernetesBackend(Backend):
             handle = self._handle_from_head(head, token)
             if handle is not None:
                 found.append(handle)
-        leftovers = {(_labels(o)[LABEL_CLUSTER], _labels(o)[LABEL_CLUSTER_ID])
+        leftovers = {(labels_of(o)[LABEL_CLUSTER], labels_of(o)[LABEL_CLUSTER_ID])
                      for o in [*pods, *secret_list, *service_list]
-                     if LABEL_CLUSTER_ID in _labels(o) and _age(o) > _ORPHAN_GRACE_S} - set(heads)
+                     if LABEL_CLUSTER_ID in labels_of(o) and age_of(o) > _ORPHAN_GRACE_S} - set(heads)
         for name, cluster_id in sorted(leftovers):
             self.log.info("Deleting leftovers of Ray cluster %s in %s (no head Pod)", name, self.namespace)
             await self._delete_objects(name, cluster_id, wait=False)
         return found
 
     async def logs(self, handle: ClusterHandle, node_name: str, *, tail: int = 200) -> str:
-        call = _Call("get", "pods/log", node_name)
+        call = Call("get", "pods/log", node_name)
         try:
-            return await self._api(call, self.core.read_namespaced_pod_log, node_name, self.namespace,
+            return await self.api.call(call, self.core.read_namespaced_pod_log, node_name, self.namespace,
                                    tail_lines=tail)
         except ApiException as exc:
             if exc.status == 404:
                 return ""
             if exc.status == 400:  # the container has not started: say why
-                return _status_message(exc)
-            raise self._failed(call, exc) from exc
+                return status_message(exc)
+            raise self.api.failed(call, exc) from exc
 
     # --- handles -----------------------------------------------------------------------------
 
@@ -500,11 +470,11 @@ class KubernetesBackend(Backend):
         return ClusterHandle(name=meta.name, backend=self.name, spec=spec, address=f"{host}:{ports.gcs}",
                              dashboard_address=f"{host}:{ports.dashboard}",
                              client_address=f"{host}:{ports.client}", owner=meta.owner,
-                             created_at=_created_at(head), details=details)
+                             created_at=creation_time(head), details=details)
 
     def _handle_from_head(self, head: V1Pod, token: str) -> ClusterHandle | None:
         """Rebuild a handle from a head Pod (its labels, annotations and owner references)."""
-        labels = _labels(head)
+        labels = labels_of(head)
         annotations = head.metadata.annotations or {}
         name = labels[LABEL_CLUSTER]
         try:
@@ -526,15 +496,15 @@ class KubernetesBackend(Backend):
             if not self.owner_pod_name:
                 self._owner_refs = ()
             else:
-                call = _Call("get", "pods", self.owner_pod_name)
+                call = Call("get", "pods", self.owner_pod_name)
                 try:
-                    pod = await self._api(call, self.core.read_namespaced_pod, self.owner_pod_name, self.namespace)
+                    pod = await self.api.call(call, self.core.read_namespaced_pod, self.owner_pod_name, self.namespace)
                 except ApiException as exc:
                     if exc.status == 404:
                         raise BackendError(
                             f"owner Pod {self.owner_pod_name!r} not found in namespace {self.namespace}: "
                             f"owner_pod_name must name this server's Pod, in the clusters' namespace") from exc
-                    raise self._failed(call, exc) from exc
+                    raise self.api.failed(call, exc) from exc
                 if self.owner_pod_uid and pod.metadata.uid != self.owner_pod_uid:
                     raise BackendError(f"owner Pod {self.owner_pod_name!r} has UID {pod.metadata.uid}, "
                                        f"not {self.owner_pod_uid} (owner_pod_uid)")
@@ -549,7 +519,7 @@ class KubernetesBackend(Backend):
             self._reflector = PodReflector(
                 self.core, self.namespace, f"{LABEL_MANAGED_BY}={MANAGED_BY}",
                 request_timeout_s=self.request_timeout, log=self.log,
-                describe_error=lambda exc, verb: self._describe(_Call(verb, "pods"), exc)).start()
+                describe_error=lambda exc, verb: self.api.describe(Call(verb, "pods"), exc)).start()
         reflector = self._reflector
         with anyio.move_on_after(self.retry_timeout):
             while not reflector.first_load.is_set() and not reflector.refused:
@@ -572,119 +542,12 @@ class KubernetesBackend(Backend):
                 return pod
             await anyio.sleep(0.1)
 
-    async def _event_message(self, pod: V1Pod) -> str:
-        """The newest Warning Event of a Pending Pod that says nothing else."""
-        event = await self._newest_event(pod, "type=Warning")
-        return f"{event.reason}: {event.message}" if event is not None else ""
-
-    async def _scale_up(self, pod: V1Pod) -> str:
-        """What cluster-autoscaler said when it started adding a node for this unschedulable
-        Pod (its TriggeredScaleUp Event), unless that was over `scale_up_timeout_s` ago."""
-        event = await self._newest_event(pod, "reason=TriggeredScaleUp")
-        if event is None or time.time() - _event_time(event) > self.scale_up_timeout_s:
-            return ""
-        return str(event.message or "")
-
-    async def _newest_event(self, pod: V1Pod, selector: str) -> Any:
-        """The newest Event of `pod` matching the field `selector`, read once the Pod is
-        `events_after_s` old and at most every `events_after_s` per Pod and selector."""
-        uid = pod.metadata.uid
-        if not self._events_readable or _age(pod) < self.events_after_s:
-            return None
-        key = f"{uid}/{selector}"
-        read_at, newest = self._events_read.get(key, (-1e9, None))
-        if time.monotonic() - read_at < self.events_after_s:
-            return newest
-        selector = f"involvedObject.name={pod.metadata.name},involvedObject.uid={uid},{selector}"
-        try:
-            events = await anyio.to_thread.run_sync(partial(
-                self.core.list_namespaced_event, self.namespace, field_selector=selector,
-                _request_timeout=self.request_timeout))
-        except ApiException as exc:
-            if exc.status == 403:
-                self._events_readable = False
-                self.log.warning("Not reading Pod Events: %s", self._describe(_Call("list", "events"), exc))
-            return newest
-        except (urllib3.exceptions.HTTPError, OSError):
-            return newest
-        newest = max(events.items or [], key=_event_time, default=None)
-        self._events_read = {k: v for k, v in self._events_read.items() if time.monotonic() - v[0] < 600}
-        self._events_read[key] = (time.monotonic(), newest)
-        return newest
-
-    # --- API calls ---------------------------------------------------------------------------
-
-    async def _api(self, call: _Call, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """One API call in a worker thread, retried with exponential backoff while the server is
-        unavailable. A 403 becomes PermissionDenied; other errors are raised as they are."""
-        deadline = time.monotonic() + self.retry_timeout
-        delay = 0.25
-        while True:
-            try:
-                return await anyio.to_thread.run_sync(
-                    partial(fn, *args, _request_timeout=self.request_timeout, **kwargs))
-            except ApiException as exc:
-                if exc.status == 403 or exc.status == 401:
-                    raise self._failed(call, exc) from exc
-                if not (exc.status == 429 or (exc.status or 0) >= 500):
-                    raise
-                wait, why = max(delay, _retry_after(exc)), f"{exc.status} {exc.reason}"
-            except (urllib3.exceptions.HTTPError, OSError) as exc:
-                wait, why = delay, f"{type(exc).__name__}: {exc}"
-            if time.monotonic() + wait > deadline:
-                raise BackendError(f"the Kubernetes API server did not answer {call.describe(self.namespace)} "
-                                   f"for {self.retry_timeout:.0f} s (last: {why})")
-            self.log.debug("retrying %s in %.2f s: %s", call.describe(self.namespace), wait, why)
-            await anyio.sleep(wait)
-            delay = min(delay * 2, 8.0)
-
-    async def _create(self, call: _Call, create: Callable[..., T], read: Callable[..., T], body: Any) -> T:
-        """Create `body`; a 409 for an object that carries our labels (our own earlier attempt,
-        whose response was lost) is success, one for somebody else's object is `_NameTaken`."""
-        deadline = time.monotonic() + self.retry_timeout
-        name = body.metadata.name
-        while True:
-            try:
-                return await self._api(call, create, self.namespace, body)
-            except ApiException as exc:
-                if exc.status != 409:
-                    raise self._failed(call, exc) from exc
-            try:
-                existing = await self._api(_Call("get", call.resource, name), read, name, self.namespace)
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise self._failed(_Call("get", call.resource, name), exc) from exc
-                if time.monotonic() > deadline:  # conflicts for an object that is not there
-                    raise BackendError(f"{call.describe(self.namespace)} kept failing with 409 Conflict") from exc
-                await anyio.sleep(0.2)
-                continue
-            if _same_node(existing, body):
-                self.log.debug("%s: already created by an earlier attempt", call.describe(self.namespace))
-                return existing
-            raise _NameTaken(f"{call.resource}/{name} exists and belongs to another cluster")
-
-    async def _delete(self, call: _Call, delete: Callable[..., Any]) -> Any:
-        """Delete by name; already gone (404) is fine."""
-        try:
-            return await self._api(call, delete, call.name, self.namespace)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise self._failed(call, exc) from exc
-
-    async def _list(self, call: _Call, list_fn: Callable[..., Any], selector: str) -> list[Any]:
-        try:
-            listed = await self._api(call, list_fn, self.namespace, label_selector=selector)
-        except ApiException as exc:
-            raise self._failed(call, exc) from exc
-        return list(listed.items or [])
-
     async def _delete_objects(self, name: str, cluster_id: str, *, wait: bool) -> None:
         """Delete the Pods (workers, then the head), Service and Secret of one cluster."""
         selector = f"{LABEL_CLUSTER}={name},{LABEL_CLUSTER_ID}={cluster_id}"
-        pods = await self._list(_Call("list", "pods"), self.core.list_namespaced_pod, selector)
-        workers = [p for p in pods if _labels(p).get(LABEL_NODE_TYPE) != objects.HEAD]
-        heads = [p for p in pods if _labels(p).get(LABEL_NODE_TYPE) == objects.HEAD]
+        pods = await self.api.list(Call("list", "pods"), self.core.list_namespaced_pod, selector)
+        workers = [p for p in pods if labels_of(p).get(LABEL_NODE_TYPE) != objects.HEAD]
+        heads = [p for p in pods if labels_of(p).get(LABEL_NODE_TYPE) == objects.HEAD]
         cache = self._reflector
         for batch in (workers, heads):  # workers first: they leave through the head's GCS
             async with anyio.create_task_group() as tg:
@@ -693,86 +556,25 @@ class KubernetesBackend(Backend):
         for resource, list_fn, delete_fn in (
                 ("services", self.core.list_namespaced_service, self.core.delete_namespaced_service),
                 ("secrets", self.core.list_namespaced_secret, self.core.delete_namespaced_secret)):
-            for obj in await self._list(_Call("list", resource), list_fn, selector):
-                await self._delete(_Call("delete", resource, obj.metadata.name), delete_fn)
+            for obj in await self.api.list(Call("list", resource), list_fn, selector):
+                await self.api.delete(Call("delete", resource, obj.metadata.name), delete_fn)
         if wait and pods:
             await self._wait_pods_gone(name, cluster_id)
 
     async def _delete_pod(self, name: str, cache: PodReflector | None) -> None:
-        deleted = await self._delete(_Call("delete", "pods", name), self.core.delete_namespaced_pod)
+        deleted = await self.api.delete(Call("delete", "pods", name), self.core.delete_namespaced_pod)
         if cache is not None and isinstance(deleted, V1Pod):
             cache.upsert(deleted)
 
     async def _wait_pods_gone(self, name: str, cluster_id: str) -> None:
         cache = await self._cache()
         with anyio.move_on_after(self.delete_wait_s):
-            while any(_belongs(p, name, cluster_id) for p in cache.pods()):
+            while any(belongs(p, name, cluster_id) for p in cache.pods()):
                 await anyio.sleep(0.1)
             return
-        left = sorted(p.metadata.name for p in cache.pods() if _belongs(p, name, cluster_id))
+        left = sorted(p.metadata.name for p in cache.pods() if belongs(p, name, cluster_id))
         self.log.warning("Pods of Ray cluster %s still terminating after %.0f s: %s", name,
                          self.delete_wait_s, ", ".join(left))
-
-    def _describe(self, call: _Call, exc: BaseException) -> str:
-        if isinstance(exc, ApiException):
-            if _over_quota(exc):
-                return f"the namespace's ResourceQuota refused to {call.describe(self.namespace)}: {_status_message(exc)}"
-            if exc.status == 403:
-                return (f"permission denied: the service account may not {call.describe(self.namespace)} "
-                        f"({_status_message(exc)}). Grant it the Role in deploy/rbac.yaml "
-                        f"(verb {call.verb!r} on {call.resource.split('/')[0]!r}"
-                        + (f", subresource {call.resource.split('/')[1]!r}" if "/" in call.resource else "") + ")")
-            if exc.status == 401:
-                return f"the API server rejected our credentials (401) for {call.describe(self.namespace)}"
-            return f"{call.describe(self.namespace)} failed: {exc.status} {_status_message(exc)}"
-        return f"{call.describe(self.namespace)} failed: {type(exc).__name__}: {exc}"
-
-    def _failed(self, call: _Call, exc: ApiException) -> BackendError:
-        kind = QuotaExceeded if _over_quota(exc) else PermissionDenied if exc.status == 403 else BackendError
-        return kind(self._describe(call, exc))
-
-
-# --- reading Pods ------------------------------------------------------------------------------
-
-
-def pod_state(pod: V1Pod) -> tuple[NodePhase, str]:
-    """(phase, why): Pending -> pending, Running -> running, Succeeded/Failed -> exited; the
-    message names what a user can act on: Unschedulable and its reason, image pull and
-    config errors, exit codes and OOMKilled, evictions."""
-    status = pod.status
-    if status is None:
-        return "pending", ""
-    phase: NodePhase = {"Running": "running", "Succeeded": "exited", "Failed": "exited"}.get(
-        status.phase or "", "pending")  # type: ignore[assignment]
-    parts = []
-    if status.reason:  # Evicted, DeadlineExceeded, NodeLost, ...
-        parts.append(f"{status.reason}: {status.message}" if status.message else status.reason)
-    for cond in status.conditions or []:
-        if cond.type == "PodScheduled" and cond.status == "False":
-            parts.append(f"{cond.reason or 'Unschedulable'}: {cond.message}" if cond.message else cond.reason or "")
-    for container in status.container_statuses or []:
-        state = container.state
-        if state is None:
-            continue
-        if state.waiting is not None and state.waiting.reason:
-            waiting = state.waiting
-            if waiting.message or waiting.reason not in ("ContainerCreating", "PodInitializing"):
-                parts.append(f"{waiting.reason}: {waiting.message}" if waiting.message else waiting.reason)
-        elif state.terminated is not None:
-            term = state.terminated
-            text = f"container exited with code {term.exit_code}"
-            if term.reason:
-                text += f" ({term.reason})"
-            if term.message:
-                text += f": {term.message.strip()[-300:]}"
-            parts.append(text)
-    return phase, "; ".join(p for p in parts if p)
-
-
-def _unschedulable(pod: V1Pod) -> bool:
-    return any(c.type == "PodScheduled" and c.status == "False" and c.reason == "Unschedulable"
-               for c in (pod.status.conditions if pod.status is not None else None) or [])
-
 
 def _pod_ports(pod: V1Pod, default: Ports) -> Ports:
     """The Ray ports a head Pod declares (by name), else `default`."""
@@ -780,61 +582,6 @@ def _pod_ports(pod: V1Pod, default: Ports) -> Ports:
     return Ports(gcs=declared.get("gcs", default.gcs), dashboard=declared.get("dashboard", default.dashboard),
                  client=declared.get("client", default.client),
                  dashboard_agent=declared.get("dashboard-agent", default.dashboard_agent))
-
-
-def _labels(obj: Any) -> dict[str, str]:
-    return dict(obj.metadata.labels or {})
-
-
-def _belongs(pod: V1Pod, cluster: str, cluster_id: str) -> bool:
-    labels = _labels(pod)
-    return labels.get(LABEL_CLUSTER) == cluster and labels.get(LABEL_CLUSTER_ID) == cluster_id
-
-
-def _same_node(existing: Any, wanted: Any) -> bool:
-    mine, theirs = _labels(wanted), _labels(existing)
-    return all(theirs.get(k) == mine.get(k) for k in (LABEL_CLUSTER, LABEL_CLUSTER_ID, LABEL_GROUP, LABEL_NODE_TYPE))
-
-
-def _created_at(obj: Any) -> float:
-    stamp = obj.metadata.creation_timestamp
-    return stamp.timestamp() if stamp is not None else time.time()
-
-
-def _age(obj: Any) -> float:
-    return time.time() - _created_at(obj)
-
-
-def _token(secret: Any) -> str | None:
-    data = (secret.data or {}).get(objects.TOKEN_KEY)
-    return base64.b64decode(data).decode() if data else None
-
-
-def _event_time(event: Any) -> float:
-    for stamp in (event.last_timestamp, event.event_time, event.metadata.creation_timestamp):
-        if stamp is not None:
-            return stamp.timestamp()
-    return 0.0
-
-
-def _retry_after(exc: ApiException) -> float:
-    value = (exc.headers or {}).get("Retry-After") if exc.headers else None
-    try:
-        return min(float(value), 60.0) if value is not None else 0.0
-    except ValueError:
-        return 0.0
-
-
-def _over_quota(exc: ApiException) -> bool:
-    """A 403 from the ResourceQuota admission plugin, not from RBAC: both are "Forbidden"."""
-    return exc.status == 403 and "exceeded quota" in _status_message(exc)
-
-
-def _status_message(exc: ApiException) -> str:
-    try:
-        return str(json.loads(exc.body or "")["message"])
-    except (ValueError, KeyError, TypeError):
-        return str(exc.reason or exc.status)
 
 
 def _suffix() -> str:
