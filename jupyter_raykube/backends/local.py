@@ -33,6 +33,7 @@ import psutil
 from jupyter_core.paths import jupyter_runtime_dir
 from traitlets import Float, Int, Unicode, default
 
+from ..errors import ClusterExistsError
 from ..spec import ClusterSpec, HeadSpec, WorkerGroup
 from . import processes
 from .base import HEAD_GROUP, Backend, BackendError, BackendNode, ClusterHandle, ClusterNotFound
@@ -50,10 +51,6 @@ _HEAD_PORT_ENV = ("DASHBOARD_METRIC_PORT", "AUTOSCALER_METRIC_PORT")
 # fixed in ray/util/client/server/proxier.py) and below the kernel's ephemeral range, so no
 # outgoing connection takes a port between our choice and Ray's bind.
 _PORT_WINDOW_START = 24000
-
-
-class ClusterExists(BackendError):
-    """A cluster of that name is already running."""
 
 
 class LocalBackend(Backend):
@@ -150,7 +147,7 @@ class LocalBackend(Backend):
         try:
             self.store.create(record)
         except FileExistsError:
-            raise ClusterExists(f"a cluster named {spec.name!r} already exists") from None
+            raise ClusterExistsError(f"a cluster named {spec.name!r} already exists") from None
         shutil.rmtree(self._log_path(spec.name, "x").parent, ignore_errors=True)  # an older crash's
         handle = _handle_from(record)
         try:
