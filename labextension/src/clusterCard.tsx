@@ -293,10 +293,11 @@ function GroupRow(props: IGroupRowProps): React.ReactElement {
 function Bar(props: { label: string; used: number; total: number; text: string; resource: string }) {
   const fraction = props.total > 0 ? Math.min(1, props.used / props.total) : 0;
   return (
-    <div className="jp-RayKube-barRow" data-resource={props.resource} title={`${props.label}: ${props.text}`}>
+    <div className="jp-RayKube-barRow" data-resource={props.resource}>
       <span className="jp-RayKube-barLabel">{props.label}</span>
       <span
         className="jp-RayKube-bar"
+        title={`${props.label}: ${props.text}`}
         role="progressbar"
         aria-label={props.label}
         aria-valuemin={0}
