@@ -105,7 +105,7 @@ def test_head_pod() -> None:
                          "--node-ip-address=$(RAY_POD_IP)", "--dashboard-agent-listen-port=52365",
                          "--num-cpus=0", "--num-gpus=0", "--memory=2147483648",
                          "--object-store-memory=1073741824",
-                         "--labels=raykube.io/cluster=alice-1,raykube.io/group=head", "--disable-usage-stats"],
+                         "--labels=raykube.io/cluster=alice-1,raykube.io/group=head", "--disable-usage-stats", "--no-monitor"],
                 "env": [{"name": "HF_HOME", "value": "/data/hf"}, *RAY_ENV,
                         {"name": "RAY_NODE_TYPE_NAME", "value": "head"}, POD_IP_ENV],
                 "ports": [{"name": "gcs", "containerPort": 6379, "protocol": "TCP"},

@@ -242,7 +242,7 @@ def make_head_pod(meta: ClusterMeta, spec: ClusterSpec, size: NodeSize, settings
     ports = settings.ports
     args = ["start", "--head", "--block", f"--port={ports.gcs}", "--dashboard-host=0.0.0.0",
             f"--dashboard-port={ports.dashboard}", f"--ray-client-server-port={ports.client}",
-            *_node_args(meta, HEAD, size, ports), "--disable-usage-stats"]
+            *_node_args(meta, HEAD, size, ports), "--disable-usage-stats", "--no-monitor"]
     container_ports = [V1ContainerPort(name="gcs", container_port=ports.gcs, protocol="TCP"),
                        V1ContainerPort(name="dashboard", container_port=ports.dashboard, protocol="TCP"),
                        V1ContainerPort(name="client", container_port=ports.client, protocol="TCP"),

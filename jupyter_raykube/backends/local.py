@@ -156,7 +156,7 @@ class LocalBackend(Backend):
                     f"--dashboard-host={self.node_ip}", f"--dashboard-port={dashboard_port}",
                     f"--ray-client-server-port={client_port}", f"--num-cpus={spec.head.cpus}",
                     "--num-gpus=0", f"--memory={memory}", f"--object-store-memory={object_store}",
-                    "--disable-usage-stats"]
+                    "--disable-usage-stats", "--no-monitor"]  # our autoscaler replaces Ray's monitor
             env = {"RAY_SCHEDULER_EVENTS": "0", **{k: str(p) for k, p in zip(_HEAD_PORT_ENV, head_ports[3:])}}
             self._start_node(handle, f"{spec.name}-head", HEAD_GROUP, args, env, reserved=head_ports)
         except BaseException:
