@@ -4,6 +4,7 @@ as installed by `pip install -e .`) and Debian's Chromium driven by Playwright's
 Environment:
   UI_CHROMIUM   the browser binary (default /usr/bin/chromium; `apt-get install chromium`)
   UI_ARTIFACTS  where screenshots and the server log go (default /tmp/raykube-ui-artifacts)
+  RAYKUBE_UPDATE_DOC_SCREENSHOTS=1  also rewrite the README's screenshots in docs/screenshots
 """
 
 from __future__ import annotations
