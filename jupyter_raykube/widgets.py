@@ -86,7 +86,7 @@ class GroupControls:
         self.edited.clear()
 
     def disable(self) -> None:
-        for control in (*self.fields.values(), self.apply):
+        for control in (self.apply, *self.fields.values()):  # Apply first: nothing sends after
             control.disabled = True
         self.message.value = ""
 

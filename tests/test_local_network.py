@@ -38,7 +38,6 @@ RAY_WILDCARD = {
     "dashboard agent grpc": "ray/dashboard/agent.py:165",
     "metrics export": "ray/dashboard/modules/reporter/reporter_agent.py:534",
     "dashboard metrics": "ray/dashboard/head.py:361",
-    "autoscaler metrics": "ray/autoscaler/v2/monitor.py:128",
 }
 # ... and on 127.0.0.1 beside (or instead of) the node address: still this machine only.
 RAY_LOOPBACK = {
@@ -51,7 +50,7 @@ SPECIFIC_SERVER_PORTS = range(23000, 24000)  # MIN/MAX_SPECIFIC_SERVER_PORT in p
 _FLAG_ROLES = dict(zip(_NODE_PORT_FLAGS, ("node manager", "object manager", "dashboard agent http",
                                           "dashboard agent grpc", "runtime env agent", "metrics export")))
 _HEAD_ROLES = {"--port": "gcs", "--dashboard-port": "dashboard", "--ray-client-server-port": "ray client proxy",
-               **dict(zip(_HEAD_PORT_ENV, ("dashboard metrics", "autoscaler metrics")))}
+               **dict(zip(_HEAD_PORT_ENV, ("dashboard metrics",)))}
 
 
 @dataclass(frozen=True)

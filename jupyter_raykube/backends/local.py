@@ -43,9 +43,10 @@ GiB = 1024**3
 MiB = 1024**2
 _NODE_PORT_FLAGS = ("--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
                     "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port")
-# The head's Prometheus endpoints of the dashboard and the autoscaler: fixed ports (44227, 44217)
-# unless these variables say otherwise, so a second cluster on the machine would find them taken.
-_HEAD_PORT_ENV = ("DASHBOARD_METRIC_PORT", "AUTOSCALER_METRIC_PORT")
+# The head's dashboard Prometheus endpoint: a fixed port (44227) unless this variable says
+# otherwise, so a second cluster would find it taken. (The head runs no Ray monitor, whose
+# autoscaler metrics port would be the other one.)
+_HEAD_PORT_ENV = ("DASHBOARD_METRIC_PORT",)
 # Where our ports come from: above the ranges Ray allots by itself (its workers' gRPC ports,
 # `--min/--max-worker-port` 10002-19999, and Ray Client's per-connection servers, 23000-23999,
 # fixed in ray/util/client/server/proxier.py) and below the kernel's ephemeral range, so no

@@ -166,7 +166,8 @@ def test_sidebar_cluster_lifecycle(page: Any, lab: Lab, cluster_name: str) -> No
     ours.wait_for(state="detached", timeout=120_000)
     page.wait_for_function("el => el.disabled", arg=widget_max.element_handle(), timeout=30_000)
     assert widget.get_by_role("button", name="Stop cluster").is_disabled()
-    assert widget.get_by_role("button", name="Apply").evaluate_all("bs => bs.map(b => b.disabled)") == [True, True]
+    page.wait_for_function("bs => bs.every(b => b.disabled)", timeout=30_000,
+                           arg=widget.get_by_role("button", name="Apply").element_handles())
     assert widget.locator(".raykube-error").count() == 0
     shot(page, "10-stopped")
     status, _ = lab.api("GET", f"raykube/api/clusters/{cluster_name}")
