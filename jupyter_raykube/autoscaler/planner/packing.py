@@ -238,33 +238,8 @@ def _cover_value(items: list[list], first: int, copies: int,
     are alike stay one entry, so this costs O(shapes x distinct gaps), not O(nodes). A gap one
     shape has filled is not counted again for the next: a pattern that leaves room only in
     appearance does not win."""
-    shape = items[first][0]
-    gaps: list[tuple[Vector, int]] = []
-    for total, per_node, n in nodes:
-        gaps.append((subtract(total, shape.vec, per_node), n))
-    value = copies * shape.value
-    for j, (other, units) in enumerate(items):
-        if units <= 0 or j == first:
-            continue
-        filled: list[tuple[Vector, int]] = []
-        for gap, n in gaps:
-            k = how_many(gap, other.vec)
-            if not k or not units:
-                filled.append((gap, n))
-                continue
-            full = min(n, units // k)
-            rest = units - full * k if full < n else 0
-            if full:
-                filled.append((subtract(gap, other.vec, k), full))
-            if rest:
-                filled.append((subtract(gap, other.vec, rest), 1))
-            if n - full - (1 if rest else 0):
-                filled.append((gap, n - full - (1 if rest else 0)))
-            taken = full * k + rest
-            units -= taken
-            value += taken * other.value
-        gaps = filled
-    return value
+    taken = _cover_takes(items, first, copies, nodes)
+    return copies * items[first][0].value + sum(n * items[j][0].value for j, n in taken.items())
 
 
 def consolidate(ctx: Ctx) -> None:
