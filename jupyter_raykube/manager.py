@@ -10,150 +10,35 @@ owner keeps autoscaling it.
 
 from __future__ import annotations
 
-import getpass
 import os
-import re
 import time
 from collections.abc import Mapping
 from dataclasses import replace
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup, TaskStatus
-from jupyter_core.paths import jupyter_runtime_dir
-from traitlets import Bool, CaselessStrEnum, Dict, Float, Instance, Int, List, TraitError, Type, Unicode, default, validate
-from traitlets.config import LoggingConfigurable
 
 from .auth import load_or_create_token, use_token
 from .autoscaler.demand import GcsReader
 from .autoscaler.limits import LimitsKeeper
 from .autoscaler.reconciler import AutoscalerSettings, HeadLost, Reconciler
 from .backends.base import Backend, ClusterHandle
-from .backends.registry import AUTO, CHOICES, backend_setting_from_env, build_backend, resolve_backend
 from .cluster import Cluster, Progress
-from .errors import ClusterExistsError, ClusterNotFound, NotOwnedError, PolicyError, SpecError
-from .policy import Policy, PolicyTrait
+from .errors import ClusterExistsError, ClusterNotFound, NotOwnedError, PolicyError
 from .readiness import one_line, wait_for_group, wait_for_groups, wait_for_head
-from .spec import DEFAULT_IDLE_TIMEOUT_S, ClusterSpec, WorkerGroup, default_groups, parse_group, parse_group_changes
+from .settings import ManagerSettings
+from .spec import ClusterSpec, parse_group_changes
 
-_NAME_CHARS = re.compile(r"[^a-z0-9-]+")
 
-
-class ClusterManager(LoggingConfigurable):
+class ClusterManager(ManagerSettings):
     """Creates, finds, scales and stops clusters. Each cluster runs on one backend: the
     default one, or the one its spec names (`%raycluster start --backend kubernetes`),
-    created on first use and configured from this manager's config."""
+    created on first use and configured from this manager's config (`ManagerSettings`,
+    settings.py: every `c.ClusterManager.*` option and what a new cluster gets)."""
 
-    default_backend = CaselessStrEnum(CHOICES, config=True, help="""Backend of clusters whose
-        spec does not name one: "local" (ray start processes on this machine), "kubernetes"
-        (Pods), or "auto": kubernetes when this server runs in a Pod with a service account or a
-        kubeconfig with a current context exists, else local. Default: $RAYKUBE_BACKEND, else auto.""")
-
-    backend_class = Type(None, klass=Backend, allow_none=True, config=True, help="""A Backend
-        subclass for clusters whose spec does not name a backend, instead of the one
-        `default_backend` names (a plug-in point: tests inject a backend that refuses every
-        start this way).""")
-
-    backend = Instance(Backend, help="""The default backend, built from `backend_class` or
-        `default_backend` unless given.""")
-
-    owner = Unicode(config=True, help="The user clusters are created for (a label on every node).")
-
-    token_path = Unicode(config=True, help="""File holding this user's Ray token (created on first
-        use, mode 0600). Default: <jupyter runtime dir>/raykube/auth_token.""")
-
-    autoscale_interval_s = Float(1.0, config=True, help="Seconds between autoscaler rounds.")
-    max_launch_in_flight = Int(None, allow_none=True, config=True, help="""Worker nodes
-        starting at once, per cluster. None: the backend's suggestion (local: the cores, at
-        least 2; Kubernetes: 8).""")
-    join_timeout_s = Float(120.0, config=True, help="A worker that has not joined Ray by then is removed.")
-    backoff_s = Float(60.0, config=True, help="How long a group that failed to start a node waits.")
-    start_timeout_s = Float(180.0, config=True, help="Seconds a new cluster may take to be ready.")
-    max_clusters = Int(10, allow_none=True, config=True, help="""Clusters this manager (a Jupyter
-        server, or a kernel without one) may run at once; None: no limit. An administrator's
-        `policy` may allow fewer.""")
-
-    stop_clusters_on_close = Bool(config=True, help="""Stop the clusters this manager started
-        when it closes (the Jupyter server shuts down, the kernel exits). With False they keep
-        running and are found again by name. Default: True for local clusters (processes of
-        this machine would otherwise outlive their server); False on Kubernetes, where the next
-        server adopts them and their Pods die with the server's Pod anyway.""")
-
-    adopt_on_start = Bool(config=True, help="""When the manager starts, autoscale this owner's
-        running clusters (found by the backend) as if started here, so a restarted server takes
-        over the clusters it left running. Default: the opposite of `stop_clusters_on_close`.""")
-
-    # --- what a new cluster gets when its request does not say ----------------------------------
-
-    default_groups = List(Dict(), config=True, help="""Worker groups of new clusters, as REST group
-        objects: [{"name": "cpu", "cpus": 2, "max": 4}, {"name": "gpu", "gpus": 1, "max": 1}].
-        Empty: a cpu group (1 CPU per node, up to one node per core of this machine) and a gpu
-        group (up to the GPUs this machine has). A request changes them with `groups`.""")
-    max_workers = Int(None, allow_none=True, config=True, help="""Worker nodes a new cluster may
-        have in all groups together (None: each group's max is the only limit).""")
-    idle_timeout = Float(DEFAULT_IDLE_TIMEOUT_S, config=True, help="""Seconds a worker node may
-        stay idle before the autoscaler drains and removes it (a request's `idle_timeout_s`
-        overrides it).""")
-    image = Unicode("", config=True, help="""Container image of new Kubernetes clusters. Empty:
-        the rayproject/ray image matching this kernel's Ray and Python versions.""")
-    namespace = Unicode("", config=True, help="""Namespace of Kubernetes clusters. Empty: the
-        Kubernetes backend's own default (c.KubernetesBackend.namespace, $RAYKUBE_NAMESPACE,
-        this server's own Pod's namespace, the kubeconfig context's).""")
-
-    policy = PolicyTrait(config=True, help="""This user's limits, as the JSON $RAYKUBE_POLICY
-        holds: {"max_cpus": 16, "max_gpus": 1, "max_workers": 8, "max_clusters": 2,
-        "max_lifetime_s": 28800, "idle_scale_down_s": 1800, "idle_stop_s": 7200}; null or
-        absent means no limit. Default: $RAYKUBE_POLICY (the JupyterHub hook sets it), else no
-        limits.""")
-
-    dashboard_url_template = Unicode("", config=True, help="""URL of a cluster's dashboard,
-        with {name} and {address} filled in. Empty: the dashboard's own http://address (the
-        Jupyter server sets its proxy's URL).""")
-
-    @default("owner")
-    def _default_owner(self) -> str:
-        return os.environ.get("JUPYTERHUB_USER") or getpass.getuser()
-
-    @validate("default_groups")
-    def _check_default_groups(self, proposal: Any) -> list[dict[str, Any]]:
-        _parse_default_groups(proposal["value"])  # a bad setting fails at start-up, not per request
-        return proposal["value"]
-
-    @default("policy")
-    def _default_policy(self) -> Policy:
-        return Policy.from_env()
-
-    @default("default_backend")
-    def _default_default_backend(self) -> str:
-        return backend_setting_from_env()
-
-    @default("stop_clusters_on_close")
-    def _default_stop(self) -> bool:
-        return self.backend.name == "local"
-
-    @default("adopt_on_start")
-    def _default_adopt(self) -> bool:
-        return not self.stop_clusters_on_close
-
-    @default("backend")
-    def _default_backend(self) -> Backend:
-        if self.backend_class is not None:
-            return self.backend_class(parent=self)
-        name = resolve_backend(self.default_backend)
-        try:
-            return self._build_backend(name)
-        except SpecError as exc:
-            if self.default_backend != AUTO:
-                raise
-            self.log.warning("Ray clusters run locally: %s", exc)
-            return self._build_backend("local")
-
-    @default("token_path")
-    def _default_token_path(self) -> str:
-        return str(Path(jupyter_runtime_dir()) / "raykube" / "auth_token")
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -197,33 +82,12 @@ class ClusterManager(LoggingConfigurable):
 
     # --- the API -----------------------------------------------------------------------------
 
-    def spec_from_request(self, request: Mapping[str, Any]) -> ClusterSpec:
-        """A full spec from a (partial) request body: what it leaves out comes from this
-        manager's defaults. Bad input raises SpecError naming the field."""
-        if not isinstance(request, Mapping) or not isinstance(request.get("name"), str):
-            raise SpecError("name", request.get("name") if isinstance(request, Mapping) else request,
-                            'a JSON object with a "name" string, e.g. {"name": "alice-1"}')
-        return ClusterSpec.from_dict(request, defaults=self._defaults(request["name"], request.get("backend")))
-
     async def default_request(self) -> dict[str, Any]:
         """What a new cluster gets when a request says nothing, with the name the next one
         would get: the form a front-end pre-fills (it then sends back only what changed)."""
         async with self._registry_lock:
             name = self._free_name(await self._taken_names())
         return self._defaults(name, None).to_dict()
-
-    def _defaults(self, name: str, backend: Any) -> ClusterSpec:
-        backend = backend or self.backend.name
-        if not isinstance(backend, str):
-            raise SpecError("backend", backend, "local or kubernetes")
-        return ClusterSpec(name=name, backend=backend, groups=self._new_cluster_groups,
-                           idle_timeout_s=self.idle_timeout, max_workers=self.max_workers,
-                           image=self.image or None)
-
-    def _free_name(self, taken: set[str]) -> str:
-        """`<owner>-<n>`, the smallest n not in use (the owner made a valid DNS label)."""
-        owner = _NAME_CHARS.sub("-", self.owner.lower()).strip("-")[:30].strip("-") or "ray"
-        return next(f"{owner}-{n}" for n in range(1, 100_000) if f"{owner}-{n}" not in taken)
 
     async def _taken_names(self) -> set[str]:
         found = {h.name for h, _ in await self._discover() if not self._is_forgotten(h)}
@@ -434,15 +298,6 @@ class ClusterManager(LoggingConfigurable):
             self._backends[name] = self._build_backend(name)
         return self._backends[name]
 
-    @cached_property
-    def _new_cluster_groups(self) -> tuple[WorkerGroup, ...]:
-        """Computed once: the built-in default asks the GPU driver how many GPUs there are,
-        which is not something to repeat on the server's event loop for every request."""
-        return _parse_default_groups(self.default_groups) if self.default_groups else default_groups()
-
-    def _build_backend(self, name: str) -> Backend:
-        return build_backend(name, parent=self, namespace=self.namespace)
-
     async def _discover(self) -> list[tuple[ClusterHandle, Backend]]:
         """Running clusters of this owner on every backend in use, with their backend."""
         found = []
@@ -558,15 +413,3 @@ class ClusterManager(LoggingConfigurable):
     def _is_forgotten(self, handle: ClusterHandle) -> bool:
         """A handle of a cluster this manager has stopped (a newer one of that name is not)."""
         return handle.created_at <= self._forgotten.get(handle.name, 0.0)
-
-
-def _parse_default_groups(items: list[dict[str, Any]]) -> tuple[WorkerGroup, ...]:
-    groups = []
-    for index, item in enumerate(items):
-        if not isinstance(item.get("name"), str):
-            raise TraitError(f"default_groups[{index}] needs a \"name\" string, got {item!r}")
-        try:
-            groups.append(parse_group(item))
-        except SpecError as exc:
-            raise TraitError(f"default_groups: {exc}") from None
-    return tuple(groups)
