@@ -158,6 +158,8 @@ class ClusterManager(ManagerSettings):
                     cluster.handle = await cluster.backend.create_cluster(
                         spec, owner=self.owner, token=self.token, **self._owner_kwargs(cluster.backend))
                 await anyio.lowlevel.checkpoint()  # ... so a stop meanwhile cancels here, handle known
+                if cluster.spec != spec:  # changed while the head was being created: keep the newer
+                    cluster.handle = await cluster.backend.save_spec(cluster.handle, cluster.spec)
                 cluster.dashboard_url = self._dashboard_url(cluster.handle)
                 self._step(cluster, report, "waiting for the head node to join", 1, total)
                 await wait_for_head(cluster, self.log)
@@ -244,8 +246,6 @@ class ClusterManager(ManagerSettings):
         and checked against the policy before any of it is applied, so a refused change
         (unknown group, bad value, over a cap) leaves the cluster exactly as it was."""
         cluster = await self.get(name)
-        for group in changes:
-            cluster.spec.group(group)  # an unknown group names the groups that exist
         new_spec = replace(cluster.spec, groups=parse_group_changes(changes, cluster.spec.groups))
         if not cluster.owned:
             raise NotOwnedError(f"cluster {name!r} is autoscaled by the process that started it; "

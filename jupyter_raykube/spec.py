@@ -275,11 +275,7 @@ def _parse_groups(data: Any, base: tuple[WorkerGroup, ...]) -> tuple[WorkerGroup
     starts from its defaults), or an object of name -> changed fields, applied to the default
     groups (the shape PATCH uses, so a client can change `cpu.max` without knowing the rest)."""
     if isinstance(data, Mapping):
-        unknown = [name for name in data if name not in {g.name for g in base}]
-        if unknown:
-            raise SpecError("groups", unknown[0], f"one of the default groups ({', '.join(g.name for g in base) or 'none'}); "
-                                                  "to define other groups, send a list of group objects")
-        return parse_group_changes(data, base)
+        return parse_group_changes(data, base, unknown_hint="; to define other groups, send a list of group objects")
     if not isinstance(data, list):
         raise SpecError("groups", data, "a JSON list of group objects, or an object of group name -> fields")
     by_name = {g.name: g for g in base}
@@ -291,13 +287,14 @@ def _parse_groups(data: Any, base: tuple[WorkerGroup, ...]) -> tuple[WorkerGroup
     return tuple(groups)
 
 
-def parse_group_changes(changes: Mapping[str, Any], base: tuple[WorkerGroup, ...]) -> tuple[WorkerGroup, ...]:
+def parse_group_changes(changes: Mapping[str, Any], base: tuple[WorkerGroup, ...], *,
+                        unknown_hint: str = "") -> tuple[WorkerGroup, ...]:
     """`base` with each named group's fields changed ({"cpu": {"max": 8}}): the one parser of a
     change, whether it comes with a new cluster's request or a PATCH of a running one."""
     by_name = {g.name: g for g in base}
     for name, change in changes.items():
         if name not in by_name:
-            raise SpecError("group", name, f"one of the groups: {', '.join(by_name) or '(none)'}")
+            raise SpecError("group", name, f"one of the groups: {', '.join(by_name) or '(none)'}{unknown_hint}")
         if not isinstance(change, Mapping):
             raise SpecError(f"groups.{name}", change, "an object of the group's fields to change")
         by_name[name] = parse_group({**change, "name": name}, by_name[name])

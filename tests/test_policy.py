@@ -96,6 +96,21 @@ async def test_over_the_gpu_cap_is_403_and_creates_nothing(jp_fetch: Any, jp_ser
     assert await manager.list() == []
 
 
+async def test_a_patch_over_a_cap_is_403_and_changes_no_group(jp_fetch: Any, jp_serverapp: Any) -> None:
+    """The policy is checked for the whole change before any of it is applied."""
+    await jp_serverapp._post_start()
+    body = {"name": "capped", "groups": [{"name": "cpu", "max": 0}, {"name": "big", "cpus": 2, "max": 0}]}
+    assert (await _call(jp_fetch, "alice", "clusters", method="POST", body=json.dumps(body)))[0] == 202
+    try:
+        change = {"groups": {"cpu": {"max": 2}, "big": {"max": 4}}}  # 2 + 8 CPUs: over the 8 allowed
+        status, reply = await _call(jp_fetch, "alice", "clusters", "capped", method="PATCH", body=json.dumps(change))
+        assert status == 403 and "CPUs" in reply["message"], reply
+        status, snap = await _call(jp_fetch, "alice", "clusters", "capped")
+        assert [(g["name"], g["min"], g["max"]) for g in snap["groups"]] == [("cpu", 0, 0), ("big", 0, 0)]
+    finally:
+        await _call(jp_fetch, "alice", "clusters", "capped", method="DELETE")
+
+
 async def test_only_the_owner_may_use_the_api(jp_fetch: Any, jp_serverapp: Any) -> None:
     await jp_serverapp._post_start()
     assert (await _call(jp_fetch, "alice", "clusters"))[0] == 200
