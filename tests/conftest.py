@@ -4,6 +4,7 @@ session-wide check that fails the run if any test leaves Ray processes of ours b
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -70,6 +71,18 @@ def wait_for(predicate: Callable[[], T], timeout: float = 60.0, what: str = "con
             return value
         time.sleep(0.2)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def read_until_ready(proc: subprocess.Popen[str]) -> str:
+    """What a helper process printed up to and including its "READY ..." line (all of it, if
+    it ended without one), for the caller to check and to show on failure."""
+    assert proc.stdout is not None
+    output = []
+    for line in proc.stdout:
+        output.append(line)
+        if line.startswith("READY"):
+            break
+    return "".join(output)
 
 
 def cluster_processes(uid: str) -> list[int]:

@@ -26,7 +26,7 @@ from jupyter_raykube.client import LocalClient
 from jupyter_raykube.magics import RayClusterMagics
 from jupyter_raykube.spec import ClusterSpec, WorkerGroup
 
-from .conftest import cluster_processes, wait_for
+from .conftest import cluster_processes, read_until_ready, wait_for
 
 @pytest.fixture
 def shell(blocking_manager: BlockingManager) -> Iterator[InteractiveShell]:
@@ -209,15 +209,10 @@ def _start_owner(name: str) -> tuple[subprocess.Popen[str], str]:
     """A separate process that starts a cluster and then just waits."""
     proc = subprocess.Popen([sys.executable, "-c", _OWNER_SCRIPT.format(name=name)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    output = []
-    for line in proc.stdout:
-        output.append(line)
-        if line.startswith("READY"):
-            break
-    if not output or not output[-1].startswith("READY"):
+    output = read_until_ready(proc)
+    if not output.splitlines()[-1:] or not output.splitlines()[-1].startswith("READY"):
         proc.kill()
-        raise AssertionError("".join(output)[-3000:])
+        raise AssertionError(output[-3000:])
     return proc, LocalBackend().store.read(name)["uid"]
 
 

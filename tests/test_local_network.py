@@ -24,7 +24,7 @@ from jupyter_raykube.blocking import BlockingManager
 from jupyter_raykube.connect import connect_driver, disconnect_driver
 from jupyter_raykube.spec import ClusterSpec, WorkerGroup
 
-from .conftest import wait_for
+from .conftest import read_until_ready, wait_for
 
 # Listeners Ray 2.60 puts beyond the node address whatever it is told: role -> where in Ray.
 # The C++ gRPC servers are built on "0.0.0.0:PORT" (src/ray/rpc/grpc_server.cc, GrpcServer::Run;
@@ -105,17 +105,12 @@ def _ray_client(handle: ClusterHandle, token: str) -> subprocess.Popen[str]:
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")}, "T_TOKEN": token}
     proc = subprocess.Popen([sys.executable, "-c", script, handle.address, handle.client_address], env=env,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    output = []
-    for line in proc.stdout:
-        output.append(line)
-        if line.startswith("READY"):
-            break
-    if not output[-1:] or output[-1] != "READY 42\n":
+    output = read_until_ready(proc)
+    if not output.endswith("READY 42\n"):
         proc.kill()
         logs = "".join(f"\n== {p}\n{p.read_text(errors='replace')[-2000:]}"
                        for p in Path(handle.details["temp_dir"]).glob("*/session_latest/logs/ray_client_server*"))
-        raise AssertionError("".join(output)[-3000:] + logs)
+        raise AssertionError(output[-3000:] + logs)
     return proc
 
 
