@@ -207,6 +207,8 @@ class LocalBackend(Backend):
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAYKUBE_"))}
         env.update(handle.spec.env)
         env.update({
+            # A job's `python` (and `pip`) is the nodes' own, even for a server not started from an activated env.
+            "PATH": os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", os.defpath)]),
             "RAY_AUTH_MODE": "token",
             "RAY_AUTH_TOKEN": handle.details["token"],
             "RAY_enable_autoscaler_v2": "1",
