@@ -53,6 +53,9 @@ class WorkerGroup:
     # Ray node labels (`ray start --labels`) its nodes carry, e.g. {"ray.io/accelerator-type":
     # "A100"}: tasks with a matching `label_selector` are planned only onto such groups.
     labels: Mapping[str, str] = field(default_factory=dict)
+    # A warm pool: idle nodes kept ready beyond demand (within max), so the next tasks start
+    # without waiting for a node; drained like any other idle node only above this count.
+    warm: int = 0
 
     def __post_init__(self) -> None:
         prefix = f"groups.{self.name}"
@@ -65,6 +68,8 @@ class WorkerGroup:
         _check_int(f"{prefix}.max", self.max, low=0, high=MAX_GROUP_NODES)
         if self.max < self.min:
             raise SpecError(f"{prefix}.max", self.max, f"must be >= min ({self.min})")
+        if isinstance(self.warm, bool) or not isinstance(self.warm, int) or not 0 <= self.warm <= self.max:
+            raise SpecError(f"{prefix}.warm", self.warm, f"a whole number from 0 to the group's max ({self.max})")
         if self.cpus == 0 and self.gpus == 0 and not self.custom:
             raise SpecError(f"{prefix}.cpus", self.cpus,
                             "a worker needs at least 1 CPU, 1 GPU or a custom resource")
@@ -313,7 +318,7 @@ def parse_group(data: Mapping[str, Any], base: WorkerGroup | None = None) -> Wor
     for key in ("memory", "object_store_memory"):
         if key in data:
             values[key] = None if data[key] is None else parse_bytes(prefix + key, data[key])
-    for key in ("min", "max"):
+    for key in ("min", "max", "warm"):
         if key in data:
             values[key] = _integer(prefix + key, data[key])
     for key in ("cost", "idle_timeout_s"):

@@ -1,5 +1,6 @@
 """Passes that follow the groups' limits and idle timeouts rather than demand: release idle
-nodes above a max, launch up to a min, and release nodes idle past their timeout."""
+nodes above a max, launch up to a min, keep a warm pool of idle nodes, and release nodes idle
+past their timeout."""
 
 from __future__ import annotations
 
@@ -51,17 +52,44 @@ def enforce_min(ctx: Ctx) -> None:
             ctx.min_ids.append(ctx.open_nodes(g, n, [], "min", ("min",)))
 
 
+def enforce_warm(ctx: Ctx) -> None:
+    """Keep each group's ``warm_nodes`` idle nodes ready beyond demand: count the nodes this
+    plan leaves without work (idle running nodes, starting or min nodes nothing was placed on)
+    and launch the difference, within the limits. Runs after demand is placed, so a warm node
+    that takes a task is replaced by the next round's plan."""
+    warm = [g for g in ctx.groups.values() if g.spec.warm_nodes > 0]
+    if not warm:
+        return
+    busy = {node for pool in (ctx.free, ctx.held) for b in pool.bins.values()
+            if b.load and b.origin != "new" for node in b.nodes}
+    idle = {n.node_id for n in ctx.nodes if n.state == "starting" or n.idle_s > 0}
+    for g in warm:
+        for b in ctx.free.bins.values():
+            if b.group != g.name:
+                continue
+            if b.origin == "new":
+                g.ready += len(b.nodes) if b.opened_for == ("min",) and not b.load else 0
+            else:
+                g.ready += sum(1 for node in b.nodes if node in idle and node not in busy)
+        n = min(g.spec.warm_nodes - g.ready, ctx.room(g))
+        if n > 0:
+            ctx.open_nodes(g, n, [], "warm", ("warm",))
+            g.ready += n
+
+
 def scale_down_idle(ctx: Ctx) -> None:
     """Release running nodes idle past their group's timeout that hold nothing of this plan
     (no pending demand would go on them, no request_resources bundle needs them) and are not
-    needed for min_nodes; longest idle first. Starting and draining nodes are never touched."""
+    needed for min_nodes or the warm pool; longest idle first. Starting and draining nodes are
+    never touched."""
     needed = {node for pool in (ctx.free, ctx.held) for b in pool.bins.values()
               if b.load and b.origin != "new" for node in b.nodes}
     for n in sorted((n for n in ctx.nodes if ctx.is_spare(n) and n.node_id not in needed),
                     key=termination_order):
         g = ctx.groups[n.group]
-        if g.alive <= g.spec.min_nodes:
+        if g.alive <= g.spec.min_nodes or (g.spec.warm_nodes and g.ready <= g.spec.warm_nodes):
             continue
         g.alive -= 1
+        g.ready -= 1
         ctx.terminate.append(Termination(n.node_id, n.group, (
             f"idle for {format_seconds(n.idle_s)} s (timeout {format_seconds(g.spec.idle_timeout_s)} s)")))

@@ -35,6 +35,7 @@ class Group:
     accelerator: bool
     alive: int = 0  # starting + running nodes, minus those this plan terminates
     launched: int = 0
+    ready: int = 0  # idle nodes this plan leaves without work: the group's warm pool
 
     @property
     def name(self) -> str:
@@ -58,7 +59,7 @@ class Bin(NamedTuple):
     # costs no more than launching one.
     nodes: tuple[str, ...] | range
     load: tuple[tuple[str, ShapeKey, int], ...] = ()  # (tag, shape, copies) on EACH node
-    opened_for: tuple = ()  # launched nodes: ("min",), ("task", shape), ("rr", shape), ("pg", tag)
+    opened_for: tuple = ()  # launched nodes: ("min",), ("warm",), ("task", shape), ("rr", shape), ("pg", tag)
 
 
 class Pool:

@@ -96,6 +96,8 @@ def _launch_reason(ctx: Ctx, group: str) -> str:
     parts = []
     if opened[("min",)]:
         parts.append(f"the group's minimum of {ctx.groups[group].spec.min_nodes}")
+    if opened[("warm",)]:
+        parts.append(f"the group's warm pool of {plural(ctx.groups[group].spec.warm_nodes, 'idle node')}")
     rr = sorted(((n, key) for (tag, key), n in units.items() if tag == "rr"), key=lambda x: (-x[0], x[1]))
     if rr:
         parts.append("request_resources(" + ", ".join(f"{n} x {format_shape(dict(k))}" for n, k in rr) + ")")

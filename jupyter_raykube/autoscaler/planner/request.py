@@ -37,6 +37,7 @@ class NodeGroup:
     cost: float | None = None  # None -> default_cost(resources)
     idle_timeout_s: float = 60.0
     labels: Mapping[str, str] = field(default_factory=dict)  # Ray node labels its nodes start with
+    warm_nodes: int = 0  # idle nodes kept ready beyond demand (a warm pool), within max_nodes
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from .context import Ctx
 from .cost import ACCELERATOR_WEIGHT
 from .gangs import fit_gangs
-from .limits import enforce_max, enforce_min, scale_down_idle
+from .limits import enforce_max, enforce_min, enforce_warm, scale_down_idle
 from .packing import consolidate, fit_constraints, fit_existing, launch_for_demand
 from .pool import Group
 from .request import PlanRequest
@@ -59,7 +59,7 @@ def _loose(ctx: Ctx) -> bool:
 def run_passes(request: PlanRequest, held_back: frozenset[str], lookahead: bool = False) -> Ctx:
     ctx = Ctx.from_request(request, held_back, lookahead)
     for step in (enforce_max, enforce_min, fit_constraints, fit_gangs, fit_existing,
-                 launch_for_demand, consolidate, upsize, scale_down_idle):
+                 launch_for_demand, consolidate, upsize, enforce_warm, scale_down_idle):
         step(ctx)
     return ctx
 
