@@ -14,22 +14,23 @@ from typing import Any
 _BYTE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
 
 
-def number(value: float) -> str:
-    """``4`` for integers, else at most two decimals without trailing zeros (``0.5``, ``1.25``)."""
+def number(value: float, places: int = 2) -> str:
+    """``4`` for integers, else at most `places` decimals without trailing zeros (``0.5``,
+    ``1.25``; resource shapes use 4, as Ray's smallest fraction is 0.0001)."""
     if not math.isfinite(value):
         return "-"
     if float(value).is_integer():
         return str(int(value))
-    return f"{value:.2f}".rstrip("0").rstrip(".")
+    return f"{value:.{places}f}".rstrip("0").rstrip(".")
 
 
 def nbytes(value: float) -> str:
-    """Binary units, one decimal: ``512 B``, ``1.5 GiB``."""
+    """Binary units, at most one decimal: ``512 B``, ``1.5 GiB``, ``4 GiB``."""
     unit = 0
     while abs(value) >= 1024 and unit < len(_BYTE_UNITS) - 1:
         value /= 1024
         unit += 1
-    return f"{round(value)} B" if unit == 0 else f"{value:.1f} {_BYTE_UNITS[unit]}"
+    return f"{round(value)} B" if unit == 0 else f"{number(round(value, 1), 1)} {_BYTE_UNITS[unit]}"
 
 
 def duration(seconds: float) -> str:

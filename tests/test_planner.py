@@ -198,7 +198,7 @@ def test_idle_nodes_are_released_longest_idle_first_down_to_min():
                   for i, s in enumerate([100.0, 300.0, 30.0, 200.0, 65.0]))
     reply = plan(PlanRequest((cpu,), nodes=nodes))
     assert [t.node_id for t in reply.terminate] == ["n1", "n3", "n0"]
-    assert reply.terminate[0].reason == "idle for 300 s (timeout 60 s)"
+    assert reply.terminate[0].reason == "idle for 5 min (timeout 1 min)"
     assert reply.launch == {}
 
 
@@ -423,10 +423,11 @@ def test_strict_pack_bundles_whose_selectors_no_one_group_meets_are_infeasible()
 
 def test_format_shape():
     assert format_shape({"GPU": 1.0, "CPU": 1}) == "{CPU: 1, GPU: 1}"
-    assert format_shape({"CPU": 2, "memory": 4e9}) == "{CPU: 2, memory: 4 GB}"
+    assert format_shape({"CPU": 2, "memory": 4 * 2**30}) == "{CPU: 2, memory: 4 GiB}"
+    assert format_shape({"CPU": 0.0001, "memory": 4e9}) == "{CPU: 0.0001, memory: 3.7 GiB}"
     assert format_shape({"CPU": 0.5, "object_store_memory": 2**30, "custom": 1}) == (
         "{CPU: 0.5, object_store_memory: 1 GiB, custom: 1}")
-    assert format_shape({"memory": 1.5e9}) == "{memory: 1.5 GB}"
+    assert format_shape({"memory": 1.5 * 2**30}) == "{memory: 1.5 GiB}"
 
 
 def test_empty_request_plans_nothing():

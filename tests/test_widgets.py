@@ -156,7 +156,7 @@ def test_node_table_totals_and_status_share_one_set_of_numbers() -> None:
 
 def test_formatting_rules() -> None:
     assert [fmt.number(x) for x in (4.0, 0.5, 1.256, float("nan"))] == ["4", "0.5", "1.26", "-"]
-    assert [fmt.nbytes(x) for x in (512, 1536, 1.5 * GiB, 3 * 2**40)] == ["512 B", "1.5 KiB", "1.5 GiB", "3.0 TiB"]
+    assert [fmt.nbytes(x) for x in (512, 1536, 1.5 * GiB, 3 * 2**40)] == ["512 B", "1.5 KiB", "1.5 GiB", "3 TiB"]
     assert [fmt.duration(x) for x in (0.4, 40, 185, 3600, 7800)] == ["0 s", "40 s", "3 min 5 s", "1 h", "2 h 10 min"]
     snap = _snapshot()
     at_min = {**snap, "groups": [{**snap["groups"][0], "min": 2}]}

@@ -15,7 +15,7 @@ export function formatNumber(value: number): string {
   return Number.isInteger(value) ? String(value) : value.toFixed(2).replace(/\.?0+$/, '');
 }
 
-/** Binary units, one decimal: `512 B`, `1.5 GiB`. */
+/** Binary units, at most one decimal: `512 B`, `1.5 GiB`, `4 GiB`. */
 export function formatBytes(bytes: number): string {
   let value = bytes;
   let unit = 0;
@@ -23,7 +23,9 @@ export function formatBytes(bytes: number): string {
     value /= 1024;
     unit += 1;
   }
-  return unit === 0 ? `${Math.round(value)} B` : `${value.toFixed(1)} ${BYTE_UNITS[unit]}`;
+  return unit === 0
+    ? `${Math.round(value)} B`
+    : `${formatNumber(Math.round(value * 10) / 10)} ${BYTE_UNITS[unit]}`;
 }
 
 /** Whole seconds, minutes and hours: `40 s`, `3 min 5 s`, `2 h 10 min`. */

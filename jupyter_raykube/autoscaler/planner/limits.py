@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from .context import Ctx
 from .request import NodeView, Termination
-from .text import format_seconds, plural
+from ...formatting import duration
+from .text import plural
 
 
 def termination_order(n: NodeView) -> tuple:
@@ -26,7 +27,7 @@ def enforce_max(ctx: Ctx) -> None:
         victims.add(n.node_id)
         ctx.groups[n.group].alive -= 1
         ctx.alive_total -= 1
-        ctx.terminate.append(Termination(n.node_id, n.group, f"{why}; idle for {format_seconds(n.idle_s)} s"))
+        ctx.terminate.append(Termination(n.node_id, n.group, f"{why}; idle for {duration(n.idle_s)}"))
 
     for g in ctx.groups.values():
         excess = g.alive - g.spec.max_nodes
@@ -92,4 +93,4 @@ def scale_down_idle(ctx: Ctx) -> None:
         g.alive -= 1
         g.ready -= 1
         ctx.terminate.append(Termination(n.node_id, n.group, (
-            f"idle for {format_seconds(n.idle_s)} s (timeout {format_seconds(g.spec.idle_timeout_s)} s)")))
+            f"idle for {duration(n.idle_s)} (timeout {duration(g.spec.idle_timeout_s)})")))
