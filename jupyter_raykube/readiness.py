@@ -23,6 +23,8 @@ async def wait_for_head(cluster: Cluster, log: logging.Logger | logging.LoggerAd
     while True:
         nodes = {n.name: n for n in await backend.list_nodes(cluster.handle)}
         head = nodes.get(head_name)
+        if head is not None and head.failed and head.phase != "exited":  # no node, no image: nothing to log
+            raise StartError(f"the head node cannot start: {head.message}")
         if head is None or head.phase == "exited":
             logs = await backend.logs(cluster.handle, head_name, tail=40)
             log.warning("head node of %s stopped while starting; its last lines:\n%s", cluster.name, logs)

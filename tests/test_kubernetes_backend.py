@@ -427,11 +427,16 @@ def test_pod_states_explain_why_nodes_do_not_run(process_kubelet: ProcessKubelet
         assert nodes["cpu"] == ("running", "")
         assert nodes["crash"] == ("exited", "container exited with code 3 (Error)")
         # the GPU Pod tolerates the GPU pool's taint, so it got there (and found no image)
-        assert nodes["gpu"] == ("pending", 'ImagePullBackOff: Back-off pulling image "registry.example/missing:1"')
+        assert nodes["gpu"] == ("pending", "cannot pull image registry.example/missing:1: ImagePullBackOff: "
+                                           'Back-off pulling image "registry.example/missing:1"')
         assert v1.read_namespaced_pod(names["gpu"], ns).spec.node_name == "gpu-pool-0"
         scheduled = next(c for c in v1.read_namespaced_pod(names["big"], ns).status.conditions
                          if c.type == "PodScheduled")
-        assert nodes["big"] == ("pending", f"Unschedulable: {scheduled.message}")  # kube-scheduler's own words
+        # kube-scheduler's own words
+        assert nodes["big"] == ("pending", f"waiting for a node: Unschedulable: {scheduled.message}")
+        verdicts = {n.group: (n.step, n.failed) for n in await backend.list_nodes(handle)}
+        assert verdicts == {"head": ("starting Ray", False), "cpu": ("starting Ray", False), "crash": ("", True),
+                            "gpu": ("pulling image", True), "big": ("waiting for a node", False)}
         assert scheduled.message.startswith("0/3 nodes are available: ") and "Insufficient cpu" in scheduled.message
         assert "boom: raylet failed to start" in await backend.logs(handle, names["crash"], tail=5)
         assert await backend.logs(handle, "k-states-cpu-nope") == ""
@@ -598,8 +603,10 @@ def cpu_only_kubelet(kube_control_plane: ControlPlane) -> Iterator[ProcessKubele
 def test_unschedulable_pods_are_explained_and_their_group_backs_off(
         cpu_only_kubelet: ProcessKubelet, kube_config_file: Path, kube_fault_proxy: FaultProxy,
         kube_control_plane: ControlPlane, v1: CoreV1Api, ns: str) -> None:
-    backend = make_backend(kube_config_file)
-    bm = _manager(backend, join_timeout_s=6.0, backoff_s=300.0)
+    """No GPU pool and no cluster-autoscaler: the GPU Pod waits for a node `unschedulable_s`
+    (6 s here), then its group backs off with the scheduler's reason."""
+    backend = make_backend(kube_config_file, start_timeouts={"*": {"unschedulable_s": 6}})
+    bm = _manager(backend, backoff_s=300.0)
     spec = ClusterSpec(name="k-unsched", backend="kubernetes", groups=(
         WorkerGroup("gpu", cpus=1, gpus=1, max=1, **SMALL),))
     try:
@@ -611,12 +618,14 @@ def test_unschedulable_pods_are_explained_and_their_group_backs_off(
             return next((n for n in _snapshot(bm, cluster)["nodes"] if n["group"] == "gpu" and n["message"]), None)
 
         node = wait_until(gpu_node, timeout_s=60, what="the gpu node's Pending reason")
-        assert node["state"] == "starting" and node["message"].startswith("Unschedulable: 0/2 nodes are available: ")
-        why = node["message"].removeprefix("Unschedulable: ")
+        assert node["state"] == "starting"
+        assert node["message"].startswith("waiting for a node: Unschedulable: 0/2 nodes are available: ")
+        why = node["message"].removeprefix("waiting for a node: Unschedulable: ")
         assert "2 Insufficient nvidia.com/gpu" in why  # kube-scheduler's own words
         backoff = wait_until(lambda: _events(bm, cluster, "backoff"), timeout_s=60, what="the group to back off")
-        assert backoff == [(f"backing off the gpu group for 300 s: gpu node {node['name']} did not join Ray "
-                            f"within 6 s: Unschedulable: {why}")]
+        assert backoff == [(f"backing off the gpu group for 300 s: gpu node {node['name']} could not start: "
+                            f"Unschedulable: {why} (no scale-up within 6 s)")]
+        assert f"gpu node {node['name']}: waiting for a node" in _events(bm, cluster, "info")
         wait_until(lambda: not _worker_pods(v1, ns, "k-unsched"), timeout_s=30, what="the Pending Pod to be removed")
 
         def backed_off() -> dict[str, Any] | None:
@@ -624,7 +633,7 @@ def test_unschedulable_pods_are_explained_and_their_group_backs_off(
                          if d["shape"].get("GPU") and "backed off" in d["reason"]), None)
 
         demand = wait_until(backed_off, timeout_s=30, what="the demand to say why it waits")
-        assert f"gpu group is backed off: gpu node {node['name']} did not join Ray" in demand["reason"]
+        assert f"gpu group is backed off: gpu node {node['name']} could not start" in demand["reason"]
         assert created_pods(kube_fault_proxy, ns) == 2, "a backed-off group launched again"  # the head, one gpu Pod
         ray.cancel(ref, force=True)
         _stop_and_check_clean(bm, "k-unsched", kube_control_plane, ns, cpu_only_kubelet)
@@ -646,9 +655,10 @@ def test_a_pod_waiting_for_a_pool_to_scale_up_is_not_given_up_on(
         late_gpu_kubelet: ProcessKubelet, kube_config_file: Path, kube_fault_proxy: FaultProxy,
         kube_control_plane: ControlPlane, v1: CoreV1Api, ns: str) -> None:
     """cluster-autoscaler's TriggeredScaleUp Event on the unschedulable GPU Pod shows in the
-    snapshot and holds off the join timeout (10 s here, the pool takes 20 s): the same Pod runs
-    on the new node and joins Ray; nothing is backed off or created twice."""
-    backend = make_backend(kube_config_file, events_after_s=0.5)
+    snapshot and events ("waiting for a node (scale-up triggered)") and holds off both the
+    unschedulable and the join timeout (10 s here, the pool takes 20 s): the same Pod runs on
+    the new node and joins Ray; nothing is backed off or created twice."""
+    backend = make_backend(kube_config_file, events_after_s=0.5, start_timeouts={"gpu": {"unschedulable_s": 10}})
     bm = _manager(backend, join_timeout_s=10.0, backoff_s=300.0)
     spec = ClusterSpec(name="k-late", backend="kubernetes", groups=(WorkerGroup("gpu", cpus=1, gpus=1, max=1, **SMALL),))
     try:
@@ -658,17 +668,54 @@ def test_a_pod_waiting_for_a_pool_to_scale_up_is_not_given_up_on(
 
         def waiting() -> dict[str, Any] | None:
             return next((n for n in _snapshot(bm, cluster)["nodes"]
-                         if n["group"] == "gpu" and "TriggeredScaleUp" in n["message"]), None)
+                         if n["group"] == "gpu" and "scale-up triggered" in n["message"]), None)
 
         node = wait_until(waiting, timeout_s=60, what="the scale-up to show")
-        assert node["state"] == "starting" and node["message"].startswith("Unschedulable: 0/2 nodes are available")
-        assert node["message"].endswith("; TriggeredScaleUp: pod triggered scale-up: [{gpu-pool 0->1 (max: 2)}]")
+        assert node["state"] == "starting"
+        assert re.fullmatch(r"waiting for a node \(scale-up triggered\) \d+ s ago: pod triggered scale-up: "
+                            r"\[\{gpu-pool 0->1 \(max: 2\)\}\]; Unschedulable: 0/2 nodes are available: .*",
+                            node["message"]), node["message"]
         host, gpu_ids = ray.get(ref, timeout=240)
         assert host == node["name"] and len(gpu_ids) == 1
         assert v1.read_namespaced_pod(host, ns).spec.node_name == "gpu-pool-0"
         assert not _events(bm, cluster, "backoff") and not _events(bm, cluster, "node_failed")
+        steps = [m for m in _events(bm, cluster, "info") if m.startswith(f"gpu node {host}")]
+        assert f"gpu node {host}: waiting for a node (scale-up triggered)" in steps
+        joined = re.fullmatch(rf"gpu node {host} joined Ray (\d+) s after it was created", steps[-1])
+        assert joined and int(joined[1]) > 10, steps  # it outlived both 10 s timeouts while its node came
         assert created_pods(kube_fault_proxy, ns) == 2  # the head and the one GPU Pod, never replaced
         _stop_and_check_clean(bm, "k-late", kube_control_plane, ns, late_gpu_kubelet)
+    finally:
+        ray.shutdown()
+        bm.close()
+        close_backend(backend)
+    assert_api_use_is_clean(kube_fault_proxy)
+
+
+def test_an_image_that_cannot_be_pulled_backs_its_group_off_with_the_reason(
+        ray_kubelet: ProcessKubelet, kube_config_file: Path, kube_fault_proxy: FaultProxy,
+        kube_control_plane: ControlPlane, v1: CoreV1Api, ns: str) -> None:
+    """ErrImagePull is a failure, not a slow start: the Pod is removed and its group backs off,
+    naming the image and the registry's answer, long before any pull timeout."""
+    ray_kubelet.fail_image_pull("registry.example/missing:*")
+    backend = make_backend(kube_config_file, gpu_image="registry.example/missing:1")
+    bm = _manager(backend, backoff_s=300.0)
+    spec = ClusterSpec(name="k-nopull", backend="kubernetes",
+                       groups=(WorkerGroup("gpu", cpus=1, gpus=1, max=1, **SMALL),))
+    try:
+        cluster = bm.call(bm.manager.create, spec)
+        connect_driver(cluster.handle.address, bm.manager.token)
+        ref = on_gpu.remote()
+        backoff = wait_until(lambda: _events(bm, cluster, "backoff"), timeout_s=90, what="the group to back off")
+        assert len(backoff) == 1 and re.fullmatch(
+            r"backing off the gpu group for 300 s: gpu node k-nopull-gpu-\w{5} could not start: cannot pull image "
+            r"registry\.example/missing:1: (ErrImagePull: rpc error: code = NotFound desc = failed to pull and "
+            r'unpack image: not found|ImagePullBackOff: Back-off pulling image "registry\.example/missing:1")',
+            backoff[0]), backoff
+        wait_until(lambda: not _worker_pods(v1, ns, "k-nopull"), timeout_s=30, what="the Pod to be removed")
+        assert created_pods(kube_fault_proxy, ns) == 2, "a backed-off group launched again"  # the head, one gpu Pod
+        ray.cancel(ref, force=True)
+        _stop_and_check_clean(bm, "k-nopull", kube_control_plane, ns, ray_kubelet)
     finally:
         ray.shutdown()
         bm.close()
@@ -777,15 +824,19 @@ def test_a_pod_its_node_never_starts_shows_its_newest_warning_event(
         worker = await backend.create_worker(handle, spec.groups[0])
         pod = wait_until(lambda: (lambda p: p if p.spec.node_name else None)(v1.read_namespaced_pod(worker.name, ns)),
                          what="the scheduler to bind the Pod")
-        assert pod.spec.node_name == "hung-0" and (await _node(backend, handle, worker.name, "pending")).message == ""
+        pending = await _node(backend, handle, worker.name, "pending")
+        assert pod.spec.node_name == "hung-0" and re.fullmatch(r"pulling image \S+ \(\d+ s so far\)", pending.message)
         v1.create_namespaced_event(ns, CoreV1Event(
             metadata=V1ObjectMeta(name=f"{worker.name}.1"), type="Warning", reason="FailedMount",
             message='MountVolume.SetUp failed for volume "data": not found',
             involved_object=V1ObjectReference(kind="Pod", namespace=ns, name=worker.name, uid=pod.metadata.uid),
             source=V1EventSource(component="kubelet", host="hung-0"), count=1))
-        stuck = await eventually(lambda: _node(backend, handle, worker.name, "pending", message=True),
-                                 what="the Event to be read")
-        assert stuck.message == 'FailedMount: MountVolume.SetUp failed for volume "data": not found'
+        async def warned() -> Any:
+            node = await _node(backend, handle, worker.name, "pending")
+            return node if node is not None and "FailedMount" in node.message else None
+
+        stuck = await eventually(warned, what="the Event to be read")
+        assert stuck.message.endswith('; FailedMount: MountVolume.SetUp failed for volume "data": not found')
         await backend.delete_cluster(handle)
 
     try:

@@ -44,6 +44,10 @@ class BackendNode:
     # The platform is adding a machine for it (a node pool scaling up from zero): not late to
     # join Ray yet; its join timeout starts once it has somewhere to run.
     provisioning: bool = False
+    step: str = ""  # the phase of its start in words ("pulling image"), for events; "" when not starting
+    # It cannot start (no node will come, its image cannot be pulled, it crashed): the
+    # reconciler removes it and backs its group off, with `message` as the reason.
+    failed: bool = False
 
     @property
     @abstractmethod

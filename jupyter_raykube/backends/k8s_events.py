@@ -1,7 +1,8 @@
 """Why a Pending Pod waits, from its Events: the newest Warning (a failed mount, a refused
-image) and cluster-autoscaler's or Karpenter's TriggeredScaleUp (a node is being added, so the
-Pod is not late yet). Events are listed sparingly: once a Pod is old enough to be worth
-explaining, then at most once per interval per Pod."""
+image) and what cluster-autoscaler or Karpenter said about it (`TriggeredScaleUp`: a node is
+being added, so the Pod is slow, not failed; `NotTriggerScaleUp`: no node is coming). A Pod's
+Events are listed sparingly: once it is old enough to be worth explaining, then at most once
+per interval, in one call."""
 
 from __future__ import annotations
 
@@ -15,53 +16,54 @@ from kubernetes.client import V1Pod
 from kubernetes.client.exceptions import ApiException
 
 from .k8s_api import Call
+from .k8s_phases import ScaleUpEvents
 from .k8s_status import age_of, event_time
+
+TRIGGERED_SCALE_UP = "TriggeredScaleUp"
+NOT_TRIGGERED_SCALE_UP = "NotTriggerScaleUp"
 
 
 class PodEvents:
-    """The Event reads of one backend (its client, namespace and intervals, read live)."""
+    """The Event reads of one backend (its client, namespace and interval, read live)."""
 
     def __init__(self, owner: Any) -> None:
         self.owner = owner
-        self._read: dict[str, tuple[float, Any]] = {}  # "uid/selector" -> (read at, newest Event)
+        self._read: dict[str, tuple[float, list[Any]]] = {}  # Pod uid -> (read at, its Events)
         self._readable = True  # False once the Role turned out to lack events/list
 
-    async def warning(self, pod: V1Pod) -> str:
-        """The newest Warning Event of a Pending Pod that says nothing else."""
-        event = await self.newest(pod, "type=Warning")
-        return f"{event.reason}: {event.message}" if event is not None else ""
+    async def of(self, pod: V1Pod) -> ScaleUpEvents:
+        """The newest scale-up verdicts and Warning of `pod`, from its (cached) Events."""
+        events = await self._events(pod)
 
-    async def scale_up(self, pod: V1Pod) -> str:
-        """What cluster-autoscaler said when it started adding a node for this unschedulable
-        Pod (its TriggeredScaleUp Event), unless that was over `scale_up_timeout_s` ago."""
-        event = await self.newest(pod, "reason=TriggeredScaleUp")
-        if event is None or time.time() - event_time(event) > self.owner.scale_up_timeout_s:
-            return ""
-        return str(event.message or "")
+        def newest(reason: str) -> tuple[float, str] | None:
+            found = max((e for e in events if e.reason == reason), key=event_time, default=None)
+            return (event_time(found), str(found.message or "")) if found is not None else None
 
-    async def newest(self, pod: V1Pod, selector: str) -> Any:
-        """The newest Event of `pod` matching the field `selector`, read once the Pod is
-        `events_after_s` old and at most every `events_after_s` per Pod and selector."""
+        warning = max((e for e in events if e.type == "Warning"), key=event_time, default=None)
+        return ScaleUpEvents(triggered=newest(TRIGGERED_SCALE_UP), not_triggered=newest(NOT_TRIGGERED_SCALE_UP),
+                             warning=f"{warning.reason}: {warning.message}" if warning is not None else "")
+
+    async def _events(self, pod: V1Pod) -> list[Any]:
+        """`pod`'s Events, read once the Pod is `events_after_s` old and at most every
+        `events_after_s` per Pod."""
         uid = pod.metadata.uid
         if not self._readable or age_of(pod) < self.owner.events_after_s:
-            return None
-        key = f"{uid}/{selector}"
-        read_at, newest = self._read.get(key, (-1e9, None))
+            return []
+        read_at, known = self._read.get(uid, (-1e9, []))
         if time.monotonic() - read_at < self.owner.events_after_s:
-            return newest
-        selector = f"involvedObject.name={pod.metadata.name},involvedObject.uid={uid},{selector}"
+            return known
+        selector = f"involvedObject.name={pod.metadata.name},involvedObject.uid={uid}"
         try:
-            events = await anyio.to_thread.run_sync(partial(
+            listed = await anyio.to_thread.run_sync(partial(
                 self.owner.core.list_namespaced_event, self.owner.namespace, field_selector=selector,
                 _request_timeout=self.owner.request_timeout))
         except ApiException as exc:
             if exc.status == 403:
                 self._readable = False
                 self.owner.log.warning("Not reading Pod Events: %s", self.owner.api.describe(Call("list", "events"), exc))
-            return newest
+            return known
         except (urllib3.exceptions.HTTPError, OSError):
-            return newest
-        newest = max(events.items or [], key=event_time, default=None)
+            return known
         self._read = {k: v for k, v in self._read.items() if time.monotonic() - v[0] < 600}
-        self._read[key] = (time.monotonic(), newest)
-        return newest
+        self._read[uid] = (time.monotonic(), list(listed.items or []))
+        return self._read[uid][1]

@@ -10,15 +10,17 @@ import os
 import sys
 from importlib.metadata import version as package_version
 from pathlib import Path
+from typing import Any
 
 from kubernetes import config as kube_config
 from kubernetes.client import Configuration
 from kubernetes.config.config_exception import ConfigException
-from traitlets import Bool, Dict, Enum, Float, Int, List, Unicode, default
+from traitlets import Bool, Dict, Enum, Float, Int, List, TraitError, Unicode, default, validate
 
 from ..errors import BackendError
 from ..versions import default_image
 from .base import Backend
+from .k8s_phases import StartTimeouts
 
 GiB = 1024**3
 NAMESPACE_ENV = "RAYKUBE_NAMESPACE"  # set by the JupyterHub hook (jupyter_raykube.hub)
@@ -139,15 +141,32 @@ class KubernetesSettings(Backend):
     delete_wait_s = Float(60.0, config=True, help="""Seconds `delete_cluster` waits for the
         cluster's Pods to be gone (their containers get SIGTERM and their grace period).""")
 
-    scale_up_timeout_s = Float(900.0, config=True, help="""How long an unschedulable Pod that
-        cluster-autoscaler is adding a node for (its TriggeredScaleUp Event) may wait for that
-        node before the usual join timeout applies again (cluster-autoscaler's own
-        max-node-provision-time is 15 minutes). Its Events are read as `events_after_s` says.""")
+    start_timeouts = Dict(config=True, help="""Seconds a node's Pod may spend in each phase of
+        its start before it counts as failed (removed, its group backed off), per group: "*"
+        for every Pod, "head" for the head, a group's name for its workers, each merged over
+        the defaults: {"*": {"unschedulable_s": 120, "node_s": 900, "image_pull_s": 1800},
+        "gpu": {"image_pull_s": 3600}}. unschedulable_s: no room and no scale-up announced
+        (no TriggeredScaleUp Event from cluster-autoscaler or Karpenter); node_s: after a
+        TriggeredScaleUp (cluster-autoscaler's max-node-provision-time is 15 minutes);
+        image_pull_s: bound to a node, its container not started. Once the container runs,
+        ClusterManager.join_timeout_s applies. Image pull errors, NotTriggerScaleUp, crashes
+        and OOMKilled fail a start at once.""")
 
-    events_after_s = Float(10.0, config=True, help="""A Pending Pod whose status does not say
-        why it waits (no Unschedulable condition, no waiting reason) has its newest Warning
-        Event shown instead (FailedMount, FailedCreatePodSandBox, ...), read after this many
-        seconds and at most that often.""")
+    events_after_s = Float(10.0, config=True, help="""A Pending Pod's Events (cluster-autoscaler's
+        TriggeredScaleUp/NotTriggerScaleUp, the newest Warning: FailedMount,
+        FailedCreatePodSandBox, ...) are read once it is this many seconds old, then at most
+        this often.""")
+
+    @validate("start_timeouts")
+    def _valid_start_timeouts(self, proposal: Any) -> dict[str, Any]:
+        try:
+            StartTimeouts.check(proposal["value"])
+        except ValueError as exc:
+            raise TraitError(str(exc)) from None
+        return dict(proposal["value"])
+
+    def start_timeouts_for(self, group: str) -> StartTimeouts:
+        return StartTimeouts.for_group(self.start_timeouts, group)
 
     @default("in_cluster")
     def _default_in_cluster(self) -> bool:

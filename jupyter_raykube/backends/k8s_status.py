@@ -49,11 +49,6 @@ def pod_state(pod: V1Pod) -> tuple[NodePhase, str]:
     return phase, "; ".join(p for p in parts if p)
 
 
-def unschedulable(pod: V1Pod) -> bool:
-    return any(c.type == "PodScheduled" and c.status == "False" and c.reason == "Unschedulable"
-               for c in (pod.status.conditions if pod.status is not None else None) or [])
-
-
 def labels_of(obj: Any) -> dict[str, str]:
     return dict(obj.metadata.labels or {})
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import secrets
 import string
+import time
 from collections.abc import Mapping
 from dataclasses import replace
 from importlib.metadata import version as package_version
@@ -52,7 +53,8 @@ from .k8s_objects import (
     PodSettings,
     Ports,
 )
-from .k8s_status import age_of, belongs, creation_time, labels_of, pod_state, token_of, unschedulable
+from .k8s_phases import ScaleUpEvents, start_phase
+from .k8s_status import age_of, belongs, creation_time, labels_of, pod_state, token_of
 from .k8s_watch import PodReflector
 
 _ORPHAN_GRACE_S = 60.0  # objects without a head this young may still be being created
@@ -190,7 +192,8 @@ class KubernetesBackend(KubernetesSettings):
             (await self._cache()).upsert(deleted)
 
     async def list_nodes(self, handle: ClusterHandle) -> list[BackendNode]:
-        """From the watch-fed cache: no API call unless a Pending Pod needs its Events read."""
+        """From the watch-fed cache: no API call unless a Pending Pod needs its Events read. Each
+        node says which phase of its start it is in and whether it failed (k8s_phases.py)."""
         cache = await self._cache()
         pods = [p for p in cache.pods() if belongs(p, handle.name, handle.details["cluster_id"])]
         if not any(labels_of(p).get(LABEL_NODE_TYPE) == objects.HEAD for p in pods):
@@ -198,17 +201,14 @@ class KubernetesBackend(KubernetesSettings):
                                   f"(its head Pod is gone)")
         live = [p for p in pods if p.metadata.deletion_timestamp is None]
         nodes = []
+        now = time.time()
         for pod in live:
-            phase, message = pod_state(pod)
-            scale_up = ""
-            if phase == "pending" and unschedulable(pod):
-                scale_up = await self.events.scale_up(pod)
-                message += f"; TriggeredScaleUp: {scale_up}" if scale_up else ""
-            elif phase == "pending" and not message:
-                message = await self.events.warning(pod)
-            nodes.append(BackendNode(name=pod.metadata.name, group=labels_of(pod).get(LABEL_GROUP, ""),
-                                     phase=phase, created_at=creation_time(pod), message=message,
-                                     provisioning=bool(scale_up)))
+            group = labels_of(pod).get(LABEL_GROUP, "")
+            events = await self.events.of(pod) if pod_state(pod)[0] == "pending" else ScaleUpEvents()
+            start = start_phase(pod, now, events, self.start_timeouts_for(group))
+            nodes.append(BackendNode(name=pod.metadata.name, group=group, phase=pod_state(pod)[0],
+                                     created_at=creation_time(pod), message=start.message, step=start.step,
+                                     provisioning=start.provisioning, failed=start.failed))
         return nodes
 
     async def save_spec(self, handle: ClusterHandle, spec: ClusterSpec) -> ClusterHandle:
