@@ -10,14 +10,17 @@ from typing import Any
 
 from jupyter_server.extension.application import ExtensionApp
 from jupyter_server.utils import url_path_join
-from traitlets import Bool, default
+from traitlets import Bool, Int, default
 
 from ..client import SERVER_TOKEN_ENV, SERVER_URL_ENV
 from ..manager import ClusterManager
 from .handlers import ClusterEventsHandler, ClusterHandler, ClustersHandler, InfoHandler
+from .job_handlers import (UPLOAD_LIMIT_SETTING, JobHandler, JobLogsHandler, JobsHandler, JobStopHandler,
+                           NodeLogsHandler, PackageHandler)
 from .proxy import DashboardProxyHandler
 
 _NAME = r"(?P<name>[^/]+)"
+_JOB = r"(?P<job>[^/]+)"
 
 
 class RayKube(ExtensionApp):
@@ -35,6 +38,10 @@ class RayKube(ExtensionApp):
         admin) gets 403. Default: true under JupyterHub, where callers have names; a standalone
         server's callers are anonymous.""")
 
+    max_upload_bytes = Int(100 * 1024**2, config=True, help="""Largest working dir (zipped) that
+        `%rayjob --working-dir` may upload to a cluster, in bytes. Ray's GCS keeps packages in
+        memory; put data sets in storage the job reads, not in the working dir.""")
+
     @default("restrict_to_owner")
     def _default_restrict(self) -> bool:
         return bool(os.environ.get("JUPYTERHUB_USER"))
@@ -46,6 +53,7 @@ class RayKube(ExtensionApp):
         manager = ClusterManager(parent=self, **{k: v for k, v in known.items() if k not in configured})
         self.settings["raykube_manager"] = manager
         self.settings["raykube_restrict_to_owner"] = self.restrict_to_owner
+        self.settings[UPLOAD_LIMIT_SETTING] = self.max_upload_bytes
         self._serve_task: asyncio.Task[None] | None = None
         # Kernels this server starts inherit these, so `%raycluster` talks to this API. They
         # are put back at shutdown: another server in this process must not inherit a dead URL.
@@ -60,6 +68,12 @@ class RayKube(ExtensionApp):
             (rf"/{api}/clusters/?", ClustersHandler),
             (rf"/{api}/clusters/{_NAME}/?", ClusterHandler),
             (rf"/{api}/clusters/{_NAME}/events/?", ClusterEventsHandler),
+            (rf"/{api}/clusters/{_NAME}/jobs/?", JobsHandler),
+            (rf"/{api}/clusters/{_NAME}/jobs/{_JOB}/?", JobHandler),
+            (rf"/{api}/clusters/{_NAME}/jobs/{_JOB}/logs/?", JobLogsHandler),
+            (rf"/{api}/clusters/{_NAME}/jobs/{_JOB}/stop/?", JobStopHandler),
+            (rf"/{api}/clusters/{_NAME}/packages/(?P<package>[^/]+)/?", PackageHandler),
+            (rf"/{api}/clusters/{_NAME}/nodes/(?P<node>[^/]+)/logs/?", NodeLogsHandler),
             (rf"/raykube/clusters/{_NAME}/dashboard/?(?P<path>.*)", DashboardProxyHandler),
         ])
 

@@ -1,0 +1,151 @@
+"""REST routes for a cluster's Ray jobs and its nodes' logs. They only parse, check and delegate:
+to Ray's Jobs API and log API on the cluster's dashboard (jobs.py, node_logs.py), with the
+cluster's Ray token, so kernels and the sidebar never need the dashboard's address, a Ray Client
+or a port-forward. Same rules as every route (guard.py): owner only, 400 naming the field,
+404 for an unknown cluster, job or node, 409 while the cluster is not running."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+from jupyter_server.auth.decorator import authorized
+from tornado import web
+
+from ..jobs import JobNotFound, RayJobs, check_package_name
+from ..manager import Cluster
+from ..node_logs import RayLogs, check_lines, check_log_file
+from .handlers import RayKubeHandler, mapped_errors
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+UPLOAD_LIMIT_SETTING = "raykube_max_upload_bytes"
+
+
+def unknown_job_is_404(method: F) -> F:
+    @wraps(method)
+    async def wrapper(self: RayKubeHandler, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await method(self, *args, **kwargs)
+        except JobNotFound as exc:
+            raise web.HTTPError(404, str(exc)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+class ClusterApiHandler(RayKubeHandler):
+    """Reaches a running cluster's dashboard on the caller's behalf."""
+
+    async def running(self, name: str) -> Cluster:
+        cluster = await self.manager.get(name)
+        if cluster.handle is None or cluster.state != "running":
+            raise web.HTTPError(409, f"cluster {name!r} is {cluster.state}; jobs and logs need it running")
+        return cluster
+
+    async def jobs(self, name: str) -> RayJobs:
+        cluster = await self.running(name)
+        assert cluster.handle is not None
+        return RayJobs(cluster.handle.dashboard_address, self.manager.token)
+
+
+class JobsHandler(ClusterApiHandler):
+    @web.authenticated
+    @authorized
+    @mapped_errors
+    async def get(self, name: str) -> None:
+        self.reply({"jobs": await (await self.jobs(name)).list()})
+
+    @web.authenticated
+    @authorized
+    @mapped_errors
+    @unknown_job_is_404
+    async def post(self, name: str) -> None:
+        """`{"entrypoint": "python x.py", "working_dir": "gcs://…", "pip": [...], "env": {...}}`"""
+        body = self.json_body()
+        self.reply(await (await self.jobs(name)).submit(body), status=201)
+
+
+class JobHandler(ClusterApiHandler):
+    @web.authenticated
+    @authorized
+    @mapped_errors
+    @unknown_job_is_404
+    async def get(self, name: str, job: str) -> None:
+        self.reply(await (await self.jobs(name)).get(job))
+
+
+class JobLogsHandler(ClusterApiHandler):
+    @web.authenticated
+    @authorized
+    @mapped_errors
+    @unknown_job_is_404
+    async def get(self, name: str, job: str) -> None:
+        """`?offset=N`: what the job printed from character N on, the next offset and the job
+        (one call per poll for a live view); `?tail=N`: its last N lines."""
+        tail = self.get_query_argument("tail", None)
+        lines = check_lines(tail) if tail is not None else None
+        offset_arg = self.get_query_argument("offset", "0")
+        if not offset_arg.isdigit() or len(offset_arg) > 15:
+            raise web.HTTPError(400, f"offset={offset_arg[:40]!r} is not allowed: a character offset, 0 or more")
+        jobs = await self.jobs(name)
+        record = await jobs.get(job)  # before the logs: a final state means they are complete
+        text = await jobs.logs(job)
+        shown = "\n".join(text.splitlines()[-lines:]) if lines else text[min(int(offset_arg), len(text)):]
+        self.reply({"job": record, "logs": shown, "next_offset": len(text)})
+
+
+class JobStopHandler(ClusterApiHandler):
+    @web.authenticated
+    @authorized
+    @mapped_errors
+    @unknown_job_is_404
+    async def post(self, name: str, job: str) -> None:
+        jobs = await self.jobs(name)
+        stopped = await jobs.stop(job)
+        self.reply({"stopped": stopped, "job": await jobs.get(job)})
+
+
+class PackageHandler(ClusterApiHandler):
+    """PUT a working dir's zip into the cluster's GCS (Ray's package upload), so a job can name it
+    as `working_dir`. The only route whose body is not JSON, with its own limit
+    (`c.RayKube.max_upload_bytes`)."""
+
+    @web.authenticated
+    @authorized
+    @mapped_errors
+    async def put(self, name: str, package: str) -> None:
+        check_package_name(package)
+        limit = int(self.settings[UPLOAD_LIMIT_SETTING])
+        size = len(self.request.body)
+        if not 0 < size <= limit:
+            raise web.HTTPError(400, f"the package is {size} bytes; 1 to {limit} are allowed "
+                                     "(c.RayKube.max_upload_bytes); leave large data out of the working dir")
+        uri = await (await self.jobs(name)).upload_package(package, self.request.body)
+        self.reply({"uri": uri}, status=201)
+
+
+class NodeLogsHandler(ClusterApiHandler):
+    @web.authenticated
+    @authorized
+    @mapped_errors
+    async def get(self, name: str, node: str) -> None:
+        """`?file=raylet.out&lines=N`: the file's last lines; without `file`: the node's log files."""
+        lines = check_lines(self.get_query_argument("lines", None))
+        filename = self.get_query_argument("file", None)
+        if filename is not None:
+            check_log_file(filename)
+        cluster = await self.manager.refresh(await self.running(name))
+        assert cluster.handle is not None
+        nodes = {n["name"]: n for n in cluster.snapshot()["nodes"]}
+        if node not in nodes:
+            raise web.HTTPError(404, f"cluster {name!r} has no node {node[:80]!r}; it has: {', '.join(sorted(nodes))}")
+        ray_id = nodes[node].get("id") or ""
+        if not ray_id:  # not in Ray (yet): what its process or Pod printed
+            text = await self.manager.backend.logs(cluster.handle, node, tail=lines)
+            self.reply({"node": node, "file": None, "logs": text})
+            return
+        logs = RayLogs(cluster.handle.dashboard_address, self.manager.token)
+        if filename is None:
+            self.reply({"node": node, "files": await logs.files(ray_id)})
+            return
+        self.reply({"node": node, "file": filename, "logs": await logs.tail(ray_id, filename, lines)})
