@@ -19,7 +19,9 @@ def _jupyter_labextension_paths() -> list[dict[str, str]]:
 
 
 def load_ipython_extension(ipython: Any) -> None:
-    """`%load_ext jupyter_raykube` registers the `%raycluster` magic."""
+    """`%load_ext jupyter_raykube` registers the `%raycluster` and `%rayjob` magics."""
+    from .job_magics import RayJobMagics
     from .magics import RayClusterMagics
 
     ipython.register_magics(RayClusterMagics(ipython))
+    ipython.register_magics(RayJobMagics(ipython))

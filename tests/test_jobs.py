@@ -1,0 +1,249 @@
+"""Ray jobs from a notebook, against a real `jupyter server` started from the venv's Python with
+a PATH that does not name the venv (as `.venv/bin/jupyter server` runs), a real local cluster
+and real kernels: `%%rayjob` streams a job's output into the cell while it runs, the job's
+python is the cluster's own, a failing job fails the cell with its error, and a restarted kernel
+reads the same job's logs. REST refusals are checked against the same server."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import sys
+import textwrap
+import time
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from jupyter_client import BlockingKernelClient
+from tornado.httpclient import HTTPClientError
+
+from jupyter_raykube.errors import SpecError
+from jupyter_raykube.job_client import working_dir_package
+from jupyter_raykube.jobs import submit_body
+
+from .test_server_process import LiveServer, _start_cluster, _start_server, _stop_server
+
+CLUSTER = "jobs-1"
+
+
+@pytest.fixture(scope="module")
+def job_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """The server runs the venv's Python, but `python` on its PATH is not the venv's."""
+    tmp = tmp_path_factory.mktemp("jobs")
+    venv_bin = os.path.dirname(sys.executable)
+    saved = os.environ["PATH"]
+    os.environ["PATH"] = os.pathsep.join(p for p in saved.split(os.pathsep) if os.path.abspath(p) != venv_bin)
+    try:
+        server = _start_server(tmp)
+    finally:
+        os.environ["PATH"] = saved
+    try:
+        _start_cluster(server, {"name": CLUSTER, "groups": [{"name": "cpu", "min": 0, "max": 0}]})
+        yield server
+    finally:
+        server.api("DELETE", f"clusters/{CLUSTER}")
+        _stop_server(server, tmp / "server.log")
+
+
+@pytest.fixture
+def kernel(job_server: LiveServer) -> Iterator[tuple[str, BlockingKernelClient]]:
+    headers = {"Authorization": f"token {job_server.token}"}
+    started = requests.post(f"{job_server.url}api/kernels", json={"name": "python3"}, headers=headers, timeout=60)
+    kernel_id = started.json()["id"]
+    client = job_server.kernel_client(kernel_id)
+    try:
+        yield kernel_id, client
+    finally:
+        client.stop_channels()
+        requests.delete(f"{job_server.url}api/kernels/{kernel_id}", headers=headers, timeout=60)
+
+
+def _execute(client: BlockingKernelClient, code: str,
+             on_text: Callable[[str], None] = lambda _: None) -> tuple[str, str]:
+    """Run a cell; returns (reply status, everything it showed), calling `on_text` per output."""
+    chunks: list[str] = []
+
+    def collect(msg: dict[str, Any]) -> None:
+        content = msg["content"]
+        text = ""
+        if msg["msg_type"] == "stream":
+            text = content["text"]
+        elif msg["msg_type"] in ("execute_result", "display_data"):
+            text = content["data"].get("text/plain", "")
+        elif msg["msg_type"] == "error":
+            text = "\n".join(content["traceback"]) + "\n"
+        if text:
+            chunks.append(text)
+            on_text("".join(chunks))
+
+    reply = client.execute_interactive(code, timeout=300, output_hook=collect, allow_stdin=False)
+    return reply["content"]["status"], "".join(chunks)
+
+
+def _job_id(output: str) -> str:
+    return output.split("Ray job ", 1)[1].split()[0]
+
+
+def test_cell_job_streams_live_succeeds_and_its_logs_outlive_the_kernel(
+        job_server: LiveServer, kernel: tuple[str, BlockingKernelClient], tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "progress.py").write_text("def line(i):\n    return f'progress step {i}'\n")
+    gate = tmp_path / "gate"
+    cell = textwrap.dedent(f"""\
+        %%rayjob --cluster {CLUSTER} --working-dir {project} --env GREETING=hello
+        import os, pathlib, sys, time
+        import ray, progress
+        print("python", sys.executable, "ray", ray.__version__, os.environ["GREETING"])
+        print(progress.line(0))
+        deadline = time.time() + 120
+        while not pathlib.Path({str(gate)!r}).exists() and time.time() < deadline:
+            time.sleep(0.2)
+        for i in range(1, 3):
+            print(progress.line(i))
+        """)
+    seen_while_running: list[str] = []
+
+    def open_gate_once_the_first_line_shows(text: str) -> None:
+        """The job waits for the gate, so its first line can only be here before it ends."""
+        if "progress step 0" in text and not gate.exists():
+            job = job_server.api("GET", f"clusters/{CLUSTER}/jobs/{_job_id(text)}").json()
+            seen_while_running.append(job["state"])
+            gate.touch()
+
+    kernel_id, client = kernel
+    status, out = _execute(client, "%load_ext jupyter_raykube")
+    assert status == "ok", out
+    status, out = _execute(client, cell, open_gate_once_the_first_line_shows)
+    assert status == "ok", out
+    assert seen_while_running == ["RUNNING"], out
+    assert f"python {Path(sys.executable).parent}" in out and "ray 2." in out and "hello" in out, out
+    assert out.index("progress step 0") < out.index("progress step 2") < out.index("SUCCEEDED"), out
+    job_id = _job_id(out)
+    assert job_server.api("GET", f"clusters/{CLUSTER}/jobs/{job_id}").json()["state"] == "SUCCEEDED"
+
+    restarted = requests.post(f"{job_server.url}api/kernels/{kernel_id}/restart", timeout=120,
+                              headers={"Authorization": f"token {job_server.token}"})
+    assert restarted.status_code == 200
+    client.wait_for_ready(timeout=120)
+    status, out = _execute(client, f"%load_ext jupyter_raykube\n%rayjob logs {job_id}")
+    assert status == "ok" and "progress step 0" in out and "progress step 2" in out, out
+    status, out = _execute(client, "%rayjob list")
+    assert status == "ok" and job_id in out and "SUCCEEDED" in out, out
+    status, out = _execute(client, f"%rayjob status {job_id}")
+    assert status == "ok" and f"Ray job {job_id} on {CLUSTER}: SUCCEEDED" in out, out
+
+
+def test_a_failing_job_fails_the_cell_with_the_tail_of_its_error(
+        job_server: LiveServer, kernel: tuple[str, BlockingKernelClient]) -> None:
+    _, client = kernel
+    _execute(client, "%load_ext jupyter_raykube")
+    status, out = _execute(client, f"%%rayjob --cluster {CLUSTER}\nprint('before the error')\n"
+                                   "raise ValueError('the answer is not 41')\n")
+    assert status == "error", out
+    assert "FAILED" in out and "ValueError: the answer is not 41" in out, out
+    report = out[out.index("FAILED"):]
+    assert "ValueError: the answer is not 41" in report, out  # the tail is repeated in the report
+
+
+def test_submit_a_command_and_stop_a_running_job(job_server: LiveServer,
+                                                 kernel: tuple[str, BlockingKernelClient]) -> None:
+    _, client = kernel
+    _execute(client, "%load_ext jupyter_raykube")
+    status, out = _execute(client, "%rayjob submit --no-wait -- python -c "
+                                   "\"import time; print('sleeping', flush=True); time.sleep(600)\"")
+    assert status == "ok", out
+    job_id = _job_id(out)
+    status, out = _execute(client, f"%rayjob stop {job_id}")
+    assert status == "ok" and job_id in out, out
+    for _ in range(120):
+        if job_server.api("GET", f"clusters/{CLUSTER}/jobs/{job_id}").json()["state"] == "STOPPED":
+            break
+        time.sleep(0.5)
+    assert job_server.api("GET", f"clusters/{CLUSTER}/jobs/{job_id}").json()["state"] == "STOPPED"
+
+
+def test_rest_refusals_name_the_field(job_server: LiveServer) -> None:
+    jobs = f"clusters/{CLUSTER}/jobs"
+    cases = [
+        ("POST", jobs, {"entrypoint": ""}, 400, "entrypoint"),
+        ("POST", jobs, {"entrypoint": "python x.py", "working_dir": "/etc"}, 400, "working_dir"),
+        ("POST", jobs, {"entrypoint": "python x.py", "env": {"1BAD": "x"}}, 400, "env.1BAD"),
+        ("POST", jobs, {"entrypoint": "python x.py", "pip": "numpy"}, 400, "pip"),
+        ("POST", jobs, {"entrypoint": "python x.py", "cpus": 2}, 400, "cpus"),
+        ("POST", jobs, [1], 400, "body"),
+        ("GET", f"{jobs}/raysubmit_doesnotexist", None, 404, "raysubmit_doesnotexist"),
+        ("GET", f"{jobs}/bad%20id!", None, 400, "job id"),
+        ("GET", f"{jobs}/raysubmit_doesnotexist/logs?offset=-1", None, 400, "offset"),
+        ("POST", f"{jobs}/raysubmit_doesnotexist/stop", None, 404, "raysubmit_doesnotexist"),
+        ("GET", "clusters/nosuch/jobs", None, 404, "nosuch"),
+        ("GET", f"clusters/{CLUSTER}/nodes/nosuch/logs", None, 404, "nosuch"),
+        ("GET", f"clusters/{CLUSTER}/nodes/{CLUSTER}-head/logs?lines=0", None, 400, "lines"),
+        ("GET", f"clusters/{CLUSTER}/nodes/{CLUSTER}-head/logs?file=../x", None, 400, "file"),
+    ]
+    for method, path, body, code, named in cases:
+        response = job_server.api(method, path, body)
+        assert response.status_code == code, (method, path, response.text)
+        assert named in response.json()["message"], (method, path, response.text)
+    upload = job_server.api("PUT", f"clusters/{CLUSTER}/packages/notazip", data=b"x")
+    assert upload.status_code == 400 and "package" in upload.json()["message"], upload.text
+
+
+def test_node_logs_through_rays_log_api(job_server: LiveServer) -> None:
+    head = f"{CLUSTER}-head"
+    listed = job_server.api("GET", f"clusters/{CLUSTER}/nodes/{head}/logs")
+    assert listed.status_code == 200, listed.text
+    files = [f for names in listed.json()["files"].values() for f in names]
+    assert "raylet.out" in files and "gcs_server.out" in files, files
+    tail = job_server.api("GET", f"clusters/{CLUSTER}/nodes/{head}/logs?file=raylet.out&lines=5")
+    assert tail.status_code == 200 and 0 < len(tail.json()["logs"].splitlines()) <= 5, tail.text
+
+
+@pytest.fixture
+def jp_server_config() -> dict[str, Any]:
+    return {"ServerApp": {"jpserver_extensions": {"jupyter_raykube": True},
+                          "identity_provider_class": "tests.fakes.HeaderIdentityProvider"},
+            "RayKube": {"restrict_to_owner": True},
+            "ClusterManager": {"owner": "alice", "backend_class": "tests.fakes.RefusingBackend"}}
+
+
+@pytest.mark.parametrize("method,path", [
+    ("GET", "clusters/c/jobs"), ("POST", "clusters/c/jobs"), ("GET", "clusters/c/jobs/raysubmit_x"),
+    ("GET", "clusters/c/jobs/raysubmit_x/logs"), ("POST", "clusters/c/jobs/raysubmit_x/stop"),
+    ("PUT", "clusters/c/packages/_ray_pkg_0123456789abcdef.zip"), ("GET", "clusters/c/nodes/n/logs")])
+async def test_a_non_owner_gets_403_from_every_job_route(jp_fetch: Any, method: str, path: str) -> None:
+    body = None if method == "GET" else json.dumps({"entrypoint": "python x.py"})
+    with pytest.raises(HTTPClientError) as refused:
+        await jp_fetch("raykube", "api", *path.split("/"), method=method, body=body,
+                       headers={"X-Test-User": "mallory"})
+    assert refused.value.code == 403
+    assert "alice" in json.loads(refused.value.response.body)["message"]
+
+
+def test_submit_body_becomes_rays_runtime_env() -> None:
+    body = submit_body({"entrypoint": "python x.py", "working_dir": "gcs://_ray_pkg_0123456789abcdef.zip",
+                        "pip": ["emoji==2.12.1"], "env": {"A": "1"}})
+    assert body == {"entrypoint": "python x.py", "runtime_env": {
+        "working_dir": "gcs://_ray_pkg_0123456789abcdef.zip", "pip": ["emoji==2.12.1"], "env_vars": {"A": "1"}}}
+    for bad, field in (({"entrypoint": "x", "pip": ["-e /etc"]}, "pip"), ({"entrypoint": "x", "env": []}, "env"),
+                       ({"entrypoint": "x", "working_dir": "gcs://../x.zip"}, "working_dir"), (None, "body")):
+        with pytest.raises(SpecError) as refused:
+            submit_body(bad)
+        assert refused.value.field == field
+
+
+def test_working_dir_package_is_named_by_its_content(tmp_path: Path) -> None:
+    (tmp_path / "mod.py").write_text("X = 1\n")
+    (tmp_path / "__pycache__").mkdir()
+    (tmp_path / "__pycache__" / "mod.cpython-311.pyc").write_bytes(b"\0")
+    name, data = working_dir_package(str(tmp_path), {"_rayjob_cell.py": "print(1)"})
+    assert re.fullmatch(r"_ray_pkg_[0-9a-f]{32}\.zip", name)
+    assert zipfile.ZipFile(io.BytesIO(data)).namelist() == ["mod.py", "_rayjob_cell.py"]
+    assert working_dir_package(str(tmp_path), {"_rayjob_cell.py": "print(1)"})[0] == name
+    assert working_dir_package(str(tmp_path), {"_rayjob_cell.py": "print(2)"})[0] != name
