@@ -111,7 +111,7 @@ class RayJobMagics(Magics):
         return self._submit_and_follow(args, "python -u " + CELL_SCRIPT, {CELL_SCRIPT: cell})
 
     def _submit(self, args: Any) -> Job | None:
-        command = [a for a in args.entrypoint if a != "--"] if args.entrypoint[:1] == ["--"] else args.entrypoint
+        command = args.entrypoint[1:] if args.entrypoint[:1] == ["--"] else args.entrypoint
         if not command:
             raise UsageError("give the command after --, e.g. %rayjob submit --working-dir . -- python train.py")
         return self._submit_and_follow(args, shlex.join(command), {})
