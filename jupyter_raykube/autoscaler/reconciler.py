@@ -67,7 +67,9 @@ class AutoscalerSettings:
     join_timeout_s: float = 120.0  # a node that has not joined Ray by then is removed
     backoff_s: float = 60.0  # a group whose node failed to join launches nothing for this long
     drain_timeout_s: float = 30.0  # an accepted drain that never ends in DEAD is removed anyway
-    quick_interval_s: float = 0.25  # rounds while a drain or a held-back launch waits on Ray
+    # Rounds while something may change within a second: a drain or a held-back launch waits
+    # on Ray, demand is pending, or a driver is connected (its next tasks are seen this soon).
+    quick_interval_s: float = 0.25
 
 
 @dataclass(frozen=True)
@@ -120,7 +122,6 @@ class Reconciler:
     _backoff: dict[str, _Backoff] = field(default_factory=dict)
     _provisioned_at: dict[str, float] = field(default_factory=dict)  # node -> last seen provisioning
     _draining: dict[str, _Drain] = field(default_factory=dict)
-    _steps: dict[str, str] = field(default_factory=dict)  # starting node -> the start phase last told
     _wake: anyio.Event = field(default_factory=anyio.Event)
     _next_round_s: float = 0.0  # when the round after this one is due (set by each round)
     _launches_held_back: bool = False  # the last plan wanted more nodes than were free to start
@@ -160,7 +161,7 @@ class Reconciler:
         if self.act:
             await self._launch(reply, nodes)
             await self._drain(reply, nodes, now)
-            self._schedule_next_round(nodes)
+            self._schedule_next_round(nodes, state)
         self.observation = Observation(at=now, nodes=nodes, ray=state, pending=reply.pending)
         return self.observation
 
@@ -174,10 +175,8 @@ class Reconciler:
         self._provisioned_at = {n: t for n, t in self._provisioned_at.items() if n in listed}
         observed: list[ObservedNode] = []
         to_remove: list[Removal] = []
-        self._steps = {n: step for n, step in self._steps.items() if n in listed}
         for node in backend_nodes:
             ray_node = ray_by_instance.get(node.name)
-            self._note_step(node, ray_node, now)
             if node.is_head:
                 observed.append(ObservedNode(node.name, node.group, "running" if ray_node else "starting",
                                              node.created_at, ray_node, node.message))
@@ -189,10 +188,6 @@ class Reconciler:
                                              f"removed idle {node.group} node {node.name}: {drain.reason}"))
                     continue
                 observed.append(ObservedNode(node.name, node.group, "draining", node.created_at, ray_node))
-            elif node.failed:  # the backend's verdict: no node coming, no image, a crash
-                reason = f"{node.group} node {node.name} could not start: {node.message}"
-                to_remove.append(Removal(node.name, RemovalCause.FAILED, reason))
-                self._back_off(node.group, reason, now)
             elif node.phase == "exited" or node.name in dead:
                 why = node.message or "its Ray node died"
                 to_remove.append(Removal(node.name, RemovalCause.FAILED, f"{node.group} node {node.name} failed: {why}"))
@@ -213,17 +208,6 @@ class Reconciler:
             await self._remove(to_remove)
         return tuple(observed)
 
-    def _note_step(self, node: BackendNode, ray_node: RayNode | None, now: float) -> None:
-        """An event for each phase a starting node enters (waiting for a node, pulling image,
-        starting Ray) and for its joining, so a slow start reads as progress."""
-        if ray_node is not None:
-            if self._steps.pop(node.name, None) is not None:
-                self.events.add(now, "info", f"{node.group} node {node.name} joined Ray "
-                                             f"{max(0.0, now - node.created_at):.0f} s after it was created")
-        elif node.step and self._steps.get(node.name) != node.step:
-            self._steps[node.name] = node.step
-            self.events.add(now, "info", f"{node.group} node {node.name}: {node.step}")
-
     async def _remove(self, removals: list[Removal]) -> None:
         async def remove(removal: Removal) -> None:
             await self.backend.remove_node(self.handle, removal.name)
@@ -239,13 +223,16 @@ class Reconciler:
         self.events.add(now, "backoff",
                         f"backing off the {group} group for {self.settings.backoff_s:.0f} s: {reason}")
 
-    def _schedule_next_round(self, nodes: tuple[ObservedNode, ...]) -> None:
+    def _schedule_next_round(self, nodes: tuple[ObservedNode, ...], state: ClusterState) -> None:
         """Come back sooner than the regular interval when something is about to change: the
         moment the next idle node passes its idle timeout (not up to a round later), and
-        every quick interval while a drained node is on its way out or launches wait for a
-        free slot, so each step follows Ray's by a fraction of a second."""
+        every quick interval while a drained node is on its way out, launches wait for a free
+        slot, demand is pending or a driver is connected (Ray's GCS offers no subscription to
+        new demand; one read costs a few ms), so each step follows Ray's by a fraction of a
+        second. A cluster nobody uses is read once per interval."""
         soon = self._next_round_s
-        if self._draining or self._launches_held_back:
+        waiting = bool(state.demand or state.gangs or state.constraints or state.drivers)
+        if self._draining or self._launches_held_back or waiting:
             soon = min(soon, self.settings.quick_interval_s)
         groups = {g.name: g for g in self.spec.groups}
         for node in nodes:
@@ -261,7 +248,8 @@ class Reconciler:
         spec = self.spec
         groups = tuple(
             NodeGroup(name=g.name, resources=self.backend.node_resources(spec, g), min_nodes=g.min,
-                      max_nodes=g.max, cost=g.cost, idle_timeout_s=spec.idle_timeout_for(g), labels=g.labels)
+                      max_nodes=g.max, cost=g.cost, idle_timeout_s=spec.idle_timeout_for(g), labels=g.labels,
+                      warm_nodes=g.warm)
             for g in spec.groups)
         views = tuple(_view(n, dict(self.backend.node_resources(spec, spec.group(n.group))))
                       for n in nodes if n.group in {g.name for g in spec.groups})
