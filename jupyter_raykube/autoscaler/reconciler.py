@@ -122,6 +122,7 @@ class Reconciler:
     _backoff: dict[str, _Backoff] = field(default_factory=dict)
     _provisioned_at: dict[str, float] = field(default_factory=dict)  # node -> last seen provisioning
     _draining: dict[str, _Drain] = field(default_factory=dict)
+    _steps: dict[str, str] = field(default_factory=dict)  # starting node -> the start phase last told
     _wake: anyio.Event = field(default_factory=anyio.Event)
     _next_round_s: float = 0.0  # when the round after this one is due (set by each round)
     _launches_held_back: bool = False  # the last plan wanted more nodes than were free to start
@@ -175,8 +176,10 @@ class Reconciler:
         self._provisioned_at = {n: t for n, t in self._provisioned_at.items() if n in listed}
         observed: list[ObservedNode] = []
         to_remove: list[Removal] = []
+        self._steps = {n: step for n, step in self._steps.items() if n in listed}
         for node in backend_nodes:
             ray_node = ray_by_instance.get(node.name)
+            self._note_step(node, ray_node, now)
             if node.is_head:
                 observed.append(ObservedNode(node.name, node.group, "running" if ray_node else "starting",
                                              node.created_at, ray_node, node.message))
@@ -188,6 +191,10 @@ class Reconciler:
                                              f"removed idle {node.group} node {node.name}: {drain.reason}"))
                     continue
                 observed.append(ObservedNode(node.name, node.group, "draining", node.created_at, ray_node))
+            elif node.failed:  # the backend's verdict: no node coming, no image, a crash
+                reason = f"{node.group} node {node.name} could not start: {node.message}"
+                to_remove.append(Removal(node.name, RemovalCause.FAILED, reason))
+                self._back_off(node.group, reason, now)
             elif node.phase == "exited" or node.name in dead:
                 why = node.message or "its Ray node died"
                 to_remove.append(Removal(node.name, RemovalCause.FAILED, f"{node.group} node {node.name} failed: {why}"))
@@ -207,6 +214,17 @@ class Reconciler:
         if self.act and to_remove:
             await self._remove(to_remove)
         return tuple(observed)
+
+    def _note_step(self, node: BackendNode, ray_node: RayNode | None, now: float) -> None:
+        """An event for each phase a starting node enters (waiting for a node, pulling image,
+        starting Ray) and for its joining, so a slow start reads as progress."""
+        if ray_node is not None:
+            if self._steps.pop(node.name, None) is not None:
+                self.events.add(now, "info", f"{node.group} node {node.name} joined Ray "
+                                             f"{max(0.0, now - node.created_at):.0f} s after it was created")
+        elif node.step and self._steps.get(node.name) != node.step:
+            self._steps[node.name] = node.step
+            self.events.add(now, "info", f"{node.group} node {node.name}: {node.step}")
 
     async def _remove(self, removals: list[Removal]) -> None:
         async def remove(removal: Removal) -> None:
