@@ -42,6 +42,7 @@ class ClusterClient(Protocol):
     def stop(self, name: str) -> None: ...
     def list(self) -> list[Snapshot]: ...
     def attach(self, name: str) -> Snapshot: ...
+    def events(self, name: str, after: int, wait_s: int) -> list[dict[str, Any]]: ...
 
 
 class LocalClient:
@@ -77,6 +78,11 @@ class LocalClient:
 
     def attach(self, name: str) -> Snapshot:
         return self.blocking.call(self.manager.attach, name).snapshot()
+
+    def events(self, name: str, after: int, wait_s: int) -> list[dict[str, Any]]:
+        """The cluster's events newer than `after`, waiting up to `wait_s` for one."""
+        cluster = self.blocking.call(self.manager.get, name)
+        return [e.to_json() for e in self.blocking.call(cluster.events.wait_after, after, wait_s)]
 
     def _watch(self, start: Callable[[Progress], Any], progress: Progress) -> Any:
         """Run a manager coroutine on its loop; relay its progress on this thread; Ctrl-C cancels."""
@@ -141,8 +147,13 @@ class ServerClient:
     def attach(self, name: str) -> Snapshot:
         return self.status(name)
 
-    def _request(self, method: str, path: str, body: Any = None) -> Any:
-        response = self.session.request(method, self.base + path, json=body, timeout=60)
+    def events(self, name: str, after: int, wait_s: int) -> list[dict[str, Any]]:
+        """The cluster's events newer than `after`; the server holds the answer up to `wait_s`."""
+        path = f"/clusters/{quote(name)}/events?after={after}&wait={wait_s}"
+        return self._request("GET", path, timeout=wait_s + 30)["events"]
+
+    def _request(self, method: str, path: str, body: Any = None, timeout: float = 60) -> Any:
+        response = self.session.request(method, self.base + path, json=body, timeout=timeout)
         if response.status_code == 404:
             raise ClusterNotFound(_message(response))
         if response.status_code >= 400:

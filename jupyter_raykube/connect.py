@@ -111,7 +111,10 @@ def check_token(address: str) -> None:
 def disconnect_driver() -> None:
     import ray
 
+    from .driver_events import stop_following
+
     global _connected_to
+    stop_following()
     if ray.is_initialized():
         ray.shutdown()
     _connected_to = ""

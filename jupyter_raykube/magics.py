@@ -18,8 +18,9 @@ from IPython.core.magic_arguments import MagicArgumentParser
 from IPython.display import display
 
 from .backends.base import BackendError, ClusterNotFound
-from .client import ClusterClient, default_client
+from .client import ClusterClient, Snapshot, default_client
 from .connect import connect_driver, disconnect_driver
+from .driver_events import follow as follow_events
 from .display import ClusterStatus, ClusterTable
 from .formatting import duration
 from .spec import SpecError, parse_cpus, parse_range
@@ -100,14 +101,14 @@ class RayClusterMagics(Magics):
         snap = self._with_progress(title, lambda p: self.client.start(request, p))
         name = self._current = snap["name"]
         if not args.no_connect:
-            connect_driver(snap["address"], self.client.token, **_client_route(snap))
+            self._connect(snap)
         return self._view(name, snap)
 
     def _attach(self, args: Any) -> Any:
         snap = self.client.attach(args.name)
         self._current = args.name
         if not args.no_connect:
-            connect_driver(snap["address"], self.client.token, **_client_route(snap))
+            self._connect(snap)
         return self._view(args.name, snap)
 
     def _status(self, args: Any) -> Any:
@@ -133,6 +134,12 @@ class RayClusterMagics(Magics):
         return ClusterTable(self.client.list())
 
     # --- helpers -----------------------------------------------------------------------------
+
+    def _connect(self, snap: Snapshot) -> None:
+        """Connect this kernel's `ray` to the cluster, and print the autoscaler's decisions for
+        it as `(raykube)` lines (RAYKUBE_DRIVER_EVENTS=0 turns them off)."""
+        connect_driver(snap["address"], self.client.token, **_client_route(snap))
+        follow_events(self.client, snap["name"])
 
     def _view(self, name: str, snap: dict[str, Any]) -> Any:
         """A live widget in a notebook, a text status in a terminal."""

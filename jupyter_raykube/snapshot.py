@@ -45,6 +45,7 @@ class NodeJson(TypedDict):
 
 
 class EventJson(TypedDict):
+    id: int  # increasing within the cluster's log: GET events?after=ID follows it
     time: str  # ISO 8601, UTC ("2026-11-22T10:00:00Z")
     kind: str
     message: str

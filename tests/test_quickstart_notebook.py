@@ -44,6 +44,10 @@ def test_quickstart_notebook_runs_and_cleans_up(runtime_dir: Path) -> None:
     assert status and "application/vnd.jupyter.widget-view+json" in status[0]["data"]  # the live widget
     assert "Ray cluster" in status[0]["data"]["text/plain"]
     assert "stopped" in outputs[7]
+    # The scale-ups our autoscaler serves are told as our own decisions, never as Ray's false alarms
+    work = "".join(outputs[1:6])
+    assert "(raykube)" in work and "launched" in work, work[-3000:]
+    assert "(autoscaler)" not in work and "infeasible" not in work.lower(), work[-3000:]
     assert seen_uids, "the start cell must have registered a cluster"
     assert all(cluster_processes(uid) == [] for uid in seen_uids)
     assert list((runtime_dir / "raykube" / "clusters").glob("*.json")) == []

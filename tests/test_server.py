@@ -109,10 +109,21 @@ async def test_cluster_lifecycle_over_rest_with_dashboard_proxy(jp_fetch: Any, j
     code, message = await _error(jp_fetch, "clusters", "rest-1", method="PATCH",
                                  body=json.dumps({"groups": {"tpu": {"max": 1}}}))
     assert code == 400 and "group='tpu'" in message
+    # A follower (a kernel's "(raykube)" lines) asks for what comes after the last event it saw,
+    # and the server holds the answer until the next decision
+    last_id = (await _json(jp_fetch, "clusters", "rest-1", "events"))["events"][-1]["id"]
+    follow = asyncio.ensure_future(_json(jp_fetch, "clusters", "rest-1", "events",
+                                         params={"after": str(last_id), "wait": "60"}, request_timeout=90))
+    await asyncio.sleep(1)
+    assert not follow.done()
+    code, message = await _error(jp_fetch, "clusters", "rest-1", "events", params={"after": "-1"})
+    assert code == 400 and "after='-1'" in message and "whole number" in message
     snap = await _json(jp_fetch, "clusters", "rest-1", method="PATCH",
                        body=json.dumps({"groups": {"cpu": {"min": 1, "max": 1}}}))
     cpu = next(g for g in snap["groups"] if g["name"] == "cpu")
     assert (cpu["min"], cpu["max"]) == (1, 1)
+    news = (await asyncio.wait_for(follow, 30))["events"]
+    assert news and news[0]["id"] == last_id + 1 and news[0]["kind"] == "scaled", news
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 120
     while loop.time() < deadline:

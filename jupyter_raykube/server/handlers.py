@@ -123,5 +123,26 @@ class ClusterEventsHandler(RayKubeHandler):
     @authorized
     @mapped_errors
     async def get(self, name: str) -> None:
+        """All events, or with `?after=ID` those newer than ID; `&wait=S` holds the answer up
+        to S seconds until one arrives (how a kernel follows decisions without polling)."""
+        after = _query_int(self, "after", 0, 2**53)
+        wait = _query_int(self, "wait", 0, EVENTS_WAIT_MAX_S)
         cluster = await self.manager.get(name)
-        self.reply({"events": cluster.events.to_json()})
+        if after is None:
+            self.reply({"events": cluster.events.to_json()})
+            return
+        events = await cluster.events.wait_after(after, wait or 0)
+        self.reply({"events": [e.to_json() for e in events]})
+
+
+EVENTS_WAIT_MAX_S = 60
+
+
+def _query_int(handler: RayKubeHandler, field: str, low: int, high: int) -> int | None:
+    """An optional whole-number query argument in [low, high]; anything else is a 400."""
+    raw = handler.get_query_argument(field, None)
+    if raw is None:
+        return None
+    if not raw.isdigit() or not low <= int(raw[:20]) <= high:
+        raise SpecError(field, raw, f"a whole number from {low} to {high}")
+    return int(raw)

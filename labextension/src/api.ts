@@ -59,6 +59,7 @@ export interface IDemand {
 
 /** One autoscaler or lifecycle event; `time` is ISO 8601 in UTC (snapshot.py `EventJson`). */
 export interface IEvent {
+  id: number;
   time: string;
   kind: string;
   message: string;
