@@ -22,6 +22,7 @@ import anyio
 
 from ..backends.base import Backend, BackendError, BackendNode, ClusterHandle, ClusterNotFound
 from ..events import EventKind, EventLog
+from ..node_logs import failure_tail
 from ..spec import ClusterSpec
 from .demand import ClusterState, GcsReader, RayNode
 from .planner import (
@@ -228,9 +229,13 @@ class Reconciler:
 
     async def _remove(self, removals: list[Removal]) -> None:
         async def remove(removal: Removal) -> None:
+            message = removal.message
+            if removal.cause is RemovalCause.FAILED:  # its logs go with its process or Pod: keep the last lines
+                tail = await failure_tail(self.backend, self.handle, removal.name)
+                message += f"; its last log lines:\n{tail}" if tail else ""
             await self.backend.remove_node(self.handle, removal.name)
             self._draining.pop(removal.name, None)
-            self.events.add(self.clock(), removal.cause.event_kind, removal.message)
+            self.events.add(self.clock(), removal.cause.event_kind, message)
 
         async with anyio.create_task_group() as tg:
             for removal in removals:
