@@ -25,6 +25,7 @@ class RayAuthError(BackendError, ConnectionError):
 # How Ray Client says the server it starts for one connection died at start: the proxy either
 # notices (its own message), or trips over the dead process (a psutil ZombieProcess in Init).
 _SPECIFIC_SERVER_DIED = ("Starting Ray client server failed", "ZombieProcess")
+_RAY_CLIENT_ATTEMPTS = 3
 _connected_to = ""  # under Ray Client the GCS address is not available from the runtime context
 
 
@@ -56,18 +57,26 @@ def connect_driver(address: str, token: str, *, client_address: str = "", image:
     use_token(token)
     if client_address:
         with _one_ray_client_start():
-            try:
-                ray.init(address=target, logging_level="WARNING")
-            except ConnectionAbortedError as err:
-                if not any(sign in str(err) for sign in _SPECIFIC_SERVER_DIED):
-                    raise
-                # Now and then the proxy's server for this connection exits at start (seen on
-                # the first port, 23000, of a fresh cluster); the next try gets the next port.
-                ray.init(address=target, logging_level="WARNING")
+            _init_ray_client(target)
     else:
         check_token(address)
         ray.init(address=target, logging_level="WARNING")  # the widget shows the dashboard link
     _connected_to = target
+
+
+def _init_ray_client(target: str) -> None:
+    """`ray.init("ray://...")`, tried again when the proxy's server for this connection died at
+    start. Now and then it does (seen on the first port, 23000, of a fresh cluster, more often on
+    a busy machine); the proxy gives the next try the next port."""
+    import ray
+
+    for attempt in range(1, _RAY_CLIENT_ATTEMPTS + 1):
+        try:
+            ray.init(address=target, logging_level="WARNING")
+            return
+        except ConnectionAbortedError as err:
+            if attempt == _RAY_CLIENT_ATTEMPTS or not any(sign in str(err) for sign in _SPECIFIC_SERVER_DIED):
+                raise
 
 
 @contextmanager

@@ -749,13 +749,15 @@ def test_a_new_manager_adopts_a_running_cluster_and_keeps_autoscaling(
         host = ray.get(where.remote(0), timeout=240)
         assert host.startswith("k-adopt-cpu-") and host in [p.metadata.name for p in _worker_pods(v1, ns, "k-adopt")]
 
-        # Ray Client (ray://), what a notebook outside the cluster uses (through kubectl port-forward)
-        program = ("import os, ray\n"
-                   f"ray.init('ray://{cluster.handle.client_address}')\n"
+        # Ray Client (ray://), what a notebook outside the cluster uses (through kubectl port-forward),
+        # connected the way `%raycluster attach` connects such a kernel
+        program = ("import os, sys, ray\n"
+                   "from jupyter_raykube.connect import connect_driver\n"
+                   "connect_driver(sys.argv[1], os.environ['RAY_AUTH_TOKEN'], client_address=sys.argv[2])\n"
                    "print('ran on', ray.get(ray.remote(lambda: os.environ['RAY_CLOUD_INSTANCE_ID']).remote()))")
-        client = subprocess.run([sys.executable, "-c", program], check=False, capture_output=True, text=True,
-                                env={**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": bm.manager.token},
-                                timeout=180)
+        client = subprocess.run([sys.executable, "-c", program, cluster.handle.address, cluster.handle.client_address],
+                                check=False, capture_output=True, text=True, timeout=240,
+                                env={**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": bm.manager.token})
         assert "ran on k-adopt-" in client.stdout, client.stderr[-3000:]
         _stop_and_check_clean(bm, "k-adopt", kube_control_plane, ns, ray_kubelet)
     finally:
