@@ -59,6 +59,7 @@ ROLE_RULES: tuple[dict[str, list[str]], ...] = (
     {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
     {"apiGroups": [""], "resources": ["services", "secrets"], "verbs": ["create", "get", "list", "delete"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["list"]},
+    {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["create", "get", "delete"]},
 )
 
 Cap = float | int | None

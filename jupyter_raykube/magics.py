@@ -48,6 +48,7 @@ def _build_parser() -> _Parser:
     start.add_argument("--worker-cpus", metavar="N", help="CPUs per cpu worker node")
     start.add_argument("--idle-timeout", metavar="S", help="seconds before an idle worker is removed")
     start.add_argument("--backend", choices=("local", "kubernetes"), default=None)
+    start.add_argument("--image", help="container image of the cluster's Pods (Kubernetes)")
     start.add_argument("--no-connect", action="store_true", help="do not call ray.init")
     status = commands.add_parser("status", help="show a cluster's nodes, demand and events")
     status.add_argument("name", nargs="?")
@@ -193,6 +194,8 @@ def _request_from_args(name: str | None, args: Any) -> dict[str, Any]:
     request: dict[str, Any] = {"name": name} if name else {}
     if args.backend:
         request["backend"] = args.backend
+    if args.image:
+        request["image"] = args.image
     groups: dict[str, dict[str, int]] = {}
     if args.worker_cpus is not None:
         groups["cpu"] = {"cpus": parse_cpus("--worker-cpus", args.worker_cpus)}

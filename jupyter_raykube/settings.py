@@ -21,7 +21,7 @@ from .backends.base import Backend
 from .backends.registry import AUTO, CHOICES, backend_setting_from_env, build_backend, resolve_backend
 from .errors import SpecError
 from .policy import Policy, PolicyTrait
-from .spec import DEFAULT_IDLE_TIMEOUT_S, ClusterSpec, WorkerGroup, default_groups, parse_group
+from .spec import DEFAULT_IDLE_TIMEOUT_S, ClusterSpec, WorkerGroup, parse_group
 
 _NAME_CHARS = re.compile(r"[^a-z0-9-]+")
 
@@ -73,8 +73,10 @@ class ManagerSettings(LoggingConfigurable):
 
     default_groups = List(Dict(), config=True, help="""Worker groups of new clusters, as REST group
         objects: [{"name": "cpu", "cpus": 2, "max": 4}, {"name": "gpu", "gpus": 1, "max": 1}].
-        Empty: a cpu group (1 CPU per node, up to one node per core of this machine) and a gpu
-        group (up to the GPUs this machine has). A request changes them with `groups`.""")
+        Empty: the backend's own. Local: a cpu group (1 CPU per node, up to one node per core
+        of this machine) and a gpu group (up to the GPUs this machine has); Kubernetes:
+        KubernetesBackend.default_worker_groups, sized for the node pools, not this server's
+        Pod. A request changes them with `groups`.""")
     max_workers = Int(None, allow_none=True, config=True, help="""Worker nodes a new cluster may
         have in all groups together (None: each group's max is the only limit).""")
     idle_timeout = Float(DEFAULT_IDLE_TIMEOUT_S, config=True, help="""Seconds a worker node may
@@ -150,7 +152,8 @@ class ManagerSettings(LoggingConfigurable):
         backend = backend or self.backend.name
         if not isinstance(backend, str):
             raise SpecError("backend", backend, "local or kubernetes")
-        return ClusterSpec(name=name, backend=backend, groups=self._new_cluster_groups,
+        groups = self._new_cluster_groups if backend == self.backend.name else self._groups_of(backend)
+        return ClusterSpec(name=name, backend=backend, groups=groups,
                            idle_timeout_s=self.idle_timeout, max_workers=self.max_workers,
                            image=self.image or None)
 
@@ -163,7 +166,14 @@ class ManagerSettings(LoggingConfigurable):
     def _new_cluster_groups(self) -> tuple[WorkerGroup, ...]:
         """Computed once: the built-in default asks the GPU driver how many GPUs there are,
         which is not something to repeat on the server's event loop for every request."""
-        return _parse_default_groups(self.default_groups) if self.default_groups else default_groups()
+        return self._groups_of(self.backend.name)
+
+    def _groups_of(self, backend: str) -> tuple[WorkerGroup, ...]:
+        """The administrator's default_groups, else what the backend's machines offer (this
+        machine's cores and GPUs locally; KubernetesBackend.default_worker_groups on Kubernetes)."""
+        if self.default_groups:
+            return _parse_default_groups(self.default_groups)
+        return self.backend_for(backend).default_groups()  # type: ignore[attr-defined]
 
     def _build_backend(self, name: str) -> Backend:
         return build_backend(name, parent=self, namespace=self.namespace)

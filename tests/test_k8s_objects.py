@@ -13,10 +13,21 @@ from typing import Any
 
 import pytest
 import yaml
-from kubernetes.client import ApiClient, CoreV1Api, RbacAuthorizationV1Api, V1Toleration, V1Volume, V1VolumeMount
+from kubernetes.client import (
+    ApiClient,
+    CoreV1Api,
+    NetworkingV1Api,
+    RbacAuthorizationV1Api,
+    V1Affinity,
+    V1NetworkPolicyPeer,
+    V1Toleration,
+    V1Volume,
+    V1VolumeMount,
+)
 from kubernetes.client.exceptions import ApiException
 
 from jupyter_raykube.backends import k8s_objects as o
+from jupyter_raykube.backends.k8s_network import server_selector
 from jupyter_raykube.backends.kubernetes import KubernetesBackend
 from jupyter_raykube.errors import RayVersionMismatch
 from jupyter_raykube.versions import check_ray_versions, default_image, image_versions
@@ -46,7 +57,11 @@ RAY_ENV = [
 ]
 POD_IP_ENV = {"name": "RAY_POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
 RESTRICTED_CONTAINER = {"securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}}
-RESTRICTED_POD = {"securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}}
+RESTRICTED_POD = {"securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+                  "automountServiceAccountToken": False}  # Ray needs no API token
+# `ray start` after raising the open-files limit, as the container's main process (exec)
+COMMAND = ["/bin/sh", "-c", 'ulimit -Sn `ulimit -Hn` 2>/dev/null; exec "$0" "$@"', "ray"]
+METRICS = {"prometheus.io/scrape": "true", "prometheus.io/port": "8080"}
 
 
 def as_dict(obj: Any) -> dict[str, Any]:
@@ -64,6 +79,7 @@ def assert_valid(kube_admin: ApiClient, make_kube_namespace: Callable[..., str])
 
     core, rbac = CoreV1Api(kube_admin), RbacAuthorizationV1Api(kube_admin)
     create = {"Pod": core.create_namespaced_pod, "Service": core.create_namespaced_service,
+              "NetworkPolicy": NetworkingV1Api(kube_admin).create_namespaced_network_policy,
               "Secret": core.create_namespaced_secret, "ServiceAccount": core.create_namespaced_service_account,
               "Role": rbac.create_namespaced_role, "RoleBinding": rbac.create_namespaced_role_binding}
 
@@ -91,7 +107,10 @@ def test_head_pod() -> None:
             "name": "alice-1-head",
             "namespace": "jhub",
             "labels": {**LABELS, "raykube.io/group": "head", "raykube.io/node-type": "head"},
-            "annotations": {"raykube.io/owner": "alice@example.com"},
+            # node consolidation (cluster-autoscaler, Karpenter) must not evict the GCS
+            "annotations": {"raykube.io/owner": "alice@example.com", **METRICS,
+                            "cluster-autoscaler.kubernetes.io/safe-to-evict": "false",
+                            "karpenter.sh/do-not-disrupt": "true"},
             "ownerReferences": OWNER_REFS,
         },
         "spec": {
@@ -99,10 +118,11 @@ def test_head_pod() -> None:
                 "name": "ray-head",
                 "image": "rayproject/ray:2.60.0-py311",
                 "imagePullPolicy": "IfNotPresent",
-                "command": ["ray"],
+                "command": COMMAND,
                 "args": ["start", "--head", "--block", "--port=6379", "--dashboard-host=0.0.0.0",
                          "--dashboard-port=8265", "--ray-client-server-port=10001",
                          "--node-ip-address=$(RAY_POD_IP)", "--dashboard-agent-listen-port=52365",
+                         "--metrics-export-port=8080",
                          "--num-cpus=0", "--num-gpus=0", "--memory=2147483648",
                          "--object-store-memory=1073741824",
                          "--labels=raykube.io/cluster=alice-1,raykube.io/group=head", "--disable-usage-stats", "--no-monitor"],
@@ -111,7 +131,8 @@ def test_head_pod() -> None:
                 "ports": [{"name": "gcs", "containerPort": 6379, "protocol": "TCP"},
                           {"name": "dashboard", "containerPort": 8265, "protocol": "TCP"},
                           {"name": "client", "containerPort": 10001, "protocol": "TCP"},
-                          {"name": "dashboard-agent", "containerPort": 52365, "protocol": "TCP"}],
+                          {"name": "dashboard-agent", "containerPort": 52365, "protocol": "TCP"},
+                          {"name": "metrics", "containerPort": 8080, "protocol": "TCP"}],
                 # the head schedules no Ray CPU work (--num-cpus=0) but its processes need a CPU
                 "resources": {"limits": {"cpu": "1", "memory": "3Gi"}, "requests": {"cpu": "1", "memory": "3Gi"}},
                 "readinessProbe": {**probe, "initialDelaySeconds": 10, "failureThreshold": 10},
@@ -122,7 +143,9 @@ def test_head_pod() -> None:
             "restartPolicy": "Never",
             **RESTRICTED_POD,
             "enableServiceLinks": False,
-            "volumes": [{"name": "dev-shm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}}],
+            "terminationGracePeriodSeconds": 60,  # longer than Ray's own 16 s shutdown
+            # /dev/shm as big as the container's memory: the object store and DataLoader/NCCL beside it
+            "volumes": [{"name": "dev-shm", "emptyDir": {"medium": "Memory", "sizeLimit": "3Gi"}}],
         },
     }
 
@@ -144,7 +167,7 @@ def test_gpu_worker_pod_with_scheduling_settings() -> None:
             "name": "alice-1-gpu-x7k2p",
             "namespace": "jhub",
             "labels": {**LABELS, "raykube.io/group": "gpu", "raykube.io/node-type": "worker"},
-            "annotations": {"raykube.io/owner": "alice@example.com"},
+            "annotations": {"raykube.io/owner": "alice@example.com", **METRICS},
             "ownerReferences": OWNER_REFS,
         },
         "spec": {
@@ -152,15 +175,17 @@ def test_gpu_worker_pod_with_scheduling_settings() -> None:
                 "name": "ray-worker",
                 "image": "rayproject/ray:2.60.0-py311-gpu",
                 "imagePullPolicy": "IfNotPresent",
-                "command": ["ray"],
+                "command": COMMAND,
                 "args": ["start", "--block", "--address=alice-1-head-svc.jhub.svc.cluster.local:6379",
                          "--node-ip-address=$(RAY_POD_IP)", "--dashboard-agent-listen-port=52365",
+                         "--metrics-export-port=8080",
                          "--num-cpus=4", "--num-gpus=1", "--memory=8589934592", "--object-store-memory=2147483648",
                          '--resources={"accel_l4":1}', "--labels=raykube.io/cluster=alice-1,raykube.io/group=gpu"],
                 "env": [{"name": "HF_HOME", "value": "/data/hf"},
                         {"name": "RAY_agent_register_timeout_ms", "value": "120000"}, *RAY_ENV,
                         {"name": "RAY_NODE_TYPE_NAME", "value": "gpu"}, POD_IP_ENV],
-                "ports": [{"name": "dashboard-agent", "containerPort": 52365, "protocol": "TCP"}],
+                "ports": [{"name": "dashboard-agent", "containerPort": 52365, "protocol": "TCP"},
+                          {"name": "metrics", "containerPort": 8080, "protocol": "TCP"}],
                 # Ray memory + object store (/dev/shm counts against the limit); GPUs as nvidia.com/gpu
                 "resources": {"limits": {"cpu": "4", "memory": "10Gi", "nvidia.com/gpu": "1"},
                               "requests": {"cpu": "4", "memory": "10Gi", "nvidia.com/gpu": "1"}},
@@ -170,14 +195,36 @@ def test_gpu_worker_pod_with_scheduling_settings() -> None:
             "restartPolicy": "Never",
             **RESTRICTED_POD,
             "enableServiceLinks": False,
+            "terminationGracePeriodSeconds": 60,
             "serviceAccountName": "ray-nodes",
             "nodeSelector": {"cloud.google.com/gke-accelerator": "nvidia-l4"},
             "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
             "imagePullSecrets": [{"name": "regcred"}],
-            "volumes": [{"name": "dev-shm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}},
+            "volumes": [{"name": "dev-shm", "emptyDir": {"medium": "Memory", "sizeLimit": "10Gi"}},
                         {"name": "data", "persistentVolumeClaim": {"claimName": "alice-data"}}],
         },
     }
+
+
+def test_any_accelerator_and_per_group_scheduling() -> None:
+    """A group of AMD GPUs on spot nodes with the admin's affinity, priority and runtime class."""
+    size = o.NodeSize(cpus=8, gpus=2, memory=8 * GiB, object_store_memory=2 * GiB, gpu_resource="amd.com/gpu",
+                      custom={"accelerator_type:MI300X": 1})
+    affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "karpenter.sh/capacity-type", "operator": "In", "values": ["spot"]}]}]}}}
+    settings = o.PodSettings(image="rayproject/ray:2.60.0-py311", ray_labels={
+        "ray.io/accelerator-type": "MI300X", "ray.io/market-type": "spot"},
+        affinity=V1Affinity.from_dict(affinity), priority_class_name="ray-batch", runtime_class_name="rocm")
+    pod = as_dict(o.make_worker_pod(META, SPEC, "gpu", "alice-1-gpu-x7k2p", size, settings))
+    container = pod["spec"]["containers"][0]
+    assert container["resources"]["limits"] == {"cpu": "8", "memory": "10Gi", "amd.com/gpu": "2"}
+    assert container["args"][-2:] == ['--resources={"accelerator_type:MI300X":1}',
+                                      "--labels=ray.io/accelerator-type=MI300X,ray.io/market-type=spot,"
+                                      "raykube.io/cluster=alice-1,raykube.io/group=gpu"]
+    assert (pod["spec"]["affinity"], pod["spec"]["priorityClassName"], pod["spec"]["runtimeClassName"]) == (
+        affinity, "ray-batch", "rocm")
+    assert o.gpu_toleration("nvidia.com/mig-1g.10gb") == {"key": "nvidia.com/mig-1g.10gb", "operator": "Exists",
+                                                          "effect": "NoSchedule"}
 
 
 def test_head_service_and_token_secret() -> None:
@@ -208,6 +255,37 @@ def test_head_service_and_token_secret() -> None:
     }
 
 
+def test_network_policy() -> None:
+    """Ingress to the cluster's Pods from its own Pods, the owner's server Pod and what the
+    admin adds; no egress rules (the namespace's own policies decide those)."""
+    monitoring = o.to_models(V1NetworkPolicyPeer, [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}])
+    server = {"component": "singleuser-server", "hub.jupyter.org/username": "alice"}
+    own = {"raykube.io/cluster": "alice-1", "raykube.io/cluster-id": "0a1b2c3d"}
+    assert as_dict(o.make_network_policy(META, server, monitoring)) == {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "alice-1-ray", "namespace": "jhub",
+                     "labels": {**LABELS, "raykube.io/group": "head", "raykube.io/node-type": "head"},
+                     "annotations": {"raykube.io/owner": "alice@example.com"}, "ownerReferences": OWNER_REFS},
+        "spec": {
+            "podSelector": {"matchLabels": own},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": [{"podSelector": {"matchLabels": own}}, {"podSelector": {"matchLabels": server}},
+                                  {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]}],
+        },
+    }
+
+
+def test_the_server_pod_is_picked_by_its_own_labels() -> None:
+    kubespawner = {"app": "jupyterhub", "component": "singleuser-server", "heritage": "jupyterhub",
+                   "hub.jupyter.org/network-access-hub": "true", "hub.jupyter.org/username": "alice",
+                   "hub.jupyter.org/servername": "", "release": "jhub"}
+    assert server_selector(kubespawner) == {"component": "singleuser-server", "hub.jupyter.org/username": "alice",
+                                            "hub.jupyter.org/servername": ""}
+    assert server_selector({"app": "my-notebook", "run": "n1"}) == {"app": "my-notebook", "run": "n1"}
+
+
 def test_builders_are_pure() -> None:
     settings = o.PodSettings(image="rayproject/ray:2.60.0-py311")
     first = o.make_worker_pod(META, SPEC, "gpu", "alice-1-gpu-x7k2p", GPU_SIZE, settings)
@@ -232,6 +310,7 @@ def test_every_object_passes_api_server_validation(cluster: str, assert_valid: V
     settings = o.PodSettings(image="rayproject/ray:2.60.0-py311", tolerations=o.to_models(
         V1Toleration, [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]))
     manifests = [o.make_token_secret(meta, "t" * 64), o.make_head_service(meta, o.Ports()),
+                 o.make_network_policy(meta, {"hub.jupyter.org/username": "bob"}),
                  o.make_head_pod(meta, spec, HEAD_SIZE, settings)]
     for group, size in zip(spec.groups, backend_sizes):
         name = o.worker_pod_name(cluster, group.name, "abcde")
@@ -252,7 +331,8 @@ def test_rbac_manifest_is_valid_and_namespaced(assert_valid: Validate) -> None:
     role = documents[1]
     granted = {(r, v) for rule in role["rules"] for r in rule["resources"] for v in rule["verbs"]}
     assert granted == {("pods", v) for v in ("create", "get", "list", "watch", "patch", "delete")} | {("pods/log", "get")} \
-        | {(r, v) for r in ("services", "secrets") for v in ("create", "get", "list", "delete")} | {("events", "list")}
+        | {(r, v) for r in ("services", "secrets") for v in ("create", "get", "list", "delete")} | {("events", "list")} \
+        | {("networkpolicies", v) for v in ("create", "get", "delete")}
 
 
 def test_label_values_and_quantities() -> None:

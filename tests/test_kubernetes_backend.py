@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 
 import anyio
 import kubernetes
+import psutil
 import pytest
 import ray
 from IPython.core.interactiveshell import InteractiveShell
@@ -51,7 +52,7 @@ from jupyter_raykube.client import LocalClient
 from jupyter_raykube.connect import connect_driver
 from jupyter_raykube.manager import Cluster, ClusterManager
 from jupyter_raykube.magics import RayClusterMagics
-from jupyter_raykube.spec import ClusterSpec, SpecError, WorkerGroup
+from jupyter_raykube.spec import ClusterSpec, SpecError, WorkerGroup, default_groups, detect_gpus
 from tests.kube.controlplane import ControlPlane
 from tests.kube.faultproxy import FaultProxy
 from tests.kube.helpers import pod as pod_manifest
@@ -67,7 +68,8 @@ MiB = 1024**2
 SMALL = {"memory": 512 * MiB, "object_store_memory": 128 * MiB}  # Ray's minimum object store is 75 MiB
 RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted"}
 ROLE = {("pods", v) for v in ("create", "get", "list", "watch", "patch", "delete")} | {("pods/log", "get")} \
-    | {(r, v) for r in ("services", "secrets") for v in ("create", "get", "list", "delete")} | {("events", "list")}
+    | {(r, v) for r in ("services", "secrets") for v in ("create", "get", "list", "delete")} | {("events", "list")} \
+    | {("networkpolicies", v) for v in ("create", "get", "delete")}
 _NODE_PORT_FLAGS = ("--node-manager-port", "--object-manager-port", "--dashboard-agent-grpc-port",
                     "--runtime-env-agent-port", "--metrics-export-port")
 
@@ -159,7 +161,8 @@ def kubectl_objects(control_plane: ControlPlane, ns: str, cluster: str) -> list[
     return json.loads(out.stdout)["items"]
 
 
-_PATH = re.compile(r"^/api/v1/namespaces/[^/]+/(?P<res>[a-z]+)(?:/(?P<name>[^/]+)(?:/(?P<sub>[a-z]+))?)?$")
+_PATH = re.compile(r"^/(?:api/v1|apis/networking\.k8s\.io/v1)/namespaces/[^/]+/(?P<res>[a-z]+)"
+                   r"(?:/(?P<name>[^/]+)(?:/(?P<sub>[a-z]+))?)?$")
 
 
 def calls_made(proxy: FaultProxy) -> set[tuple[str, str]]:
@@ -331,10 +334,13 @@ def test_deleting_the_server_pod_deletes_the_cluster(kube_config_file: Path, kub
                                                      ns: str) -> None:
     """The real garbage collector deletes every object of the cluster once the Pod running the
     Jupyter server (their ownerReference) is deleted, as when JupyterHub stops the server."""
-    server = v1.create_namespaced_pod(ns, restricted(pod_manifest("jupyter-alice", {"app": "jupyterhub"},
+    server_labels = {"app": "jupyterhub", "release": "jhub", "component": "singleuser-server",
+                     "hub.jupyter.org/username": "alice"}  # as KubeSpawner labels a server Pod
+    server = v1.create_namespaced_pod(ns, restricted(pod_manifest("jupyter-alice", server_labels,
                                                                   ["sleep", "inf"])))
     backend = make_backend(kube_config_file, address_type="service", owner_pod_name="jupyter-alice")
     spec = ClusterSpec(name="k-owned", backend="kubernetes", groups=(WorkerGroup("cpu", max=2),))
+    networking = kubernetes.client.NetworkingV1Api(v1.api_client)
 
     async def scenario() -> None:
         handle = await backend.create_cluster(spec, owner="alice", token="t0ken")
@@ -342,16 +348,27 @@ def test_deleting_the_server_pod_deletes_the_cluster(kube_config_file: Path, kub
         # No nodes: kube-scheduler says so on each Pod, and the backend passes its words on.
         stuck = await eventually(lambda: _node(backend, handle, workers[0].name, "pending", message=True),
                                  what="the scheduler's verdict")
-        assert stuck.message.startswith("Unschedulable: no nodes available to schedule pods"), stuck.message
+        assert stuck.message.startswith("waiting for a node: Unschedulable: no nodes available to schedule pods")
         objects = kubectl_objects(kube_control_plane, ns, "k-owned")
         assert sorted(o["kind"] for o in objects) == ["Pod", "Pod", "Pod", "Secret", "Service"]
-        for obj in objects:
+        policies = networking.list_namespaced_network_policy(ns, label_selector="raykube.io/cluster=k-owned").items
+        assert len(policies) == 1
+        for obj in [*objects, v1.api_client.sanitize_for_serialization(policies[0])]:
             assert obj["metadata"]["ownerReferences"] == [
                 {"apiVersion": "v1", "kind": "Pod", "name": "jupyter-alice", "uid": server.metadata.uid}]
+        # The cluster's Pods accept connections only from each other and from alice's server Pod
+        # (picked by KubeSpawner's labels for her, not the labels every user's server shares)
+        own = {"raykube.io/cluster": "k-owned", "raykube.io/cluster-id": handle.details["cluster_id"]}
+        policy = v1.api_client.sanitize_for_serialization(policies[0])["spec"]
+        assert policy == {"podSelector": {"matchLabels": own}, "policyTypes": ["Ingress"],
+                          "ingress": [{"from": [{"podSelector": {"matchLabels": own}}, {"podSelector": {
+                              "matchLabels": {"component": "singleuser-server", "hub.jupyter.org/username": "alice"}}}]}]}
+        assert all(own.items() <= o["metadata"]["labels"].items() for o in objects if o["kind"] == "Pod")
 
         v1.delete_namespaced_pod("jupyter-alice", ns)  # JupyterHub stops the user's server
-        wait_until(lambda: not kubectl_objects(kube_control_plane, ns, "k-owned"), timeout_s=60,
-                   what="the garbage collector to delete the cluster")
+        wait_until(lambda: not kubectl_objects(kube_control_plane, ns, "k-owned")
+                   and not networking.list_namespaced_network_policy(ns).items, timeout_s=60,
+                   what="the garbage collector to delete the cluster and its NetworkPolicy")
         await eventually(lambda: _gone(backend, handle), timeout=30, what="the watch to see the head go")
 
         misconfigured = make_backend(kube_config_file, address_type="service", owner_pod_name="jupyter-bob")
@@ -531,12 +548,20 @@ def test_magic_starts_a_kubernetes_cluster_that_autoscales_pods_and_stops_clean(
     shell.register_magics(RayClusterMagics(shell, client=LocalClient(bm)))
     try:
         shell.run_line_magic("raycluster", "start k-life --backend kubernetes --worker-cpus 1 "
-                                           "--cpu-workers 0:2 --gpu-workers 0:1 --idle-timeout 5")
+                                           "--cpu-workers 0:2 --gpu-workers 0:1 --idle-timeout 5 "
+                                           "--image registry.example/team/ray:2.60.0-py311")
         cluster = bm.call(bm.manager.get, "k-life")
         assert cluster.backend.name == "kubernetes" and bm.manager.backend.name == "local"
         head = v1.read_namespaced_pod("k-life-head", ns)
         assert head.status.phase == "Running" and head.spec.node_name.startswith("cpu-pool-")
+        assert head.spec.containers[0].image == "registry.example/team/ray:2.60.0-py311"  # --image
         assert ray.is_initialized()  # through Ray Client, as a notebook outside the cluster connects
+        # admitted under Pod Security "restricted" (the namespace enforces it), no API token, and
+        # `ray start` itself (exec'd) runs with the open-files limit raised from the runtime's 1024
+        assert head.spec.automount_service_account_token is False
+        ray_start = psutil.Process(ray_kubelet.pid(ns, "k-life-head"))
+        soft, hard = ray_start.rlimit(psutil.RLIMIT_NOFILE)
+        assert soft == hard > 1024 and "start" in ray_start.cmdline(), (soft, hard, ray_start.cmdline())
         wait_until(lambda: any(c.type == "Ready" and c.status == "True"
                                for c in v1.read_namespaced_pod("k-life-head", ns).status.conditions),
                    timeout_s=60, what="the head's readiness probe (/api/healthz)")
@@ -723,6 +748,76 @@ def test_an_image_that_cannot_be_pulled_backs_its_group_off_with_the_reason(
     assert_api_use_is_clean(kube_fault_proxy)
 
 
+def test_a_cpu_only_server_gets_groups_sized_for_the_cluster_and_its_gpu_group_launches(
+        ray_kubelet: ProcessKubelet, kube_config_file: Path, kube_fault_proxy: FaultProxy,
+        kube_control_plane: ControlPlane, v1: CoreV1Api, ns: str) -> None:
+    """This server has no GPU (a local cluster's default gpu group would have max 0), yet on
+    Kubernetes a request that names no groups gets KubernetesBackend.default_worker_groups:
+    GPU demand launches a GPU worker of 8 CPUs and 24 + 8 GiB; the head's container has 2 CPUs."""
+    assert detect_gpus() == 0 and default_groups()[1].max == 0  # what this machine would offer
+    backend = make_backend(kube_config_file)
+    bm = _manager(backend)
+    try:
+        request = bm.call(bm.manager.default_request)
+        assert [(g["name"], g["cpus"], g["gpus"], g["max"]) for g in request["groups"]] == [
+            ("cpu", 4, 0, 10), ("gpu", 8, 1, 2)]
+        cluster = bm.call(bm.manager.create, {"name": "k-sizes"})
+        connect_driver(cluster.handle.address, bm.manager.token)
+        host, gpu_ids = ray.get(on_gpu.remote(), timeout=240)
+        assert host.startswith("k-sizes-gpu-") and len(gpu_ids) == 1
+        pod = v1.read_namespaced_pod(host, ns)
+        assert pod.spec.node_name == "gpu-pool-0"
+        assert pod.spec.containers[0].resources.limits == {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "1"}
+        assert v1.read_namespaced_pod("k-sizes-head", ns).spec.containers[0].resources.limits["cpu"] == "2"
+        _stop_and_check_clean(bm, "k-sizes", kube_control_plane, ns, ray_kubelet)
+    finally:
+        ray.shutdown()
+        bm.close()
+        close_backend(backend)
+    assert_api_use_is_clean(kube_fault_proxy)
+
+
+@pytest.fixture
+def amd_kubelet(kube_control_plane: ControlPlane) -> Iterator[ProcessKubelet]:
+    """A CPU node and a node of AMD GPUs (amd.com/gpu capacity, tainted amd.com/gpu)."""
+    yield from running_kubelet(kube_control_plane, rewrite_argv=own_ports, pools=[
+        NodePool("cpu-pool", count=1), NodePool("amd-pool", count=1, gpus=1, gpu_resource="amd.com/gpu")])
+
+
+def test_a_group_of_amd_gpus_gets_pods_requesting_amd_gpus(
+        amd_kubelet: ProcessKubelet, kube_config_file: Path, kube_fault_proxy: FaultProxy,
+        kube_control_plane: ControlPlane, v1: CoreV1Api, ns: str) -> None:
+    """A task with num_gpus=1 (and accelerator_type="MI300X") in a group the admin set to
+    amd.com/gpu: its Pod requests amd.com/gpu: 1, tolerates that taint, lands on the AMD node,
+    and its Ray node carries ray.io/accelerator-type and ray.io/market-type."""
+    backend = make_backend(kube_config_file, gpu_resource={"amd": "amd.com/gpu"},
+                           accelerator_type={"amd": "MI300X"}, market_type={"amd": "spot"})
+    bm = _manager(backend)
+    spec = ClusterSpec(name="k-amd", backend="kubernetes", groups=(WorkerGroup("amd", cpus=1, gpus=1, max=1, **SMALL),))
+    try:
+        cluster = bm.call(bm.manager.create, spec)
+        connect_driver(cluster.handle.address, bm.manager.token)
+        host, gpu_ids = ray.get(on_gpu.options(accelerator_type="MI300X").remote(), timeout=240)
+        assert host.startswith("k-amd-amd-") and len(gpu_ids) == 1
+        pod = v1.read_namespaced_pod(host, ns)
+        assert pod.spec.node_name == "amd-pool-0"
+        container = pod.spec.containers[0]
+        assert container.resources.limits == {"cpu": "1", "memory": "640Mi", "amd.com/gpu": "1"}
+        assert [t.to_dict() for t in pod.spec.tolerations if t.key == "amd.com/gpu"] == [
+            {"key": "amd.com/gpu", "operator": "Exists", "effect": "NoSchedule", "value": None,
+             "toleration_seconds": None}]
+        assert ("--labels=ray.io/accelerator-type=MI300X,ray.io/market-type=spot,raykube.io/cluster=k-amd,"
+                "raykube.io/group=amd") in container.args
+        labels = next(n["Labels"] for n in ray.nodes() if n["Alive"] and n["Labels"].get("raykube.io/group") == "amd")
+        assert labels["ray.io/accelerator-type"] == "MI300X" and labels["ray.io/market-type"] == "spot"
+        _stop_and_check_clean(bm, "k-amd", kube_control_plane, ns, amd_kubelet)
+    finally:
+        ray.shutdown()
+        bm.close()
+        close_backend(backend)
+    assert_api_use_is_clean(kube_fault_proxy)
+
+
 def test_a_new_manager_adopts_a_running_cluster_and_keeps_autoscaling(
         ray_kubelet: ProcessKubelet, kube_config_file: Path, kube_fault_proxy: FaultProxy,
         kube_control_plane: ControlPlane, v1: CoreV1Api, ns: str) -> None:
@@ -864,6 +959,7 @@ async def _every_call(backend: KubernetesBackend, proxy: FaultProxy, ns: str) ->
     # A create of each kind whose answer is lost: the retry's 409 makes the backend read it back.
     for resource in ("secrets", "services", "pods"):
         proxy.inject("POST", rf"^/api/v1/namespaces/{ns}/{resource}$", lose_answer=True, times=1)
+    proxy.inject("POST", rf"^/apis/networking\.k8s\.io/v1/namespaces/{ns}/networkpolicies$", lose_answer=True, times=1)
     handle = await step(backend.create_cluster(spec, owner="alice", token="t0ken"))
     if handle is None:
         return failures

@@ -19,7 +19,7 @@ from traitlets import MetaHasTraits
 from traitlets.config import LoggingConfigurable
 
 from ..errors import BackendError, ClusterExistsError, ClusterNotFound
-from ..spec import ClusterSpec, WorkerGroup
+from ..spec import ClusterSpec, WorkerGroup, default_groups
 
 __all__ = ["HEAD_GROUP", "Backend", "BackendError", "BackendNode", "ClusterExistsError", "ClusterHandle",
            "ClusterNotFound"]
@@ -78,6 +78,11 @@ class Backend(LoggingConfigurable, metaclass=_AbstractTraitsMeta):
     """Base class; subclasses are chosen by the `backend_class` trait and configured by traitlets."""
 
     name: ClassVar[str] = ""
+
+    def default_groups(self) -> tuple[WorkerGroup, ...]:
+        """Worker groups of a new cluster when the administrator configured none: sized for
+        the machines this backend starts nodes on (here: this machine's cores and GPUs)."""
+        return default_groups()
 
     def launch_concurrency(self) -> int:
         """How many nodes may start at once without starving each other (the manager's

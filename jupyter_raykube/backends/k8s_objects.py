@@ -7,10 +7,14 @@ compare. The backend (`kubernetes.py`) resolves configuration into the frozen `C
 `PodSettings` and `NodeSize` below and calls these once per object.
 
 What a Ray user expects in these Pods (KubeRay does the same): `ray start --block` as the
-container's main process, `--num-cpus/--num-gpus/--memory` equal to what the container is
-given, a memory-backed `/dev/shm` sized for the object store, Ray's own health endpoints as
-probes, the Ray token from a Secret, and `RAY_CLOUD_INSTANCE_ID` = the Pod name, which is how
-the autoscaler matches a Ray node back to its Pod.
+container's main process (after raising the open-files limit, Ray opens many sockets),
+`--num-cpus/--num-gpus/--memory` equal to what the container is given, a memory-backed
+`/dev/shm` sized to the container's memory (the object store lives there, and DataLoader
+workers and NCCL need room beside it), Ray's own health endpoints as probes, a metrics port
+for Prometheus, the Ray token from a Secret, and `RAY_CLOUD_INSTANCE_ID` = the Pod name, which
+is how the autoscaler matches a Ray node back to its Pod. Every Pod passes Pod Security
+"restricted" and mounts no service account token (Ray needs no Kubernetes API: the
+autoscaler runs in the Jupyter server).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubernetes.client import (
+    V1Affinity,
     V1Capabilities,
     V1Container,
     V1ContainerPort,
@@ -30,7 +35,12 @@ from kubernetes.client import (
     V1EnvVar,
     V1EnvVarSource,
     V1HTTPGetAction,
+    V1LabelSelector,
     V1LocalObjectReference,
+    V1NetworkPolicy,
+    V1NetworkPolicyIngressRule,
+    V1NetworkPolicyPeer,
+    V1NetworkPolicySpec,
     V1ObjectFieldSelector,
     V1ObjectMeta,
     V1OwnerReference,
@@ -55,10 +65,20 @@ from ..spec import ClusterSpec
 
 HEAD = "head"
 WORKER = "worker"
-# GPU node pools carry this taint (GKE, AKS and the NVIDIA GPU operator set it; EKS users add it),
-# so only Pods that ask for GPUs land there; clusters with the ExtendedResourceToleration
-# admission plugin add the toleration themselves, others need it in the Pod.
-GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+# A group's GPUs are requested as this extended resource unless configured otherwise
+# (amd.com/gpu, gpu.intel.com/i915, a MIG slice such as nvidia.com/mig-1g.10gb).
+DEFAULT_GPU_RESOURCE = "nvidia.com/gpu"
+# Ray's node labels for what a node runs on (tasks and actors select on them).
+RAY_ACCELERATOR_LABEL = "ray.io/accelerator-type"
+RAY_MARKET_LABEL = "ray.io/market-type"
+
+
+def gpu_toleration(resource: str) -> dict[str, str]:
+    """GPU node pools carry a taint named after their device resource (GKE, AKS and the NVIDIA
+    GPU operator set nvidia.com/gpu; EKS users add it), so only Pods that ask for GPUs land
+    there; clusters with the ExtendedResourceToleration admission plugin add the toleration
+    themselves, others need it in the Pod."""
+    return {"key": resource, "operator": "Exists", "effect": "NoSchedule"}
 MANAGED_BY = "jupyter-raykube"
 
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
@@ -75,6 +95,15 @@ POD_IP_ENV = "RAY_POD_IP"
 HEAD_CONTAINER = "ray-head"
 WORKER_CONTAINER = "ray-worker"
 SHM_VOLUME = "dev-shm"
+METRICS_PORT_NAME = "metrics"
+# Raise the soft open-files limit to the hard one (runtimes start containers at 1024; Ray
+# opens a socket per worker and per peer) and exec `ray` ($0) with its arguments, so `ray
+# start` stays the container's main process and receives SIGTERM. Backquotes, not $(...),
+# which Kubernetes would read as a variable reference.
+RAISE_OPEN_FILES = 'ulimit -Sn `ulimit -Hn` 2>/dev/null; exec "$0" "$@"'
+# The head must not be moved by node consolidation: it holds the GCS (the whole cluster).
+HEAD_ANNOTATIONS = {"cluster-autoscaler.kubernetes.io/safe-to-evict": "false",
+                    "karpenter.sh/do-not-disrupt": "true"}
 
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
@@ -87,6 +116,7 @@ class Ports:
     dashboard: int = 8265
     client: int = 10001
     dashboard_agent: int = 52365  # serves /api/local_raylet_healthz, the probes' target
+    metrics: int = 8080  # Prometheus metrics of every node (`--metrics-export-port`, KubeRay's port)
 
 
 @dataclass(frozen=True)
@@ -112,6 +142,14 @@ class ClusterMeta:
     @property
     def secret_name(self) -> str:
         return f"{self.name}-ray-token"
+
+    @property
+    def network_policy_name(self) -> str:
+        return f"{self.name}-ray"
+
+    def cluster_selector(self) -> dict[str, str]:
+        """Every Pod of this cluster (and no older cluster of the same name)."""
+        return {LABEL_CLUSTER: self.name, LABEL_CLUSTER_ID: self.cluster_id}
 
     @property
     def gcs_host(self) -> str:
@@ -152,6 +190,13 @@ class PodSettings:
     volumes: tuple[V1Volume, ...] = ()
     volume_mounts: tuple[V1VolumeMount, ...] = ()
     probes: bool = True
+    ray_labels: Mapping[str, str] = field(default_factory=dict)  # ray.io/accelerator-type, ray.io/market-type
+    affinity: V1Affinity | None = None
+    priority_class_name: str | None = None
+    runtime_class_name: str | None = None  # e.g. "nvidia" where the GPU runtime is not the default
+    # Longer than Ray's own shutdown on SIGTERM (`ray stop` waits 16 s for its processes), so
+    # a deleted node's raylet and workers exit cleanly before the kubelet's SIGKILL.
+    termination_grace_period_s: int = 60
 
 
 @dataclass(frozen=True)
@@ -163,11 +208,13 @@ class NodeSize:
     object_store_memory: int  # bytes, in /dev/shm
     gpus: int = 0
     custom: Mapping[str, float] = field(default_factory=dict)
+    gpu_resource: str = DEFAULT_GPU_RESOURCE  # the extended resource the container requests its GPUs as
+    min_container_cpus: int = 1  # the head's processes (GCS, dashboard) need CPUs Ray does not schedule
 
     @property
     def container_cpus(self) -> int:
         """A container needs some CPU even when Ray schedules no CPU work there (`cpus=0`)."""
-        return max(self.cpus, 1)
+        return max(self.cpus, self.min_container_cpus, 1)
 
     @property
     def container_memory(self) -> int:
@@ -231,6 +278,22 @@ def make_head_service(meta: ClusterMeta, ports: Ports) -> V1Service:
                    V1ServicePort(name="client", port=ports.client, target_port="client", protocol="TCP")]))
 
 
+def make_network_policy(meta: ClusterMeta, server_selector: Mapping[str, str],
+                        extra_peers: Sequence[V1NetworkPolicyPeer] = ()) -> V1NetworkPolicy:
+    """The cluster's Pods accept connections only from each other and from the owner's
+    Jupyter server Pod (`server_selector`, its labels), plus `extra_peers` (e.g. a monitoring
+    namespace); egress is left to the namespace's own policies."""
+    peers = [V1NetworkPolicyPeer(pod_selector=V1LabelSelector(match_labels=meta.cluster_selector()))]
+    if server_selector:
+        peers.append(V1NetworkPolicyPeer(pod_selector=V1LabelSelector(match_labels=dict(server_selector))))
+    return V1NetworkPolicy(
+        api_version="networking.k8s.io/v1", kind="NetworkPolicy",
+        metadata=meta.metadata(meta.network_policy_name, HEAD, HEAD),
+        spec=V1NetworkPolicySpec(pod_selector=V1LabelSelector(match_labels=meta.cluster_selector()),
+                                 policy_types=["Ingress"],
+                                 ingress=[V1NetworkPolicyIngressRule(_from=[*peers, *extra_peers])]))
+
+
 def spec_annotation(spec: ClusterSpec) -> str:
     """The head Pod's record of the cluster's desired state (read back by `discover()`)."""
     return json.dumps(spec.to_dict(), sort_keys=True, separators=(",", ":"))
@@ -248,7 +311,7 @@ def make_head_pod(meta: ClusterMeta, spec: ClusterSpec, size: NodeSize, settings
                        V1ContainerPort(name="client", container_port=ports.client, protocol="TCP"),
                        V1ContainerPort(name="dashboard-agent", container_port=ports.dashboard_agent,
                                        protocol="TCP")]
-    annotations = {ANNOTATION_SPEC: spec_annotation(spec)}
+    annotations = {ANNOTATION_SPEC: spec_annotation(spec), **HEAD_ANNOTATIONS, **_metrics_annotations(ports)}
     return _pod(meta, meta.metadata(meta.head_pod_name, HEAD, HEAD, annotations), HEAD_CONTAINER, HEAD,
                 args, container_ports, size, settings, spec.env, health_path="/api/healthz")
 
@@ -258,11 +321,16 @@ def make_worker_pod(meta: ClusterMeta, spec: ClusterSpec, group: str, name: str,
     """One Ray worker node of `group`, joining through the head Service's DNS name."""
     ports = settings.ports
     args = ["start", "--block", f"--address={meta.gcs_host}:{ports.gcs}",
-            *_node_args(meta, group, size, ports, spec.group(group).labels)]
+            *_node_args(meta, group, size, ports, {**spec.group(group).labels, **settings.ray_labels})]
     container_ports = [V1ContainerPort(name="dashboard-agent", container_port=ports.dashboard_agent,
                                        protocol="TCP")]
-    return _pod(meta, meta.metadata(name, group, WORKER), WORKER_CONTAINER, group, args, container_ports,
-                size, settings, spec.env, health_path="/api/local_raylet_healthz")
+    return _pod(meta, meta.metadata(name, group, WORKER, _metrics_annotations(ports)), WORKER_CONTAINER, group,
+                args, container_ports, size, settings, spec.env, health_path="/api/local_raylet_healthz")
+
+
+def _metrics_annotations(ports: Ports) -> dict[str, str]:
+    """Where Prometheus' annotation-based Pod discovery finds Ray's metrics."""
+    return {"prometheus.io/scrape": "true", "prometheus.io/port": str(ports.metrics)}
 
 
 def _node_args(meta: ClusterMeta, group: str, size: NodeSize, ports: Ports,
@@ -270,6 +338,7 @@ def _node_args(meta: ClusterMeta, group: str, size: NodeSize, ports: Ports,
     """`ray start` flags every node shares. `labels` are the group's own Ray node labels (what
     tasks' label_selector match); ours, naming cluster and group, come last and win."""
     args = [f"--node-ip-address=$({POD_IP_ENV})", f"--dashboard-agent-listen-port={ports.dashboard_agent}",
+            f"--metrics-export-port={ports.metrics}",
             f"--num-cpus={size.cpus}", f"--num-gpus={size.gpus}", f"--memory={size.memory}",
             f"--object-store-memory={size.object_store_memory}"]
     if size.custom:
@@ -284,7 +353,7 @@ def resources(size: NodeSize) -> V1ResourceRequirements:
     """Requests equal to limits (Guaranteed QoS): Ray plans with exactly these numbers."""
     amounts = {"cpu": str(size.container_cpus), "memory": format_bytes(size.container_memory)}
     if size.gpus:
-        amounts["nvidia.com/gpu"] = str(size.gpus)
+        amounts[size.gpu_resource] = str(size.gpus)
     return V1ResourceRequirements(requests=dict(amounts), limits=dict(amounts))
 
 
@@ -320,21 +389,27 @@ def _pod(meta: ClusterMeta, metadata: V1ObjectMeta, container_name: str, group: 
          spec_env: Mapping[str, str], *, health_path: str) -> V1Pod:
     readiness, liveness = _probes(health_path) if settings.probes else (None, None)
     mounts = [V1VolumeMount(name=SHM_VOLUME, mount_path="/dev/shm"), *settings.volume_mounts]
+    container_ports = [*container_ports, V1ContainerPort(name=METRICS_PORT_NAME, container_port=settings.ports.metrics,
+                                                         protocol="TCP")]
     container = V1Container(
         name=container_name, image=settings.image, image_pull_policy=settings.image_pull_policy,
-        command=[settings.ray_command], args=args, ports=container_ports,
+        command=["/bin/sh", "-c", RAISE_OPEN_FILES, settings.ray_command], args=args, ports=container_ports,
         env=_env(group, meta.secret_name, spec_env, settings.env), resources=resources(size),
         volume_mounts=mounts, readiness_probe=readiness, liveness_probe=liveness,
         security_context=V1SecurityContext(allow_privilege_escalation=False,
                                            capabilities=V1Capabilities(drop=["ALL"])))
     shm = V1Volume(name=SHM_VOLUME, empty_dir=V1EmptyDirVolumeSource(
-        medium="Memory", size_limit=format_bytes(size.object_store_memory)))
+        medium="Memory", size_limit=format_bytes(size.container_memory)))
     return V1Pod(
         api_version="v1", kind="Pod", metadata=metadata,
         spec=V1PodSpec(
             containers=[container], restart_policy="Never", enable_service_links=False,
+            automount_service_account_token=False,
+            termination_grace_period_seconds=settings.termination_grace_period_s,
             volumes=[shm, *settings.volumes],
             node_selector=dict(settings.node_selector) or None,
+            affinity=settings.affinity, priority_class_name=settings.priority_class_name,
+            runtime_class_name=settings.runtime_class_name,
             tolerations=list(settings.tolerations) or None,
             image_pull_secrets=[V1LocalObjectReference(name=n) for n in settings.image_pull_secrets] or None,
             service_account_name=settings.service_account_name,

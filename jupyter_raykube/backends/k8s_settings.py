@@ -10,7 +10,7 @@ import os
 import sys
 from importlib.metadata import version as package_version
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from kubernetes import config as kube_config
 from kubernetes.client import Configuration
@@ -18,11 +18,20 @@ from kubernetes.config.config_exception import ConfigException
 from traitlets import Bool, Dict, Enum, Float, Int, List, TraitError, Unicode, default, validate
 
 from ..errors import BackendError
+from ..spec import SpecError, WorkerGroup, parse_group
 from ..versions import default_image
 from .base import Backend
 from .k8s_phases import StartTimeouts
 
 GiB = 1024**3
+# What a new cluster's groups are on Kubernetes (unless c.ClusterManager.default_groups says):
+# sized for the node pools, after Ray's guidance (several CPUs per node, 4 GiB per CPU, a GPU
+# node with a usable CPU and memory share), never from this server's own Pod.
+DEFAULT_WORKER_GROUPS = [
+    {"name": "cpu", "cpus": 4, "memory": "12Gi", "object_store_memory": "4Gi", "min": 0, "max": 10},
+    {"name": "gpu", "cpus": 8, "gpus": 1, "memory": "24Gi", "object_store_memory": "8Gi", "min": 0, "max": 2},
+]
+IMAGE_SPEC_ENV = "JUPYTER_IMAGE_SPEC"  # KubeSpawner: the image of the user's server
 NAMESPACE_ENV = "RAYKUBE_NAMESPACE"  # set by the JupyterHub hook (jupyter_raykube.hub)
 _SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
@@ -60,13 +69,23 @@ class KubernetesSettings(Backend):
     # --- what runs ---------------------------------------------------------------------------
 
     image = Unicode(config=True, help="""Container image of head and CPU worker Pods (a
-        cluster spec's `image` overrides it). Default: the official image matching this
-        server's Ray and Python, e.g. rayproject/ray:2.60.0-py311. Drivers need the same Ray
-        and Python versions as the image; `check_ray_versions` refuses a mismatch.""")
+        cluster spec's `image`, `%raycluster start --image` or the REST field, overrides it).
+        Default, the first that applies: `image_map`'s entry for this server's Ray and Python;
+        the user's own server image ($JUPYTER_IMAGE_SPEC, which KubeSpawner sets: it has this
+        very Ray, since this server runs in it, and the notebook's packages); the official
+        image matching this server's Ray and Python, e.g. rayproject/ray:2.60.0-py311.
+        Drivers need the same Ray and Python versions as the image; `check_ray_versions`
+        refuses a mismatch and says how to fix it.""")
 
     gpu_image = Unicode(config=True, help="""Image of worker Pods of groups with GPUs. Default:
-        the default image's CUDA variant (rayproject/ray:2.60.0-py311-gpu) when `image` is
-        the default, else `image`.""")
+        `image_map`'s "RAY/PYTHON/gpu" entry; the official image's CUDA variant
+        (rayproject/ray:2.60.0-py311-gpu) when `image` is the official one; else `image`.""")
+
+    image_map = Dict(value_trait=Unicode(), config=True, help="""The administrator's images per
+        Ray and Python version, "RAY/PYTHON" for CPU Pods and "RAY/PYTHON/gpu" for GPU Pods:
+        {"2.60.0/3.11": "registry.example/ray:2.60.0-py311", "2.60.0/3.11/gpu":
+        "registry.example/ray:2.60.0-py311-cu124"}. The entry for this server's versions is the
+        default `image`/`gpu_image`.""")
 
     image_pull_policy = Enum(["Always", "IfNotPresent", "Never"], "IfNotPresent", config=True,
                              help="imagePullPolicy of the Ray containers.")
@@ -86,6 +105,14 @@ class KubernetesSettings(Backend):
     dashboard_agent_port = Int(52365, config=True, help="""Port of each node's dashboard agent,
         which serves the health endpoints the probes use.""")
 
+    metrics_port = Int(8080, config=True, help="""Port of each node's Prometheus metrics
+        (`ray start --metrics-export-port`), declared as the containerPort "metrics" and in
+        the Pods' prometheus.io/scrape and prometheus.io/port annotations.""")
+
+    termination_grace_period_s = Int(60, config=True, help="""terminationGracePeriodSeconds of
+        the Ray Pods: longer than Ray's own shutdown on SIGTERM (`ray stop` gives its
+        processes 16 s), so a removed node exits cleanly before the kubelet's SIGKILL.""")
+
     health_probes = Enum(["all", "head", "none"], "all", config=True, help="""Which Pods get
         readiness and liveness probes on Ray's health endpoints (the head's /api/healthz and
         each worker's /api/local_raylet_healthz, on the dashboard agent port, as KubeRay
@@ -100,6 +127,31 @@ class KubernetesSettings(Backend):
         [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]}. "head" is
         the head; "*" entries are added to every Pod.""")
 
+    gpu_resource = Dict(value_trait=Unicode(), config=True, help="""Extended resource a group's
+        GPUs are requested as, per group ("*": every group): {"amd": "amd.com/gpu", "intel":
+        "gpu.intel.com/i915", "mig": "nvidia.com/mig-1g.10gb"}. Default nvidia.com/gpu. Ray
+        sees them as GPU either way (`num_gpus`); the Pod tolerates a taint of that name.""")
+
+    accelerator_type = Dict(value_trait=Unicode(), config=True, help="""Accelerator of each group's
+        nodes, e.g. {"gpu": "A100"}: the nodes get the Ray label ray.io/accelerator-type and
+        the resource accelerator_type:A100, so `@ray.remote(accelerator_type="A100")` and
+        label selectors find them. Pair it with `node_selector` for the node pool.""")
+
+    market_type = Dict(value_trait=Enum(["spot", "on-demand"]), config=True, help="""Market of each
+        group's nodes, {"gpu-spot": "spot"}: the Ray label ray.io/market-type. Pair it with
+        `node_selector`/`tolerations` for the pool (karpenter.sh/capacity-type: spot,
+        cloud.google.com/gke-spot: "true").""")
+
+    affinity = Dict(config=True, help="""Pod affinity per group ("*", "head", a group), as
+        Kubernetes JSON: {"gpu": {"nodeAffinity": {...}}}. The group's entry wins over "*".""")
+
+    priority_class_name = Dict(value_trait=Unicode(), config=True, help="""priorityClassName per
+        group ("*", "head", a group), e.g. {"head": "high-priority"}.""")
+
+    runtime_class_name = Dict(value_trait=Unicode(), config=True, help="""runtimeClassName per
+        group ("*", "head", a group), e.g. {"gpu": "nvidia"} where the NVIDIA runtime is not the
+        node's default.""")
+
     extra_env = Dict(value_trait=Unicode(), config=True, help="""Environment variables of every
         Ray container, after the cluster spec's `env`. Ray's own (token, node name) win.""")
 
@@ -113,9 +165,20 @@ class KubernetesSettings(Backend):
         group does not set one. The container's memory limit is this plus the object store.""")
     worker_object_store_memory = Int(1 * GiB, config=True, help="""Object store (bytes, in a
         memory-backed /dev/shm) of a worker whose group does not set one.""")
-    head_memory = Int(2 * GiB, config=True, help="Ray `memory` (bytes) of the head, unless the spec sets it.")
-    head_object_store_memory = Int(1 * GiB, config=True,
+    head_memory = Int(6 * GiB, config=True, help="""Ray `memory` (bytes) of the head, unless the
+        spec sets it. With the object store, the head's container has 8 GiB: the GCS and the
+        dashboard grow with the cluster (Ray asks for at least 8 GiB on a head).""")
+    head_object_store_memory = Int(2 * GiB, config=True,
                                    help="Object store (bytes) of the head, unless the spec sets it.")
+    head_container_cpus = Int(2, config=True, help="""CPUs of the head's container, at least: the
+        GCS, dashboard and Ray Client server need them even though the head schedules no tasks
+        (its Ray --num-cpus is the spec's head.cpus, 0 by default).""")
+
+    default_worker_groups = List(Dict(), default_value=DEFAULT_WORKER_GROUPS, config=True, help="""Worker
+        groups of a new cluster on Kubernetes when c.ClusterManager.default_groups is not set,
+        as REST group objects. Default: "cpu", 4-CPU nodes with 12 GiB + 4 GiB object store, up
+        to 10; "gpu", 1 GPU with 8 CPUs and 24 GiB + 8 GiB object store, up to 2. Sized for the
+        cluster's node pools, not this server's Pod: a CPU-only server still offers GPU nodes.""")
 
     # --- whose -------------------------------------------------------------------------------
 
@@ -130,6 +193,23 @@ class KubernetesSettings(Backend):
 
     owner_pod_uid = Unicode(config=True, help="""UID of `owner_pod_name`. Default:
         $JUPYTER_POD_UID (downward API, fieldPath metadata.uid), else read from the Pod.""")
+
+    # --- who may connect ---------------------------------------------------------------------
+
+    network_policy = Bool(True, config=True, help="""Create a NetworkPolicy with each cluster:
+        its Pods accept connections only from each other and from this server's Pod (see
+        `server_pod_selector`). Needs create/get/delete on networkpolicies (deploy/rbac.yaml);
+        enforced where the cluster's network plugin implements NetworkPolicy.""")
+
+    server_pod_selector = Dict(value_trait=Unicode(), config=True, help="""Labels of the Jupyter
+        server Pod(s) allowed to reach a cluster's Pods. Default: read from this server's Pod
+        (owner_pod_name): KubeSpawner's component, hub.jupyter.org/username and
+        hub.jupyter.org/servername labels, else all of its labels. A server that runs in no Pod
+        and sets none gets no NetworkPolicy (nothing would let it in).""")
+
+    network_policy_ingress_from = List(Dict(), config=True, help="""More peers the cluster's Pods
+        accept connections from, as Kubernetes NetworkPolicyPeer JSON, e.g. Prometheus:
+        [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}].""")
 
     # --- how patiently -----------------------------------------------------------------------
 
@@ -156,6 +236,14 @@ class KubernetesSettings(Backend):
         TriggeredScaleUp/NotTriggerScaleUp, the newest Warning: FailedMount,
         FailedCreatePodSandBox, ...) are read once it is this many seconds old, then at most
         this often.""")
+
+    @validate("default_worker_groups")
+    def _valid_default_worker_groups(self, proposal: Any) -> list[dict[str, Any]]:
+        _parse_groups(proposal["value"])
+        return list(proposal["value"])
+
+    def default_groups(self) -> tuple[WorkerGroup, ...]:
+        return _parse_groups(self.default_worker_groups)
 
     @validate("start_timeouts")
     def _valid_start_timeouts(self, proposal: Any) -> dict[str, Any]:
@@ -191,11 +279,12 @@ class KubernetesSettings(Backend):
 
     @default("image")
     def _default_image(self) -> str:
-        return default_image(package_version("ray"), sys.version_info[:2])
+        return choose_images(self.image_map, os.environ.get(IMAGE_SPEC_ENV, ""))[0]
 
     @default("gpu_image")
     def _default_gpu_image(self) -> str:
-        return self.image + "-gpu" if self.image == self._default_image() else self.image
+        chosen = choose_images(self.image_map, os.environ.get(IMAGE_SPEC_ENV, ""))
+        return chosen[1] if self.image == chosen[0] else self.image
 
     @default("owner")
     def _default_owner(self) -> str:
@@ -222,3 +311,31 @@ class KubernetesSettings(Backend):
                                f"or set c.KubernetesBackend.kubeconfig") from exc
         configuration.retries = False  # retries (and Retry-After) are ours, see _api()
         return configuration
+
+
+def _parse_groups(items: list[dict[str, Any]]) -> tuple[WorkerGroup, ...]:
+    """TraitError naming the entry, else the groups."""
+    groups = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise TraitError(f"default_worker_groups[{index}] = {item!r}: a group object with a \"name\" string")
+        try:
+            groups.append(parse_group(item))
+        except SpecError as exc:
+            raise TraitError(f"default_worker_groups: {exc}") from None
+    return tuple(groups)
+
+
+def choose_images(image_map: Mapping[str, str], server_image: str, ray_version: str = "",
+                  python: tuple[int, int] | None = None) -> tuple[str, str]:
+    """(CPU image, GPU image) for this server's Ray and Python: the admin's map, else the
+    server's own image (for both: it has this Ray), else the official image and its -gpu."""
+    ray_version = ray_version or package_version("ray")
+    python = python or (sys.version_info[0], sys.version_info[1])
+    key = f"{ray_version}/{python[0]}.{python[1]}"
+    if key in image_map:
+        return image_map[key], image_map.get(f"{key}/gpu", image_map[key])
+    if server_image:
+        return server_image, image_map.get(f"{key}/gpu", server_image)
+    official = default_image(ray_version, python)
+    return official, image_map.get(f"{key}/gpu", official + "-gpu")

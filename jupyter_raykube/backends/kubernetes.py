@@ -28,7 +28,7 @@ from importlib.metadata import version as package_version
 from typing import Any, TypeVar
 
 import anyio
-from kubernetes.client import ApiClient, CoreV1Api, V1Pod, V1Toleration, V1Volume, V1VolumeMount
+from kubernetes.client import ApiClient, CoreV1Api, V1Affinity, V1Pod, V1Toleration, V1Volume, V1VolumeMount
 from kubernetes.client.exceptions import ApiException
 
 from .. import __version__
@@ -39,6 +39,7 @@ from . import k8s_objects as objects
 from .base import HEAD_GROUP, BackendError, BackendNode, ClusterHandle, ClusterNotFound
 from .k8s_api import Call, KubeCalls, NameTaken, PermissionDenied, status_message
 from .k8s_events import PodEvents
+from .k8s_network import ClusterNetworkPolicies
 from .k8s_settings import KubernetesSettings
 from .k8s_objects import (
     LABEL_CLUSTER,
@@ -77,6 +78,8 @@ class KubernetesBackend(KubernetesSettings):
         self._reflector: PodReflector | None = None
         self._owner_refs: tuple[Any, ...] | None = None
         self.events = PodEvents(self)
+        self.server_pod_labels: dict[str, str] = {}  # of owner_pod_name, read with the owner references
+        self.network_policies = ClusterNetworkPolicies(self)
 
     async def close(self) -> None:
         """Stop watching Pods (a later call starts a new watch)."""
@@ -90,21 +93,29 @@ class KubernetesBackend(KubernetesSettings):
         """What Ray sees on a worker: the group's CPUs/GPUs/custom resources and its `memory`
         (the container's memory limit less the object store, which lives in /dev/shm)."""
         resources = group.resources
+        accelerator = _for_group(self.accelerator_type, group.name)
+        if accelerator:
+            resources[f"accelerator_type:{accelerator}"] = 1.0  # what Ray's accelerator_type= asks for
         resources.setdefault("memory", self.worker_memory)
         return resources
 
-    def _worker_size(self, group: WorkerGroup) -> NodeSize:
+    def _worker_size(self, spec: ClusterSpec, group: WorkerGroup) -> NodeSize:
+        custom = {k: v for k, v in self.node_resources(spec, group).items() if k not in ("CPU", "GPU", "memory")}
         return NodeSize(cpus=group.cpus, gpus=group.gpus, memory=group.memory or self.worker_memory,
                         object_store_memory=group.object_store_memory or self.worker_object_store_memory,
-                        custom=dict(group.custom))
+                        custom=custom, gpu_resource=self._gpu_resource(group.name))
+
+    def _gpu_resource(self, group: str) -> str:
+        return _for_group(self.gpu_resource, group) or objects.DEFAULT_GPU_RESOURCE
 
     def _head_size(self, spec: ClusterSpec) -> NodeSize:
         return NodeSize(cpus=spec.head.cpus, memory=spec.head.memory or self.head_memory,
-                        object_store_memory=spec.head.object_store_memory or self.head_object_store_memory)
+                        object_store_memory=spec.head.object_store_memory or self.head_object_store_memory,
+                        min_container_cpus=self.head_container_cpus)
 
     def _ports(self) -> Ports:
         return Ports(gcs=self.gcs_port, dashboard=self.dashboard_port, client=self.client_port,
-                     dashboard_agent=self.dashboard_agent_port)
+                     dashboard_agent=self.dashboard_agent_port, metrics=self.metrics_port)
 
     def _settings(self, spec: ClusterSpec, group: str, gpus: int) -> PodSettings:
         image = spec.image or (self.gpu_image if gpus else self.image)
@@ -113,14 +124,28 @@ class KubernetesBackend(KubernetesSettings):
             image=image, ray_command=self.ray_command, image_pull_policy=self.image_pull_policy,
             ports=self._ports(), env=dict(self.extra_env),
             node_selector={**self.node_selector.get("*", {}), **self.node_selector.get(group, {})},
-            tolerations=objects.to_models(V1Toleration, [*([objects.GPU_TOLERATION] if gpus else []),
+            tolerations=objects.to_models(V1Toleration, [*([objects.gpu_toleration(self._gpu_resource(group))]
+                                                           if gpus else []),
                                                          *self.tolerations.get("*", []),
                                                          *self.tolerations.get(group, [])]),
             image_pull_secrets=tuple(self.image_pull_secrets),
             service_account_name=self.service_account_name or None,
             volumes=objects.to_models(V1Volume, self.volumes),
             volume_mounts=objects.to_models(V1VolumeMount, self.volume_mounts),
-            probes=self.health_probes == "all" or (self.health_probes == "head" and is_head))
+            probes=self.health_probes == "all" or (self.health_probes == "head" and is_head),
+            termination_grace_period_s=self.termination_grace_period_s,
+            ray_labels=self._ray_labels(group),
+            affinity=V1Affinity.from_dict(_for_group(self.affinity, group)) if _for_group(self.affinity, group) else None,
+            priority_class_name=_for_group(self.priority_class_name, group) or None,
+            runtime_class_name=_for_group(self.runtime_class_name, group) or None)
+
+    def _ray_labels(self, group: str) -> dict[str, str]:
+        """What the group's nodes run on, as Ray node labels (not the head's: it runs no tasks)."""
+        if group == HEAD_GROUP:
+            return {}
+        labels = {objects.RAY_ACCELERATOR_LABEL: _for_group(self.accelerator_type, group),
+                  objects.RAY_MARKET_LABEL: _for_group(self.market_type, group)}
+        return {k: v for k, v in labels.items() if v}
 
     def _meta(self, name: str, cluster_id: str, owner: str, labels: Mapping[str, str],
               owner_refs: tuple[Any, ...]) -> ClusterMeta:
@@ -152,6 +177,7 @@ class KubernetesBackend(KubernetesSettings):
                                self.core.read_namespaced_secret, secret)
             await self.api.create(Call("create", "services", meta.service_name), self.core.create_namespaced_service,
                                self.core.read_namespaced_service, service)
+            await self.network_policies.create(meta)  # before any Pod of the cluster exists
             head_pod = await self.api.create(Call("create", "pods", meta.head_pod_name), self.core.create_namespaced_pod,
                                           self.core.read_namespaced_pod, head)
             (await self._cache()).upsert(head_pod)
@@ -172,7 +198,7 @@ class KubernetesBackend(KubernetesSettings):
         create whose response was lost find the Pod instead of making another one."""
         cache = await self._cache()
         meta = self._meta_of(handle)
-        size = self._worker_size(group)
+        size = self._worker_size(handle.spec, group)
         settings = replace(self._settings(handle.spec, group.name, group.gpus), ports=handle.details["ports"])
         for _ in range(3):
             name = objects.worker_pod_name(handle.name, group.name, _suffix())
@@ -327,6 +353,7 @@ class KubernetesBackend(KubernetesSettings):
                     raise BackendError(f"owner Pod {self.owner_pod_name!r} has UID {pod.metadata.uid}, "
                                        f"not {self.owner_pod_uid} (owner_pod_uid)")
                 self._owner_refs = (objects.owner_reference(self.owner_pod_name, pod.metadata.uid),)
+                self.server_pod_labels = dict(pod.metadata.labels or {})
         return self._owner_refs
 
     # --- the Pod cache -----------------------------------------------------------------------
@@ -376,6 +403,8 @@ class KubernetesBackend(KubernetesSettings):
                 ("secrets", self.core.list_namespaced_secret, self.core.delete_namespaced_secret)):
             for obj in await self.api.list(Call("list", resource), list_fn, selector):
                 await self.api.delete(Call("delete", resource, obj.metadata.name), delete_fn)
+        if self.network_policy:
+            await self.network_policies.delete(self._meta(name, cluster_id, "", {}, ()))
         if wait and pods:
             await self._wait_pods_gone(name, cluster_id)
 
@@ -399,7 +428,13 @@ def _pod_ports(pod: V1Pod, default: Ports) -> Ports:
     declared = {p.name: p.container_port for c in pod.spec.containers[:1] for p in c.ports or ()}
     return Ports(gcs=declared.get("gcs", default.gcs), dashboard=declared.get("dashboard", default.dashboard),
                  client=declared.get("client", default.client),
-                 dashboard_agent=declared.get("dashboard-agent", default.dashboard_agent))
+                 dashboard_agent=declared.get("dashboard-agent", default.dashboard_agent),
+                 metrics=declared.get(objects.METRICS_PORT_NAME, default.metrics))
+
+
+def _for_group(per_group: Mapping[str, Any], group: str) -> Any:
+    """A per-group setting: the group's own entry, else "*"."""
+    return per_group.get(group, per_group.get("*"))
 
 
 def _suffix() -> str:

@@ -24,8 +24,9 @@ GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"
 
 @dataclass(frozen=True)
 class NodePool:
-    """``count`` identical Nodes named ``<name>-<i>``. ``gpus`` adds ``nvidia.com/gpu`` capacity
-    (and, with ``taint_gpus``, the taint GPU pools carry on GKE/EKS/AKS). ``appear_after_s``
+    """``count`` identical Nodes named ``<name>-<i>``. ``gpus`` adds capacity of ``gpu_resource``
+    (``nvidia.com/gpu``, or another vendor's device resource such as ``amd.com/gpu``) and, with
+    ``taint_gpus``, the taint of that name GPU pools carry on GKE/EKS/AKS. ``appear_after_s``
     makes the pool scale up from zero the way cluster-autoscaler does (see ``scaleup.py``).
     ``serve_pods=False`` leaves the Pods bound there Pending with an empty status."""
 
@@ -37,6 +38,7 @@ class NodePool:
     pods: int = 110
     labels: Mapping[str, str] = field(default_factory=dict)
     taint_gpus: bool = True
+    gpu_resource: str = "nvidia.com/gpu"
     appear_after_s: float | None = None
     max_count: int | None = None
     serve_pods: bool = True  # False: a hung kubelet, its Node registered but its Pods never started
@@ -47,17 +49,17 @@ class NodePool:
     def capacity(self) -> dict[str, str]:
         cap = {"cpu": self.cpu, "memory": self.memory, "pods": str(self.pods), "ephemeral-storage": "100Gi"}
         if self.gpus:
-            cap["nvidia.com/gpu"] = str(self.gpus)
+            cap[self.gpu_resource] = str(self.gpus)
         return cap
 
     def taints(self) -> list[dict[str, str]]:
-        return [dict(GPU_TAINT)] if self.gpus and self.taint_gpus else []
+        return [{**GPU_TAINT, "key": self.gpu_resource}] if self.gpus and self.taint_gpus else []
 
     def node_labels(self, node_name: str) -> dict[str, str]:
         """Labels a kubelet may set on itself (NodeRestriction refuses most other kubernetes.io ones)."""
         labels = {"kubernetes.io/hostname": node_name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
                   "node.kubernetes.io/instance-type": f"process-{self.cpu}cpu", "raykube.io/test-pool": self.name}
-        if self.gpus:
+        if self.gpus and self.gpu_resource.startswith("nvidia.com/"):
             labels["nvidia.com/gpu.present"] = "true"
         return {**labels, **self.labels}
 

@@ -14,6 +14,7 @@ opened after checking the process's start time, so a recycled PID is never signa
 from __future__ import annotations
 
 import os
+import resource
 import select
 import shutil
 import signal
@@ -92,6 +93,17 @@ def _wait_exit(targets: list[_Target], timeout_s: float) -> list[_Target]:
     return alive
 
 
+# Container runtimes start processes with a soft open-files limit of 1024 (containerd and
+# Docker under systemd's LimitNOFILE=1024:524288): what a Ray Pod's command must raise itself.
+CONTAINER_NOFILE_SOFT = 1024
+
+
+def _container_limits() -> None:
+    """In the child before exec: the runtime's soft open-files limit (the hard one is kept)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(CONTAINER_NOFILE_SOFT, hard), hard))
+
+
 class ContainerProcess:
     """A started container process with its log file; ``wait`` is driven by a pidfd (no polling)."""
 
@@ -101,7 +113,8 @@ class ContainerProcess:
         with open(log_path, "ab") as log:
             try:
                 self.popen = subprocess.Popen(argv, env=dict(env), cwd=cwd, stdin=subprocess.DEVNULL, stdout=log,
-                                              stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+                                              stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
+                                              preexec_fn=_container_limits)
             except OSError as exc:
                 raise StartError(f"exec {argv[0]!r}: {exc.strerror or exc}") from None
         self.pid = self.popen.pid
