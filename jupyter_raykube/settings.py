@@ -48,10 +48,12 @@ class ManagerSettings(LoggingConfigurable):
     token_path = Unicode(config=True, help="""File holding this user's Ray token (created on first
         use, mode 0600). Default: <jupyter runtime dir>/raykube/auth_token.""")
 
-    autoscale_interval_s = Float(1.0, config=True, help="Seconds between autoscaler rounds.")
+    autoscale_interval_s = Float(1.0, config=True, help="""Seconds between autoscaler rounds
+        of a cluster nobody uses. While a driver is connected, demand is pending, a node drains
+        or launches wait for a slot, rounds come every 0.25 s.""")
     max_launch_in_flight = Int(None, allow_none=True, config=True, help="""Worker nodes
-        starting at once, per cluster. None: the backend's suggestion (local: the cores, at
-        least 2; Kubernetes: 8).""")
+        starting at once, per cluster. None: the backend's suggestion (local: two per core, at
+        least 4; Kubernetes: 8).""")
     join_timeout_s = Float(120.0, config=True, help="A worker that has not joined Ray by then is removed.")
     backoff_s = Float(60.0, config=True, help="How long a group that failed to start a node waits.")
     start_timeout_s = Float(180.0, config=True, help="Seconds a new cluster may take to be ready.")

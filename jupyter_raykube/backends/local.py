@@ -47,6 +47,11 @@ _NODE_PORT_FLAGS = ("--node-manager-port", "--object-manager-port", "--dashboard
 # otherwise, so a second cluster would find it taken. (The head runs no Ray monitor, whose
 # autoscaler metrics port would be the other one.)
 _HEAD_PORT_ENV = ("DASHBOARD_METRIC_PORT",)
+# The GCS pulls each raylet's pending demand once a second by default, so a new task's demand
+# reached the autoscaler ~0.9 s after submit (bench/README.md, the scale-up timeline); pulled
+# every 100 ms, it is there within a round. One small RPC per raylet each time.
+_FAST_DEMAND_ENV = {"RAY_gcs_pull_resource_loads_period_milliseconds": "100"}
+_NODE_SITE = Path(__file__).with_name("node_site")
 # Where our ports come from: above the ranges Ray allots by itself (its workers' gRPC ports,
 # `--min/--max-worker-port` 10002-19999, and Ray Client's per-connection servers, 23000-23999,
 # fixed in ray/util/client/server/proxier.py) and below the kernel's ephemeral range, so no
@@ -102,10 +107,12 @@ class LocalBackend(Backend):
         self._children: dict[str, subprocess.Popen[bytes]] = {}  # node name -> our Popen
 
     def launch_concurrency(self) -> int:
-        """Nodes share this machine: each start runs several Python agents that import Ray,
-        and Ray gives a node 30 s to register. More parallel starts than cores make all of them
-        slower (on 2 cores, 3 at once can miss Ray's limit), not the cluster faster."""
-        return max(2, os.cpu_count() or 1)
+        """Nodes share this machine, and each start runs several Python processes that import
+        Ray. Starting them one per core at a time made a burst wait for earlier nodes (Ray's
+        own autoscaler starts them all at once); two per core starts a burst together without
+        piling dozens of imports onto a laptop. The raylet's wait for its agents is raised to
+        120 s (`_node_env`), so a slow start under load still joins."""
+        return max(4, 2 * (os.cpu_count() or 1))
 
     # --- resources ---------------------------------------------------------------------------
 
@@ -158,7 +165,8 @@ class LocalBackend(Backend):
                     f"--ray-client-server-port={client_port}", f"--num-cpus={spec.head.cpus}",
                     "--num-gpus=0", f"--memory={memory}", f"--object-store-memory={object_store}",
                     "--disable-usage-stats", "--no-monitor"]  # our autoscaler replaces Ray's monitor
-            env = {"RAY_SCHEDULER_EVENTS": "0", **{k: str(p) for k, p in zip(_HEAD_PORT_ENV, head_ports[3:])}}
+            env = {"RAY_SCHEDULER_EVENTS": "0", **_FAST_DEMAND_ENV,
+                   **{k: str(p) for k, p in zip(_HEAD_PORT_ENV, head_ports[3:])}}
             self._start_node(handle, f"{spec.name}-head", HEAD_GROUP, args, env, reserved=head_ports)
         except BaseException:
             self._delete_cluster(handle)
@@ -221,6 +229,9 @@ class LocalBackend(Backend):
             processes.CLUSTER_MARKER: handle.details["uid"],
             processes.NODE_MARKER: node,
         })
+        # First on every node process's path: a lazy rfc3987_syntax (node_site/), which saves
+        # each Ray Python process about a second and a half of start-up in a Jupyter env.
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(_NODE_SITE), env.get("PYTHONPATH"))))
         env.update(extra)
         return env
 
