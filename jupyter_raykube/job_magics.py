@@ -94,27 +94,32 @@ class RayJobMagics(Magics):
         return self._client
 
     @line_cell_magic
-    def rayjob(self, line: str, cell: str | None = None) -> Any:
+    def rayjob(self, line: str, cell: str | None = None) -> None:
+        try:
+            words = shlex.split(line)
+        except ValueError as exc:  # an unclosed quote
+            raise UsageError(f"{exc} in: {line}") from None
         try:
             if cell is not None:
-                return self._run_cell(self._cell.parse_args(shlex.split(line)), cell)
-            args = self._parser.parse_args(shlex.split(line))
+                self._run_cell(self._cell.parse_args(words), cell)
+                return
+            args = self._parser.parse_args(words)
             if args.command is None:
                 raise UsageError(f"a command is required\n\n{self._parser.format_usage()}")
-            return getattr(self, f"_{args.command}")(args)
+            getattr(self, f"_{args.command}")(args)
         except (BackendError, ClusterNotFound) as exc:
             raise UsageError(str(exc)) from None
 
     # --- commands ----------------------------------------------------------------------------
 
-    def _run_cell(self, args: Any, cell: str) -> Job | None:
-        return self._submit_and_follow(args, "python -u " + CELL_SCRIPT, {CELL_SCRIPT: cell})
+    def _run_cell(self, args: Any, cell: str) -> None:
+        self._submit_and_follow(args, "python -u " + CELL_SCRIPT, {CELL_SCRIPT: cell})
 
-    def _submit(self, args: Any) -> Job | None:
+    def _submit(self, args: Any) -> None:
         command = args.entrypoint[1:] if args.entrypoint[:1] == ["--"] else args.entrypoint
         if not command:
             raise UsageError("give the command after --, e.g. %rayjob submit --working-dir . -- python train.py")
-        return self._submit_and_follow(args, shlex.join(command), {})
+        self._submit_and_follow(args, shlex.join(command), {})
 
     def _list(self, args: Any) -> None:
         clusters = [args.cluster] if args.cluster else self.client.running_clusters()
@@ -140,13 +145,13 @@ class RayJobMagics(Magics):
         cluster, _ = self.client.find(args.job_id, args.cluster)
         print(_summary(self.client.stop(cluster, args.job_id), cluster))
 
-    def _attach(self, args: Any) -> Job:
+    def _attach(self, args: Any) -> None:
         cluster, _ = self.client.find(args.job_id, args.cluster)
-        return self._follow(cluster, args.job_id)
+        self._follow(cluster, args.job_id)
 
     # --- helpers -----------------------------------------------------------------------------
 
-    def _submit_and_follow(self, args: Any, entrypoint: str, files: dict[str, str]) -> Job | None:
+    def _submit_and_follow(self, args: Any, entrypoint: str, files: dict[str, str]) -> None:
         env = dict(_env_pair(item) for item in args.env)
         env.setdefault("PYTHONUNBUFFERED", "1")  # prints reach the cell as they happen
         cluster = self._cluster(args.cluster)
@@ -155,9 +160,8 @@ class RayJobMagics(Magics):
         print(f"Ray job {job['id']} submitted to {cluster}.", flush=True)
         if args.no_wait:
             print(f"Follow it with %rayjob attach {job['id']}; stop it with %rayjob stop {job['id']}.")
-            return None
+            return
         self._follow(cluster, job["id"])
-        return None
 
     def _follow(self, cluster: str, job_id: str) -> Job:
         """Stream the output until the job ends. Ctrl-C (interrupt) asks: stop the job or detach."""

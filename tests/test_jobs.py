@@ -247,3 +247,25 @@ def test_working_dir_package_is_named_by_its_content(tmp_path: Path) -> None:
     assert zipfile.ZipFile(io.BytesIO(data)).namelist() == ["mod.py", "_rayjob_cell.py"]
     assert working_dir_package(str(tmp_path), {"_rayjob_cell.py": "print(1)"})[0] == name
     assert working_dir_package(str(tmp_path), {"_rayjob_cell.py": "print(2)"})[0] != name
+
+
+def test_interrupt_without_stdin_detaches_and_says_how_to_stop(
+        job_server: LiveServer, kernel: tuple[str, BlockingKernelClient]) -> None:
+    kernel_id, client = kernel
+    _execute(client, "%load_ext jupyter_raykube")
+    interrupted: list[str] = []
+
+    def interrupt_once_running(text: str) -> None:
+        if "waiting" in text and not interrupted:
+            interrupted.append(_job_id(text))
+            requests.post(f"{job_server.url}api/kernels/{kernel_id}/interrupt", timeout=60,
+                          headers={"Authorization": f"token {job_server.token}"})
+
+    status, out = _execute(client, f"%%rayjob --cluster {CLUSTER}\nimport time\nprint('waiting')\n"
+                                   "time.sleep(600)\n", interrupt_once_running)
+    assert status == "ok", out
+    job_id = interrupted[0]
+    assert f"Detached; Ray job {job_id} keeps running" in out and f"%rayjob stop {job_id}" in out, out
+    assert job_server.api("GET", f"clusters/{CLUSTER}/jobs/{job_id}").json()["state"] == "RUNNING"
+    status, out = _execute(client, f"%rayjob stop {job_id}")
+    assert status == "ok", out
