@@ -12,6 +12,8 @@ import type { GroupBounds, ICluster, IDemand, IEvent, IGroup } from './api';
 import { CommandIDs } from './commands';
 import { FieldError } from './createForm';
 import { parseFieldError, validateBounds } from './form';
+import { JobList } from './jobs';
+import { NodeLogs } from './nodeLogs';
 import {
   canHaveGpus,
   formatBytes,
@@ -191,6 +193,8 @@ export function ClusterCard({ cluster, model, commands, busy }: ICardProps): Rea
           Connect code
         </button>
       </div>
+      {running && <JobList cluster={cluster.name} />}
+      {running && <NodeLogs cluster={cluster.name} nodes={cluster.nodes} />}
       <EventList events={cluster.events} />
     </section>
   );

@@ -33,6 +33,7 @@ CHROMIUM = Path(os.environ.get("UI_CHROMIUM", "/usr/bin/chromium"))
 ARTIFACTS = Path(os.environ.get("UI_ARTIFACTS", "/tmp/raykube-ui-artifacts"))
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+BUILT_LABEXTENSION = Path(__file__).resolve().parents[2] / "jupyter_raykube" / "labextension"
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 90.0  # the server stops its Ray clusters before it exits
 
@@ -136,6 +137,10 @@ def running_lab(server_config: dict[str, Any] | None = None, name: str = "jupyte
     for d in dirs.values():
         d.mkdir()
     _write_settings(dirs["settings"])
+    # The sidebar as `npm run build` last wrote it, not the copy `pip install` made into the
+    # venv: Lab looks in `extra_labextensions_path` first (see the command below).
+    (dirs["data"] / "labextensions").mkdir()
+    (dirs["data"] / "labextensions" / "jupyter-raykube").symlink_to(BUILT_LABEXTENSION, target_is_directory=True)
     if server_config:
         (dirs["config"] / "jupyter_server_config.json").write_text(json.dumps(server_config))
     env = dict(os.environ, JUPYTER_CONFIG_DIR=str(dirs["config"]), JUPYTER_DATA_DIR=str(dirs["data"]),
@@ -149,7 +154,8 @@ def running_lab(server_config: dict[str, Any] | None = None, name: str = "jupyte
     proc = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root",
          f"--IdentityProvider.token={token}", "--ServerApp.ip=127.0.0.1", f"--port={port}",
-         "--ServerApp.port_retries=0", f"--ServerApp.root_dir={dirs['root']}"],
+         "--ServerApp.port_retries=0", f"--ServerApp.root_dir={dirs['root']}",
+         f"--LabApp.extra_labextensions_path={dirs['data'] / 'labextensions'}"],
         env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         start_new_session=True)
     server = Lab(url=f"http://127.0.0.1:{port}/", token=token, root=dirs["root"])
