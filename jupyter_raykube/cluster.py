@@ -37,7 +37,7 @@ class Cluster:
     reconciler: Reconciler | None = None
     scope: anyio.CancelScope | None = None  # the autoscaler loop
     policy: Policy = field(default_factory=Policy)
-    idle_since: float | None = None  # no driver attached and no work since then (epoch s)
+    idle_since: float | None = None  # no real work (tasks, actors, jobs) since then (epoch s)
     saved_ranges: dict[str, tuple[int, int]] | None = None  # group ranges before an idle scale-to-0
     start_scope: anyio.CancelScope | None = None  # a background start, cancelled by stop()
     start_done: anyio.Event | None = None  # set once a background start has finished or cleaned up

@@ -22,6 +22,7 @@ from .errors import PolicyError, SpecError
 from .spec import ClusterSpec
 
 POLICY_ENV = "RAYKUBE_POLICY"
+QUOTA_NAME = "raykube"  # the ResourceQuota (and LimitRange) the hub hook writes in the user's namespace
 IdleAction = Literal["scale_to_zero", "restore", "stop"]
 
 
@@ -58,7 +59,7 @@ class Policy:
     max_workers: int | None = None
     max_clusters: int | None = None
     max_lifetime_s: float | None = None  # a cluster older than this is stopped
-    idle_scale_down_s: float | None = None  # no driver and no work this long: workers scaled to 0
+    idle_scale_down_s: float | None = None  # no real work (tasks, actors, jobs) this long: workers scaled to 0
     idle_stop_s: float | None = None  # ... and this long: the cluster is stopped
 
     def __post_init__(self) -> None:
@@ -125,8 +126,8 @@ class Policy:
         return line
 
     def idle_action(self, *, idle_s: float, scaled_down: bool) -> IdleAction | None:
-        """What the idle rules want now, for a cluster idle (no driver, no work) for `idle_s`
-        (0 while in use)."""
+        """What the idle rules want now, for a cluster idle for `idle_s` (0 while in use): no
+        task, actor or job running; an attached driver alone does not count."""
         if self.idle_stop_s is not None and idle_s >= self.idle_stop_s:
             return "stop"
         if not scaled_down and self.idle_scale_down_s is not None and idle_s >= self.idle_scale_down_s:

@@ -137,7 +137,9 @@ def _cpu_nodes(bm: BlockingManager, cluster: Cluster) -> int:
     return bm.call(read)
 
 
-def test_an_idle_cluster_scales_to_zero_comes_back_for_a_driver_then_stops() -> None:
+def test_an_idle_cluster_scales_to_zero_comes_back_for_work_then_stops_with_a_driver_attached() -> None:
+    """Idle means no real work: a driver that stays connected without running anything (a
+    notebook left open) neither brings the workers back nor keeps the cluster from stopping."""
     policy = Policy(idle_scale_down_s=3, idle_stop_s=15)
     bm = BlockingManager(lambda: ClusterManager(policy=policy, autoscale_interval_s=0.5))
     try:
@@ -151,13 +153,12 @@ def test_an_idle_cluster_scales_to_zero_comes_back_for_a_driver_then_stops() -> 
                  "the idle scale-down")
         wait_for(lambda: _cpu_nodes(bm, cluster) == 0, 60, "the min=1 worker to be drained while idle")
 
-        connect_driver(cluster.handle.address, bm.manager.token)  # someone attaches: workers come back
-        wait_for(lambda: any("in use again: group ranges restored (cpu 1..1" in e for e in _events(bm, cluster)),
-                 30, "the ranges to be restored")
+        connect_driver(cluster.handle.address, bm.manager.token)  # someone attaches, and works
         assert ray.get(ray.remote(num_cpus=1)(lambda: "ran").remote(), timeout=120) == "ran"
-        disconnect_driver()
+        assert any("in use again: group ranges restored (cpu 1..1" in e for e in _events(bm, cluster))
 
-        wait_for(lambda: cluster.state == "stopped", 90, "the idle cluster to be stopped")
+        # The driver stays attached, doing nothing: the cluster is idle all the same.
+        wait_for(lambda: cluster.state == "stopped", 90, "the idle cluster to be stopped, a driver attached")
         events = _events(bm, cluster)
         assert any(e.startswith("info: stopping the cluster: idle for") for e in events), events
         assert any(e.startswith("stopped: cluster stopped: idle for") for e in events), events

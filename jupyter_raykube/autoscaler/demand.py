@@ -30,6 +30,8 @@ _LABEL_OPS = {common_pb2.LabelSelectorOperator.Value("LABEL_OPERATOR_IN"): "in",
               common_pb2.LabelSelectorOperator.Value("LABEL_OPERATOR_NOT_IN"): "not_in"}
 _IDLE_TERMINATION = autoscaler_pb2.DrainNodeReason.Value("DRAIN_NODE_REASON_IDLE_TERMINATION")
 
+_SUBMISSION_ID = "job_submission_id"  # in the JobConfig metadata of a job submitted through Ray Jobs
+
 
 @dataclass(frozen=True)
 class RayNode:
@@ -57,6 +59,7 @@ class ClusterState:
     gangs: tuple[GangDemand, ...]
     constraints: tuple[ResourceDemand, ...]
     drivers: int = 0  # connected drivers (live jobs): a cluster someone is attached to is in use
+    working_jobs: int = 0  # live jobs running tasks, and submitted Ray Jobs: real work, not a mere connection
 
 
 class GcsReader:
@@ -72,9 +75,10 @@ class GcsReader:
         reply = autoscaler_pb2.GetClusterResourceStateReply()
         reply.ParseFromString(self._client.get_cluster_resource_state(timeout_s=self._timeout_s))
         jobs = self._client.get_all_job_info(skip_submission_job_info_field=True,
-                                             skip_is_running_tasks_field=True, timeout=self._timeout_s)
-        drivers = sum(1 for job in jobs.values() if not job.is_dead)
-        return replace(parse_state(reply.cluster_resource_state), drivers=drivers)
+                                             skip_is_running_tasks_field=False, timeout=self._timeout_s)
+        live = [job for job in jobs.values() if not job.is_dead]
+        working = sum(1 for job in live if job.is_running_tasks or job.config.metadata.get(_SUBMISSION_ID))
+        return replace(parse_state(reply.cluster_resource_state), drivers=len(live), working_jobs=working)
 
     def drain_idle_node(self, node_id: str, message: str) -> tuple[bool, str]:
         """Ask Ray to drain an idle node; the raylet refuses if the node is running work or

@@ -1,7 +1,8 @@
 """The administrator's lifetime and idle rules for one cluster, checked once per autoscaler
 round beside (not inside) the autoscaler loop, so stopping the cluster does not cancel the task
-doing it. Idle means no driver attached and nothing running or pending; after
-`idle_scale_down_s` every group is scaled to 0 (a driver that connects gets its workers back),
+doing it. Idle means no real work: no task or actor holding CPUs/GPUs, no job running tasks or
+submitted through Ray Jobs, nothing pending; a driver merely attached does not count. After
+`idle_scale_down_s` every group is scaled to 0 (new work, pending, gets its workers back),
 after `idle_stop_s` the cluster is stopped. A failing round is an event, as in the autoscaler."""
 
 from __future__ import annotations
@@ -55,11 +56,12 @@ class LimitsKeeper:
             await self._stop(f"it reached the maximum lifetime of "
                              f"{describe_duration(policy.max_lifetime_s)} set by your administrator")
             return
-        busy = obs.ray.drivers > 0 or bool(obs.pending) or any(_running_work(n) for n in obs.nodes)
+        # Real work only: a notebook left attached (a connected driver doing nothing) is idle.
+        busy = obs.ray.working_jobs > 0 or bool(obs.pending) or any(_running_work(n) for n in obs.nodes)
         cluster.idle_since = None if busy else (cluster.idle_since or now)
         idle_s = 0.0 if cluster.idle_since is None else now - cluster.idle_since
         action = policy.idle_action(idle_s=idle_s, scaled_down=cluster.saved_ranges is not None)
-        why = f"idle for {describe_duration(idle_s)} (no driver attached, nothing running)"
+        why = f"idle for {describe_duration(idle_s)} (no task, actor or job running, nothing pending)"
         if action == "stop":
             await self._stop(why)
         elif action == "scale_to_zero":
@@ -69,7 +71,7 @@ class LimitsKeeper:
                 spec = spec.with_group_range(group.name, 0, 0)
             self.set_spec(cluster, spec)
             cluster.events.add(now, "scale_down", f"{why}: every group scaled to 0 workers; "
-                                                  f"connecting a driver brings them back")
+                                                  f"new work brings them back")
         elif action == "restore" and cluster.saved_ranges is not None:
             spec = cluster.spec
             for name, (low, high) in cluster.saved_ranges.items():
