@@ -4,7 +4,9 @@ Each trial runs in a fresh Python process, from the first line of the driver to 
 driver, so imports count on both sides. Trials alternate (bare, ours, bare, ours, ...) so
 machine noise hits both. Memory is the summed RSS of the cluster's processes plus the driver's.
 
-    python -m bench.startup.run [--trials 5]
+Both clusters are stopped by PID (never `ray stop`); run it alone, under the test lock:
+
+    flock /tmp/raykube-ray-tests.lock nice .venv/bin/python -m bench.startup.run [--trials 5]
 """
 
 from __future__ import annotations
