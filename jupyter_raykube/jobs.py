@@ -67,7 +67,8 @@ def submit_body(request: Any) -> dict[str, Any]:
         runtime_env["working_dir"] = working_dir
     pip = request.get("pip")
     if pip is not None:
-        if not isinstance(pip, list) or len(pip) > 100 or not all(isinstance(p, str) and _PIP_SPEC.match(p) for p in pip):
+        valid = isinstance(pip, list) and len(pip) <= 100
+        if not valid or not all(isinstance(p, str) and _PIP_SPEC.match(p) for p in pip):
             raise SpecError("pip", pip, 'a list of requirement strings, e.g. ["emoji==2.12.1"]')
         if pip:
             runtime_env["pip"] = list(pip)
