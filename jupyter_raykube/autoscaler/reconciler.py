@@ -4,7 +4,8 @@ Observation joins the backend's nodes (processes or Pods) with the GCS's Ray nod
 instance id each node was started with. Starting nodes count as capacity, so a node is never
 launched twice for the same demand. Scale-down is always drain-first: Ray's raylet refuses to
 drain a node that runs work or holds primary object copies, and a node is removed only after
-Ray accepted the drain and reports it dead. Every decision becomes an event; an error in one
+Ray accepted the drain (from then on Ray schedules nothing there), at once, as Ray's own
+autoscaler terminates a drained instance. Every decision becomes an event; an error in one
 round is recorded and the loop goes on.
 """
 
@@ -19,6 +20,7 @@ from enum import Enum
 from typing import Literal
 
 import anyio
+from anyio.abc import TaskGroup
 
 from ..backends.base import Backend, BackendError, BackendNode, ClusterHandle, ClusterNotFound
 from ..events import EventKind, EventLog
@@ -67,7 +69,7 @@ class AutoscalerSettings:
     max_launch_in_flight: int = 8  # nodes starting at once, per cluster
     join_timeout_s: float = 120.0  # a node that has not joined Ray by then is removed
     backoff_s: float = 60.0  # a group whose node failed to join launches nothing for this long
-    drain_timeout_s: float = 30.0  # an accepted drain that never ends in DEAD is removed anyway
+    drain_timeout_s: float = 30.0  # a drained node whose removal failed is tried again by then
     # Rounds while something may change within a second: a drain or a held-back launch waits
     # on Ray, demand is pending, or a driver is connected (its next tasks are seen this soon).
     quick_interval_s: float = 0.25
@@ -127,18 +129,33 @@ class Reconciler:
     _wake: anyio.Event = field(default_factory=anyio.Event)
     _next_round_s: float = 0.0  # when the round after this one is due (set by each round)
     _launches_held_back: bool = False  # the last plan wanted more nodes than were free to start
+    _removing: set[str] = field(default_factory=set)  # nodes whose processes or Pods are being removed
+    _background: TaskGroup | None = None  # where `run` lets removals finish outside the rounds
 
     def wake(self) -> None:
         """Run the next round now (after a scale request) instead of at the next tick."""
         self._wake.set()
 
     async def run(self) -> None:
-        while True:
-            self._next_round_s = self.settings.interval_s
-            await self.step()
-            with anyio.move_on_after(self._next_round_s):
-                await self._wake.wait()
-            self._wake = anyio.Event()
+        """Rounds until cancelled; raises ClusterNotFound or HeadLost as they are (not wrapped
+        in the ExceptionGroup of the task group where node removals finish)."""
+        lost: ClusterNotFound | HeadLost | None = None
+        async with anyio.create_task_group() as background:
+            self._background = background
+            try:
+                while True:
+                    self._next_round_s = self.settings.interval_s
+                    await self.step()
+                    with anyio.move_on_after(self._next_round_s):
+                        await self._wake.wait()
+                    self._wake = anyio.Event()
+            except (ClusterNotFound, HeadLost) as exc:
+                lost = exc
+                background.cancel_scope.cancel()
+            finally:
+                self._background = None
+        if lost is not None:
+            raise lost
 
     async def step(self) -> Observation | None:
         """One round. Never raises (except cancellation): failures become events."""
@@ -179,6 +196,8 @@ class Reconciler:
         to_remove: list[Removal] = []
         self._steps = {n: step for n, step in self._steps.items() if n in listed}
         for node in backend_nodes:
+            if node.name in self._removing:
+                continue  # on its way out: neither capacity nor a candidate for another removal
             ray_node = ray_by_instance.get(node.name)
             self._note_step(node, ray_node, now)
             if node.is_head:
@@ -237,6 +256,22 @@ class Reconciler:
             self._draining.pop(removal.name, None)
             self.events.add(self.clock(), removal.cause.event_kind, message)
 
+        async def remove_in_background(removal: Removal) -> None:
+            try:
+                await remove(removal)
+            except Exception as exc:  # one failed removal must not stop the loop
+                self.log.exception("removing %s failed", removal.name)
+                self.events.add(self.clock(), "error", f"could not remove {removal.name}: {exc}")
+            finally:
+                self._removing.discard(removal.name)
+
+        if self._background is not None:
+            # Stopping a node's processes takes seconds (Ray shuts them down in order): the
+            # next rounds go on meanwhile, so the next idle node is drained on time.
+            for removal in removals:
+                self._removing.add(removal.name)
+                self._background.start_soon(remove_in_background, removal)
+            return
         async with anyio.create_task_group() as tg:
             for removal in removals:
                 tg.start_soon(remove, removal)
@@ -310,7 +345,11 @@ class Reconciler:
                             f"launched {count} {group_name} {noun}" + (f" for {why}" if why else ""))
 
     async def _drain(self, reply: PlanReply, nodes: tuple[ObservedNode, ...], now: float) -> None:
+        """Drain what the plan releases, and remove each node whose drain Ray accepted right
+        away, as Ray's autoscaler terminates a drained instance (a removal that fails is tried
+        again from `_observe` once Ray reports the node dead or the drain times out)."""
         by_name = {n.name: n for n in nodes}
+        accepted_removals: list[Removal] = []
         for termination in reply.terminate:
             node = by_name.get(termination.node_id)
             if node is None or node.ray is None or node.name in self._draining:
@@ -320,8 +359,12 @@ class Reconciler:
             if accepted:
                 self._draining[node.name] = _Drain(now, termination.reason)
                 self.events.add(now, "scale_down", f"draining {node.group} node {node.name}: {termination.reason}")
+                accepted_removals.append(Removal(node.name, RemovalCause.IDLE,
+                                                 f"removed idle {node.group} node {node.name}: {termination.reason}"))
             else:
                 self.log.debug("drain of %s refused by Ray: %s", node.name, why_not)
+        if accepted_removals:
+            await self._remove(accepted_removals)
 
 
 def _view(node: ObservedNode, configured: dict[str, float]) -> NodeView:
