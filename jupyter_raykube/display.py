@@ -155,7 +155,18 @@ def totals_html(snap: Snapshot) -> str:
     return f"<div class='raykube-totals' style='display:flex;flex-wrap:wrap;gap:2px 14px;margin:4px 0;font-size:12px'>{cells}</div>"
 
 
-def _node_row(node: Mapping[str, Any], snap: Snapshot) -> str:
+def _idle_cell(node: Mapping[str, Any], snap: Snapshot, idle_since: Mapping[str, float] | None) -> str:
+    """Relative ("idle 20 s, removed in 40 s"), or with `idle_since` (node name -> epoch s) clock
+    times that do not tick: a live widget then sends nothing while nothing changes."""
+    since = (idle_since or {}).get(node["name"])
+    if since is None or node["state"] != "running" or node["idle_s"] <= 0:
+        return fmt.idle_text(node, snap)
+    left = fmt.seconds_until_removal(node, snap)
+    text = f"idle since {fmt.clock(since)}"
+    return text if left is None else f"{text}, removed at {fmt.clock(since + node['idle_s'] + left)}"
+
+
+def _node_row(node: Mapping[str, Any], snap: Snapshot, idle_since: Mapping[str, float] | None = None) -> str:
     total, used = node["resources_total"], node["resources_used"]
 
     def count(key: str) -> str:
@@ -169,13 +180,14 @@ def _node_row(node: Mapping[str, Any], snap: Snapshot) -> str:
                   fmt.bytes_usage(used.get("memory", 0), total.get("memory", 0)), "36px"),
               bar(node["object_store_used_bytes"], node["object_store_total_bytes"],
                   fmt.bytes_usage(node["object_store_used_bytes"], node["object_store_total_bytes"]), "36px"),
-              html.escape(fmt.idle_text(node, snap))]
+              html.escape(_idle_cell(node, snap, idle_since))]
     return ("<tr data-node='" + html.escape(node["name"]) + "'>"
             + "".join(f"<td style='{_CELL}'>{c}</td>" for c in cells) + "</tr>")
 
 
-def nodes_html(snap: Snapshot) -> str:
-    """A table, one row per node, the head first and then each worker group's nodes together."""
+def nodes_html(snap: Snapshot, idle_since: Mapping[str, float] | None = None) -> str:
+    """A table, one row per node, the head first and then each worker group's nodes together
+    (`idle_since`: see `_idle_cell`)."""
     if not snap["nodes"]:
         return f"<div style='{_MUTED};font-size:12px'>No nodes.</div>"
     order = {"head": -1, **{g["name"]: i for i, g in enumerate(snap["groups"])}}
@@ -183,7 +195,7 @@ def nodes_html(snap: Snapshot) -> str:
     heads = ["node", "group", "state", "CPU"] + (["GPU"] if _any_gpus(snap) else []) + [
         "<span title='Ray memory reserved by tasks'>memory</span>", "object store", "idle"]
     head = "".join(f"<th style='{_CELL};font-weight:normal;{_MUTED}'>{h}</th>" for h in heads)
-    rows = "".join(_node_row(n, snap) for n in nodes)
+    rows = "".join(_node_row(n, snap, idle_since) for n in nodes)
     return (f"<table class='raykube-nodes' style='font-size:12px;border-collapse:collapse'>"
             f"<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
 

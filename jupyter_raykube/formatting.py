@@ -45,6 +45,11 @@ def duration(seconds: float) -> str:
     return f"{hours} h {rest // 60} min" if rest // 60 else f"{hours} h"
 
 
+def clock(epoch_s: float) -> str:
+    """An epoch time as this machine's local clock time, ``HH:MM:SS``."""
+    return datetime.fromtimestamp(epoch_s).astimezone().strftime("%H:%M:%S")
+
+
 def local_time(iso: str) -> str:
     """An event's ISO time (UTC, ``...Z``) as this machine's local clock time, ``HH:MM:SS``."""
     try:

@@ -2,8 +2,10 @@
 
 Like tqdm's notebook bar, the widget tree is created once and a refresh only sets `.value`s.
 A daemon thread re-reads the snapshot every second, so the kernel never blocks; it holds the
-widget weakly and ends when the widget is closed or the cluster is gone. Buttons only call the
-client (scale, stop): the widget owns no lifecycle logic.
+widget weakly and ends when the widget is closed or the cluster is gone. A refresh that finds
+nothing changed sends nothing (idle nodes show clock times, not ticking seconds): every widget
+update is kernel activity, which would keep an unattended server from being culled. Buttons only
+call the client (scale, stop): the widget owns no lifecycle logic.
 
 Two rules keep it from undoing other front-ends' work: a min/max field follows the snapshot
 until the user edits it, and Apply sends only the fields the user changed (the other bound is
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import html
 import threading
+import time
 import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -30,6 +33,7 @@ Scale = Callable[[str, str, int, int], Any]
 BOUNDS = ("min", "max")
 _ERROR = "color:var(--jp-error-color1,#d32f2f);font-size:12px"
 _NOTE = "color:var(--jp-ui-font-color2,#757575);font-size:12px"
+_IDLE_JITTER_S = 5.0  # how far a snapshot's idle time may wander before a node's idle clock moves
 
 
 def _error(text: str) -> str:
@@ -130,6 +134,7 @@ class ClusterWidget(w.VBox):
                               layout=w.Layout(display="none"))
         self.confirm.add_class("raykube-confirm-stop")
         self._groups: dict[str, GroupControls] = {}
+        self._idle_since: dict[str, float] = {}
         super().__init__([self.header, self.totals, self.groups_box, self.nodes, self.demand, self.events,
                           w.HBox([self.stop_button, self.message]), self.confirm])
         self.add_class("raykube-widget")
@@ -165,9 +170,22 @@ class ClusterWidget(w.VBox):
             extra = [f"{group[k]} {k}" for k in ("starting", "draining") if group.get(k)]
             counts = f"{group['nodes']} running" + (f", {', '.join(extra)}" if extra else "")
             self._controls(group["name"]).follow(group, _note(counts))
-        self.nodes.value = nodes_html(snap)
+        self.nodes.value = nodes_html(snap, self._anchor_idle_times(snap))
         self.demand.value = demand_html(snap["demand"])
         self.events.value = events_html(snap["events"])
+
+    def _anchor_idle_times(self, snap: Snapshot) -> dict[str, float]:
+        """When each idle node became idle, kept from refresh to refresh (moved only when the
+        snapshot disagrees by more than a few seconds), so the table shows fixed clock times
+        and an unchanged cluster sends no widget update: each one would count as kernel
+        activity and keep an unattended server from being culled."""
+        now, anchors = time.time(), {}
+        for node in snap["nodes"]:
+            if node["state"] == "running" and node["idle_s"] > 0:
+                estimate, known = now - node["idle_s"], self._idle_since.get(node["name"])
+                anchors[node["name"]] = known if known is not None and abs(known - estimate) < _IDLE_JITTER_S else estimate
+        self._idle_since = anchors
+        return anchors
 
     def _controls(self, name: str) -> GroupControls:
         if name not in self._groups:

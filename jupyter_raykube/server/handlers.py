@@ -50,6 +50,13 @@ def mapped_errors(method: F) -> F:
 class RayKubeHandler(OwnerGuard, APIHandler):
     auth_resource = AUTH_RESOURCE
 
+    @property
+    def _track_activity(self) -> bool:  # type: ignore[override]
+        """Only changes count as the user's activity. Reads (the list, a snapshot, events, GET /)
+        are what the widget and the sidebar poll every second, and counting them would keep an
+        idle server from ever being culled; jupyter_server's own status handlers opt out too."""
+        return self.request.method not in ("GET", "HEAD", "OPTIONS")
+
     def json_body(self) -> Any:
         return parse_json_body(self.request.body)
 
