@@ -40,6 +40,11 @@ def test_an_idle_or_starting_node_is_the_warm_pool() -> None:
     assert plan(PlanRequest(groups=(CPU,), nodes=(node("s", state="starting"),))).launch == {}
 
 
+def test_a_node_that_just_joined_is_warm_before_ray_reports_it_idle() -> None:
+    joined = NodeView("a", "cpu", "running", {"CPU": 1, "memory": 1e9}, {"CPU": 1, "memory": 1e9}, idle_s=0.0)
+    assert plan(PlanRequest(groups=(CPU,), nodes=(joined,))).launch == {}
+
+
 def test_warm_node_is_kept_past_its_idle_timeout_and_extra_idle_nodes_are_drained() -> None:
     alone = plan(PlanRequest(groups=(CPU,), nodes=(node("a", idle_s=60),)))
     assert alone.terminate == () and alone.launch == {}
@@ -112,7 +117,7 @@ def test_first_task_runs_on_the_warm_node_without_a_launch(warm_cluster: tuple[B
     warm = wait_for(running, 120, "the warm node to join with no demand")
     assert len(warm) == 1
     time.sleep(5)  # past the 3 s idle timeout: the warm node stays
-    assert [n["name"] for n in running()] == [warm[0]["name"]]
+    assert [n["name"] for n in running()] == [warm[0]["name"]], [e.message for e in cluster.events]
 
     @ray.remote(num_cpus=1)
     def where() -> str:

@@ -63,7 +63,7 @@ def enforce_warm(ctx: Ctx) -> None:
         return
     busy = {node for pool in (ctx.free, ctx.held) for b in pool.bins.values()
             if b.load and b.origin != "new" for node in b.nodes}
-    idle = {n.node_id for n in ctx.nodes if n.state == "starting" or n.idle_s > 0}
+    idle = {n.node_id for n in ctx.nodes if n.state == "starting" or n.idle_s > 0 or _unused(n)}
     for g in warm:
         for b in ctx.free.bins.values():
             if b.group != g.name:
@@ -76,6 +76,13 @@ def enforce_warm(ctx: Ctx) -> None:
         if n > 0:
             ctx.open_nodes(g, n, [], "warm", ("warm",))
             g.ready += n
+
+
+def _unused(n: NodeView) -> bool:
+    """Nothing of the node is taken, even before Ray reports it idle (a node that has just
+    joined reports no idle time yet): it is ready for work, and counts as warm."""
+    return all(n.available.get(name, 0.0) >= amount for name, amount in n.total.items()
+               if name not in ("memory", "object_store_memory"))
 
 
 def scale_down_idle(ctx: Ctx) -> None:
