@@ -577,8 +577,9 @@ def test_magic_starts_a_kubernetes_cluster_that_autoscales_pods_and_stops_clean(
         gpu_pod = v1.read_namespaced_pod(gpu_node, ns)
         assert gpu_pod.spec.node_name == "gpu-pool-0"
         container = gpu_pod.spec.containers[0]
-        assert container.resources.limits == {"cpu": "1", "memory": "640Mi", "nvidia.com/gpu": "1"}
-        assert {"--num-cpus=1", "--num-gpus=1", f"--memory={512 * MiB}"} <= set(container.args)
+        # the gpu group of KubernetesBackend.default_worker_groups: 8 CPUs, 24 GiB + 8 GiB object store
+        assert container.resources.limits == {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "1"}
+        assert {"--num-cpus=8", "--num-gpus=1", f"--memory={24 * 1024 * MiB}"} <= set(container.args)
 
         # Each launch made exactly one Pod, retried creates included. (On a loaded machine a node
         # can fail to start, be removed and be launched again: launches count, not the group max.)
