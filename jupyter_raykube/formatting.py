@@ -76,12 +76,18 @@ def newest_first(events: Sequence[Mapping[str, Any]], count: int = 10) -> list[M
 
 def seconds_until_removal(node: Mapping[str, Any], snap: Mapping[str, Any]) -> float | None:
     """Seconds until the reconciler removes an idle worker node, or None when it will not: the
-    head, a busy or not-running node, or a group already at its min. Uses the cluster's idle
-    timeout (the snapshot's groups do not carry their own)."""
+    head, a busy or not-running node, a group already at its min, or a node its group's warm
+    pool keeps. Uses the cluster's idle timeout (the snapshot's groups do
+    not carry their own)."""
     if node.get("head") or node["state"] != "running" or node["idle_s"] <= 0:
         return None
     group = next((g for g in snap["groups"] if g["name"] == node["group"]), None)
     if group is None or group["nodes"] <= group["min"]:
+        return None
+    # The autoscaler drains the longest idle first and keeps the `warm` least idle ones.
+    less_idle = sum(1 for n in snap["nodes"] if n["group"] == node["group"] and n["state"] == "running"
+                    and 0 < n["idle_s"] < node["idle_s"])
+    if less_idle < group.get("warm", 0):
         return None
     return max(0.0, float(snap["idle_timeout_s"]) - node["idle_s"])
 

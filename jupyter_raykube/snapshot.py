@@ -22,6 +22,7 @@ class GroupJson(TypedDict):
     name: str
     min: int
     max: int
+    warm: int  # idle nodes kept ready beyond demand
     resources: dict[str, float]  # what one node offers: CPU, GPU, memory (bytes), custom
     nodes: int  # running
     starting: int
@@ -82,7 +83,7 @@ def cluster_snapshot(cluster: Cluster) -> SnapshotJson:
     groups: list[GroupJson] = []
     for group in cluster.spec.groups:
         mine = [n for n in nodes if n.group == group.name]
-        groups.append({"name": group.name, "min": group.min, "max": group.max,
+        groups.append({"name": group.name, "min": group.min, "max": group.max, "warm": group.warm,
                        "resources": group.resources,
                        "nodes": sum(1 for n in mine if n.state == "running"),
                        "starting": sum(1 for n in mine if n.state == "starting"),

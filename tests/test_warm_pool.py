@@ -138,3 +138,17 @@ def test_first_task_runs_on_the_warm_node_without_a_launch(warm_cluster: tuple[B
     wait_for(lambda: len(running()) == 1 and all(
         n["state"] == "running" for n in snapshot()["nodes"] if n["group"] == "cpu"), 60, "one warm node left")
     assert len(launches()) == 2, launches()
+
+
+def test_no_removal_countdown_for_the_nodes_a_warm_pool_keeps() -> None:
+    from jupyter_raykube import formatting as fmt
+
+    def node(name: str, idle_s: float) -> dict:
+        return {"name": name, "group": "cpu", "state": "running", "head": False, "idle_s": idle_s}
+
+    snap = {"idle_timeout_s": 60.0, "nodes": [node("a", 20.0), node("b", 0.0)],
+            "groups": [{"name": "cpu", "min": 0, "max": 3, "warm": 1, "nodes": 2}]}
+    assert fmt.seconds_until_removal(snap["nodes"][0], snap) is None  # the one idle node is the pool
+    two_idle = {**snap, "nodes": [node("a", 20.0), node("b", 50.0)]}
+    assert fmt.seconds_until_removal(two_idle["nodes"][0], two_idle) is None  # the least idle stays
+    assert fmt.seconds_until_removal(two_idle["nodes"][1], two_idle) == 10.0
