@@ -2,7 +2,7 @@
 needs, from jupyterhub_config.py (docs/jupyterhub.md):
 
     from jupyter_raykube import hub
-    c.KubeSpawner.pre_spawn_hook = hub.pre_spawn_hook    # the user's ServiceAccount + Role + RoleBinding
+    c.KubeSpawner.pre_spawn_hook = hub.pre_spawn_hook    # the user's namespace, quota, ServiceAccount + Role
     c.KubeSpawner.modify_pod_hook = hub.modify_pod_hook  # env, service account, downward API
     c.RayKubeHubPolicy.max_cpus = 16                     # caps, per group / user too
     c.KubeSpawner.profile_list = hub.ray_profile_list()  # optional: small / medium / gpu
@@ -23,21 +23,35 @@ import what they need when called.
 from __future__ import annotations
 
 import asyncio
-import json
-import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, Callable
 
-from traitlets import Dict, Float, Int, TraitError, Unicode, validate
-from traitlets.config import LoggingConfigurable
-
+from . import hub_namespace
 from .backends.registry import BACKEND_ENV
-from .policy import POLICY_ENV, Policy
+from .hub_policy import (
+    COUNT_KEYS,
+    POLICY_KEYS,
+    Cap,
+    RayKubeHubPolicy,
+    check_caps,
+    policy_env_value,
+    server_caps,
+    tightened,
+    updated,
+    user_caps,
+)
+from .policy import POLICY_ENV, QUOTA_NAME
 
 if TYPE_CHECKING:
     from kubespawner import KubeSpawner
+
+__all__ = [  # jupyterhub_config.py uses hub.<name>; the policy half lives in hub_policy.py
+    "COUNT_KEYS", "POLICY_KEYS", "ROLE_RULES", "Cap", "DEFAULT_PROFILES", "ProfileCaps", "RayKubeHubPolicy",
+    "RayProfile", "check_caps", "modify_pod_hook", "policy_env_value", "pre_spawn_hook", "ray_override",
+    "ray_profile_list", "server_caps", "tightened", "updated", "user_caps",
+]
 
 ENV_POD_NAME = "JUPYTER_POD_NAME"
 ENV_POD_UID = "JUPYTER_POD_UID"
@@ -45,9 +59,6 @@ ENV_NAMESPACE = "RAYKUBE_NAMESPACE"
 ENV_BACKEND = BACKEND_ENV
 ENV_POLICY = POLICY_ENV
 BACKEND = "kubernetes"
-
-COUNT_KEYS = ("max_gpus", "max_workers", "max_clusters")
-POLICY_KEYS = tuple(f.name for f in fields(Policy))  # the server reads exactly these (policy.py)
 
 RBAC_GROUP = "rbac.authorization.k8s.io"
 
@@ -57,127 +68,12 @@ RBAC_GROUP = "rbac.authorization.k8s.io"
 ROLE_RULES: tuple[dict[str, list[str]], ...] = (
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "get", "list", "watch", "patch", "delete"]},
     {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
-    {"apiGroups": [""], "resources": ["services", "secrets"], "verbs": ["create", "get", "list", "delete"]},
+    {"apiGroups": [""], "resources": ["services"], "verbs": ["create", "get", "list", "delete"]},
+    # Secrets by name only: a list or watch would hand over every token in the namespace.
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "get", "delete"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["list"]},
     {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["create", "get", "delete"]},
 )
-
-Cap = float | int | None
-
-
-# --- caps --------------------------------------------------------------------------------------
-
-
-def check_caps(data: Mapping[str, Any], where: str) -> dict[str, Cap]:
-    """Validate a partial set of caps ({"max_gpus": 2}); errors name `where`, the key and the value.
-    Counts become ints and whole numbers of CPUs/seconds too, so the JSON reads as typed."""
-    if not isinstance(data, Mapping):
-        raise ValueError(f"{where}: expected a mapping of caps, not {data!r}")
-    checked: dict[str, Cap] = {}
-    for key, value in data.items():
-        if key not in POLICY_KEYS:
-            raise ValueError(f"{where}: unknown cap {key!r}; allowed: {', '.join(POLICY_KEYS)}")
-        if value is None:
-            checked[key] = None
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            raise ValueError(f"{where}: {key} must be a number >= 0 or None (no cap), not {value!r}")
-        if key in COUNT_KEYS and value != int(value):
-            raise ValueError(f"{where}: {key} must be a whole number, not {value!r}")
-        checked[key] = int(value) if value == int(value) else float(value)
-    return checked
-
-
-def _looser(a: Cap, b: Cap) -> Cap:
-    return None if a is None or b is None else max(a, b)
-
-
-def _tighter(a: Cap, b: Cap) -> Cap:
-    return b if a is None else a if b is None else min(a, b)
-
-
-def updated(policy: Policy, caps: Mapping[str, Cap]) -> Policy:
-    """`policy` with the given caps replaced (by a group's or user's settings)."""
-    return replace(policy, **check_caps(caps, "caps"))
-
-
-def tightened(policy: Policy, caps: Mapping[str, Cap]) -> Policy:
-    """The stricter of `policy` and `caps`, key by key (a profile can only narrow a policy)."""
-    checked = check_caps(caps, "caps")
-    return replace(policy, **{k: _tighter(getattr(policy, k), v) for k, v in checked.items()})
-
-
-def policy_env_value(policy: Policy) -> str:
-    """RAYKUBE_POLICY: the server's own `Policy`, so hub and server cannot drift."""
-    return json.dumps(policy.to_json(), separators=(",", ":"))
-
-
-class RayKubeHubPolicy(LoggingConfigurable):
-    """Caps on each user's Ray clusters, set in jupyterhub_config.py as c.RayKubeHubPolicy.*.
-
-    A user's caps: the defaults below, then for each key set by any of the user's JupyterHub
-    groups the most generous of those groups' values (None, no cap, is the most generous),
-    then the user's own entry in `user_policies`. A chosen profile can only tighten the
-    result (`ray_profile_list`)."""
-
-    max_cpus = Float(None, allow_none=True, min=0, config=True,
-                     help="CPUs all of a user's Ray nodes may have together. None: no cap.")
-    max_gpus = Int(None, allow_none=True, min=0, config=True,
-                   help="GPUs all of a user's Ray nodes may have together. 0: no GPU groups. None: no cap.")
-    max_workers = Int(None, allow_none=True, min=0, config=True,
-                      help="Worker nodes one cluster may have. None: no cap.")
-    max_clusters = Int(None, allow_none=True, min=0, config=True,
-                       help="Clusters one user may run at once. None: no cap.")
-    max_lifetime_s = Float(None, allow_none=True, min=0, config=True,
-                           help="Seconds a cluster may live before it is stopped. None: no cap.")
-    idle_scale_down_s = Float(None, allow_none=True, min=0, config=True, help="""Longest time (s) an idle
-        worker node is kept before it is drained and removed; users may choose shorter. None: no cap.""")
-    idle_stop_s = Float(None, allow_none=True, min=0, config=True, help="""Longest time (s) a cluster with
-        no running work is kept before it is stopped; users may choose shorter. None: no cap.""")
-
-    group_policies = Dict(config=True, help="""Caps by JupyterHub group name, e.g.
-        {"gpu-users": {"max_gpus": 4}, "students": {"max_cpus": 4, "max_clusters": 1}}.
-        Only the keys given change; a user in several groups gets, key by key, the most
-        generous value (None, no cap, beats any number).""")
-
-    user_policies = Dict(config=True, help="""Caps by user name, applied after the groups':
-        {"alice": {"max_cpus": 64, "max_lifetime_s": None}}.""")
-
-    service_account_template = Unicode("raykube-{username}", config=True, help="""Name of the
-        ServiceAccount (and of its Role and RoleBinding) each user's server runs as, with
-        KubeSpawner's template fields ({username}, {userid}, {servername}, ...). Per user by
-        default. A fixed name makes every server in a namespace share one account.""")
-
-    @validate("group_policies", "user_policies")
-    def _check_overrides(self, proposal: Any) -> dict[str, Any]:
-        name = proposal["trait"].name
-        for key, caps in proposal["value"].items():
-            try:
-                check_caps(caps, f"{name}[{key!r}]")
-            except ValueError as exc:
-                raise TraitError(str(exc)) from exc
-        return proposal["value"]
-
-    def defaults(self) -> Policy:
-        return updated(Policy(), {key: getattr(self, key) for key in POLICY_KEYS})
-
-    def caps_for(self, user: str, groups: Sequence[str] = ()) -> Policy:
-        """The caps of `user`, member of `groups` (see the class docstring for the order)."""
-        caps = self.defaults()
-        granted: dict[str, Cap] = {}
-        for group in groups:
-            for key, value in check_caps(self.group_policies.get(group, {}), f"group_policies[{group!r}]").items():
-                granted[key] = _looser(granted[key], value) if key in granted else value
-        return updated(updated(caps, granted), self.user_policies.get(user, {}))
-
-    def caps_for_spawner(self, spawner: KubeSpawner) -> Policy:
-        user = spawner.user
-        return self.caps_for(user.name, [g.name for g in getattr(user, "groups", None) or ()])
-
-
-def user_caps(spawner: KubeSpawner) -> Policy:
-    """The caps of the spawner's user, from the hub's config (c.RayKubeHubPolicy)."""
-    return RayKubeHubPolicy(parent=spawner).caps_for_spawner(spawner)
 
 
 # --- profiles ----------------------------------------------------------------------------------
@@ -278,7 +174,28 @@ def modify_pod_hook(spawner: KubeSpawner, pod: Any) -> Any:
                             pod.spec.service_account_name)
     pod.spec.service_account_name = account
     pod.spec.automount_service_account_token = True
+    _restrict(pod)
     return pod
+
+
+def _restrict(pod: Any) -> None:
+    """Fill in what Pod Security `restricted` (the user's namespace's label) requires and the
+    Pod leaves unset; a value the admin set stays, and the apiserver judges it. KubeSpawner's
+    security contexts are camelCase dicts; a model (another hook's) is turned into one."""
+    from kubernetes_asyncio.client import ApiClient
+
+    def as_dict(context: Any) -> dict[str, Any]:
+        return dict(ApiClient().sanitize_for_serialization(context) or {})
+
+    pod_context = as_dict(pod.spec.security_context)
+    pod_context.setdefault("runAsNonRoot", True)
+    pod_context.setdefault("seccompProfile", {"type": "RuntimeDefault"})
+    pod.spec.security_context = pod_context
+    for container in [*(pod.spec.init_containers or ()), *pod.spec.containers]:
+        context = as_dict(container.security_context)
+        context.setdefault("allowPrivilegeEscalation", False)
+        context.setdefault("capabilities", {"drop": ["ALL"]})
+        container.security_context = context
 
 
 # --- the user's ServiceAccount, Role and RoleBinding -------------------------------------------
@@ -330,8 +247,21 @@ def _subjects(binding: Mapping[str, Any]) -> list[tuple[str, ...]]:
     return [tuple(s.get(k, "") for k in ("kind", "name", "namespace")) for s in binding.get("subjects") or ()]
 
 
+def _default_requests(limit_range: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    return [(item.get("type"), item.get("defaultRequest") or {}) for item in limit_range["spec"].get("limits") or ()]
+
+
+def _same_limits(existing: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    mine, theirs = _default_requests(wanted), _default_requests(existing)
+    return len(mine) == len(theirs) and all(
+        a[0] == b[0] and hub_namespace.same_quantities(a[1], b[1]) for a, b in zip(mine, theirs))
+
+
 _KINDS = {
     "ServiceAccount": _Kind("service_account", None),
+    "ResourceQuota": _Kind("resource_quota", lambda existing, wanted: hub_namespace.same_quantities(
+        (existing.get("spec") or {}).get("hard") or {}, wanted["spec"]["hard"])),
+    "LimitRange": _Kind("limit_range", _same_limits),
     "Role": _Kind("role", lambda existing, wanted: _rules(existing) == _rules(wanted)),
     "RoleBinding": _Kind("role_binding",
                          lambda existing, wanted: (_role_ref(existing), _subjects(existing))
@@ -390,12 +320,6 @@ async def ensure_user_rbac(spawner: KubeSpawner) -> str:
     from jupyterhub.utils import exponential_backoff
     from kubernetes_asyncio.client import RbacAuthorizationV1Api
 
-    # KubeSpawner applies the chosen profile (which may set `namespace`) and makes a per-user
-    # namespace only in start(), after this hook: do both now (each is idempotent).
-    await spawner.load_user_options()
-    if spawner.enable_user_namespaces:
-        await spawner._ensure_namespace()
-
     name = service_account_name(spawner)
     rbac = RbacAuthorizationV1Api(spawner.api.api_client)
     apis = {"ServiceAccount": spawner.api, "Role": rbac, "RoleBinding": rbac}
@@ -407,6 +331,82 @@ async def ensure_user_rbac(spawner: KubeSpawner) -> str:
     return name
 
 
+async def _ensure_namespace(spawner: KubeSpawner) -> bool:
+    """One attempt (for exponential_backoff) to make the user's namespace exist with KubeSpawner's
+    labels and annotations and the Pod Security labels; an existing one gets the latter."""
+    from kubernetes_asyncio.client.rest import ApiException
+
+    name, timeout = spawner.namespace, spawner.k8s_api_request_timeout
+    labels = {**spawner._expand_all(spawner.user_namespace_labels), **rbac_labels(spawner.user.name)}
+    body = hub_namespace.namespace_manifest(name, labels, spawner._expand_all(spawner.user_namespace_annotations))
+    try:
+        await asyncio.wait_for(spawner.api.create_namespace(body), timeout)
+        spawner.log.info("Ray: created namespace %s", name)
+        return True
+    except asyncio.TimeoutError:
+        return False
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+    try:
+        existing = (await asyncio.wait_for(spawner.api.read_namespace(name), timeout)).metadata.labels or {}
+        missing = {k: v for k, v in hub_namespace.POD_SECURITY_LABELS.items() if existing.get(k) != v}
+        if missing:
+            spawner.log.info("Ray: labelling namespace %s %s", name, missing)
+            await asyncio.wait_for(spawner.api.patch_namespace(name, {"metadata": {"labels": missing}}), timeout)
+        return True
+    except asyncio.TimeoutError:
+        return False
+    except ApiException as exc:
+        if exc.status == 404:  # deleted meanwhile: start over
+            return False
+        raise
+
+
+async def ensure_user_quota(spawner: KubeSpawner, settings: RayKubeHubPolicy) -> dict[str, str]:
+    """The ResourceQuota and LimitRange of the user's namespace, from the server's caps (a
+    profile's included) and c.RayKubeHubPolicy; returns the quota's `hard`."""
+    from jupyterhub.utils import exponential_backoff
+    from kubernetes.utils import parse_quantity
+
+    memory = int(parse_quantity(settings.max_memory)) if settings.max_memory is not None else None
+    hard = hub_namespace.quota_hard(server_caps(spawner), server_requests=hub_namespace.server_requests(spawner),
+                                    max_memory_bytes=memory, accelerators=settings.accelerator_resources)
+    labels = rbac_labels(spawner.user.name)
+    for body in (hub_namespace.quota_manifest(spawner.namespace, hard, labels),
+                 hub_namespace.limit_range_manifest(spawner.namespace, labels)):
+        await exponential_backoff(partial(_ensure, spawner, spawner.api, body),
+                                  f"Could not create {body['kind']} {spawner.namespace}/{body['metadata']['name']}",
+                                  timeout=spawner.k8s_api_request_retry_timeout)
+    # Until the quota controller has counted the namespace, admission refuses every Pod
+    # ("status unknown for quota"), the server's own included: wait for it here.
+    await exponential_backoff(partial(_quota_counted, spawner, hard),
+                              f"ResourceQuota {spawner.namespace}/{QUOTA_NAME} was not counted",
+                              timeout=spawner.k8s_api_request_retry_timeout)
+    return hard
+
+
+async def _quota_counted(spawner: KubeSpawner, hard: Mapping[str, str]) -> bool:
+    quota = await asyncio.wait_for(spawner.api.read_namespaced_resource_quota(QUOTA_NAME, spawner.namespace),
+                                   spawner.k8s_api_request_timeout)
+    counted = (quota.status.hard or {}) if quota.status is not None else {}
+    return hub_namespace.same_quantities(counted, hard)
+
+
 async def pre_spawn_hook(spawner: KubeSpawner) -> None:
-    """c.KubeSpawner.pre_spawn_hook: the user's ServiceAccount + Role + RoleBinding (ROLE_RULES)."""
+    """c.KubeSpawner.pre_spawn_hook: the user's own namespace (the default; a shared one only
+    with allow_shared_namespace), labelled for Pod Security `restricted`, with a ResourceQuota
+    and LimitRange from the policy; then the user's ServiceAccount + Role + RoleBinding."""
+    from jupyterhub.utils import exponential_backoff
+
+    settings = RayKubeHubPolicy(parent=spawner)
+    hub_namespace.use_user_namespaces_by_default(spawner)
+    # KubeSpawner applies the chosen profile (which may set `namespace`) and makes the user's
+    # namespace only in start(), after this hook: do both now (each is idempotent).
+    await spawner.load_user_options()
+    hub_namespace.check_namespace(spawner, settings.allow_shared_namespace)
+    if hub_namespace.is_per_user(spawner):
+        await exponential_backoff(partial(_ensure_namespace, spawner), f"Could not create namespace {spawner.namespace}",
+                                  timeout=spawner.k8s_api_request_retry_timeout)
+        await ensure_user_quota(spawner, settings)
     await ensure_user_rbac(spawner)

@@ -25,6 +25,7 @@ import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -75,9 +76,15 @@ class HubUser:
         return f"/user/{self.name}/"
 
 
+_KUBESPAWNER_KUBECONFIG: list[Path] = []
+
+
 @pytest.fixture(scope="session")
 def kubespawner_kubeconfig(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Where KubeSpawner's client looks for a kubeconfig (see the module docstring)."""
+    """Where KubeSpawner's client looks for a kubeconfig (see the module docstring). Made once
+    per process: tests/test_hub_isolation.py uses this fixture too."""
+    if _KUBESPAWNER_KUBECONFIG:
+        return _KUBESPAWNER_KUBECONFIG[0]
     path = tmp_path_factory.mktemp("kubespawner") / "kubeconfig"
     with pytest.MonkeyPatch.context() as env:
         env.setenv("KUBECONFIG", str(path))
@@ -85,6 +92,7 @@ def kubespawner_kubeconfig(tmp_path_factory: pytest.TempPathFactory) -> Path:
         from kubernetes_asyncio.config import kube_config
     if kube_config.KUBE_CONFIG_DEFAULT_LOCATION != str(path):
         pytest.fail("kubernetes_asyncio was imported before this fixture ran, so it reads another kubeconfig")
+    _KUBESPAWNER_KUBECONFIG.append(path)
     return path
 
 
@@ -101,16 +109,18 @@ def grant_hub(admin: ApiClient, kind: str, namespace: str, hub_namespace: str) -
                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": "raykube-hub"},
                "subjects": [{"kind": "ServiceAccount", "name": HUB_ACCOUNT, "namespace": hub_namespace}]}
     role = {"metadata": {"name": "raykube-hub"}, "rules": documented_hub_rules(kind)}
-    try:
-        if kind == "Role":
-            rbac.create_namespaced_role(namespace, role)
-            rbac.create_namespaced_role_binding(namespace, binding)
-        else:
-            rbac.create_cluster_role(role)
-            rbac.create_cluster_role_binding({**binding, "metadata": {"name": f"raykube-hub-{hub_namespace}"}})
-    except ApiException as exc:
-        if exc.status != 409:  # the ClusterRole, made by an earlier test
-            raise
+    if kind == "Role":
+        creates = [partial(rbac.create_namespaced_role, namespace, role),
+                   partial(rbac.create_namespaced_role_binding, namespace, binding)]
+    else:
+        creates = [partial(rbac.create_cluster_role, role), partial(
+            rbac.create_cluster_role_binding, {**binding, "metadata": {"name": f"raykube-hub-{hub_namespace}"}})]
+    for create in creates:
+        try:
+            create()
+        except ApiException as exc:
+            if exc.status != 409:  # the ClusterRole, made by an earlier test
+                raise
 
 
 @pytest.fixture
@@ -129,6 +139,10 @@ def hub_config(kube_control_plane: ControlPlane, hub_ns: str, kubespawner_kubeco
     c = Config()
     c.KubeSpawner.namespace = hub_ns
     c.KubeSpawner.k8s_api_request_retry_timeout = 10
+    # The shared layout, opted into: these tests are about the hooks' objects. The default
+    # (one namespace per user) is test_per_user_namespace's and tests/test_hub_isolation.py's.
+    c.KubeSpawner.enable_user_namespaces = False
+    c.RayKubeHubPolicy.allow_shared_namespace = True
     return c
 
 
@@ -319,11 +333,15 @@ def test_pod_gets_env_service_account_and_downward_api(hub_config: Config, hub_n
         {"name": "RAYKUBE_POLICY", "value": json.dumps(policy, separators=(",", ":"))},
     ]
     assert (after["spec"]["serviceAccountName"], after["spec"]["automountServiceAccountToken"]) == (ACCOUNT, True)
-    # Nothing else changed.
+    # What Pod Security "restricted" asks, where KubeSpawner left it unset; nothing else changed.
+    assert after["spec"]["securityContext"] == {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+    assert after["spec"]["containers"][0]["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert after["spec"]["containers"][0]["securityContext"]["allowPrivilegeEscalation"] is False
     for manifest in (before, after):
         manifest["spec"]["containers"][0].pop("env")
-        manifest["spec"].pop("serviceAccountName", None)
-        manifest["spec"].pop("automountServiceAccountToken", None)
+        manifest["spec"]["containers"][0].pop("securityContext", None)
+        for key in ("serviceAccountName", "automountServiceAccountToken", "securityContext"):
+            manifest["spec"].pop(key, None)
     assert after == before
 
     v1 = CoreV1Api(kube_admin)
@@ -435,10 +453,12 @@ def test_pre_spawn_hook_creates_rbac_idempotently_and_repairs_it(hub_config: Con
 @pytest.mark.k8s
 def test_per_user_namespace(hub_config: Config, hub_ns: str, kube_fault_proxy: FaultProxy, kube_admin: ApiClient,
                             kube_control_plane: ControlPlane) -> None:
-    """With enable_user_namespaces the hook makes the namespace (KubeSpawner would only in
-    start()), puts the objects there, and the server's Pod can then be created there."""
+    """By default (enable_user_namespaces not set) the hook makes the user's namespace
+    (KubeSpawner would only in start()), labelled for Pod Security "restricted", with the
+    quota of the policy, puts the objects there, and the server's Pod passes admission there."""
     grant_hub(kube_admin, "ClusterRole", "", hub_ns)
-    hub_config.KubeSpawner.enable_user_namespaces = True
+    del hub_config.KubeSpawner["enable_user_namespaces"], hub_config.RayKubeHubPolicy["allow_shared_namespace"]
+    hub_config.RayKubeHubPolicy.max_cpus = 8
     # KubeSpawner's default is {hubnamespace}-{username}; this test's hub namespace keeps it unique
     hub_config.KubeSpawner.user_namespace_template = hub_ns + "-{username}"
     hub_config.KubeSpawner.user_namespace_labels = {"team": "ml"}
@@ -458,7 +478,10 @@ def test_per_user_namespace(hub_config: Config, hub_ns: str, kube_fault_proxy: F
         assert_no_invalid_objects(kube_fault_proxy)
         assert namespace == user_namespace
         v1 = CoreV1Api(kube_admin)
-        assert v1.read_namespace(namespace).metadata.labels["team"] == "ml"
+        labels = v1.read_namespace(namespace).metadata.labels
+        assert (labels["team"], labels["pod-security.kubernetes.io/enforce"]) == ("ml", "restricted")
+        # 8 CPUs for Ray + the server's own request (KubeSpawner sets none: the LimitRange's 100m)
+        assert v1.read_namespaced_resource_quota("raykube", namespace).spec.hard == {"requests.cpu": "8100m"}
         assert_user_rbac(kube_admin, namespace)
         assert created.metadata.namespace == namespace and created.spec.service_account_name == ACCOUNT
         allowed = granted(documented_hub_rules("ClusterRole"))
@@ -466,3 +489,4 @@ def test_per_user_namespace(hub_config: Config, hub_ns: str, kube_fault_proxy: F
     finally:
         kube_control_plane.delete_namespace(user_namespace)
         RbacAuthorizationV1Api(kube_admin).delete_cluster_role_binding(f"raykube-hub-{hub_ns}")
+

@@ -68,7 +68,8 @@ MiB = 1024**2
 SMALL = {"memory": 512 * MiB, "object_store_memory": 128 * MiB}  # Ray's minimum object store is 75 MiB
 RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted"}
 ROLE = {("pods", v) for v in ("create", "get", "list", "watch", "patch", "delete")} | {("pods/log", "get")} \
-    | {(r, v) for r in ("services", "secrets") for v in ("create", "get", "list", "delete")} | {("events", "list")} \
+    | {("services", v) for v in ("create", "get", "list", "delete")} \
+    | {("secrets", v) for v in ("create", "get", "delete")} | {("events", "list")} \
     | {("networkpolicies", v) for v in ("create", "get", "delete")}
 _NODE_PORT_FLAGS = ("--node-manager-port", "--object-manager-port", "--dashboard-agent-grpc-port",
                     "--runtime-env-agent-port", "--metrics-export-port")

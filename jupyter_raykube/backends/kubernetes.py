@@ -261,15 +261,14 @@ class KubernetesBackend(KubernetesSettings):
         if self.owner:
             selector += f",{LABEL_OWNER}={objects.label_value(self.owner)}"
         pods = await self.api.list(Call("list", "pods"), self.core.list_namespaced_pod, selector)
-        secret_list = await self.api.list(Call("list", "secrets"), self.core.list_namespaced_secret, selector)
         service_list = await self.api.list(Call("list", "services"), self.core.list_namespaced_service, selector)
-        tokens = {labels_of(s).get(LABEL_CLUSTER_ID): token_of(s) for s in secret_list}
         heads = {(labels_of(p)[LABEL_CLUSTER], labels_of(p)[LABEL_CLUSTER_ID]): p for p in pods
                  if labels_of(p).get(LABEL_NODE_TYPE) == objects.HEAD and p.metadata.deletion_timestamp is None}
         found = []
         for (name, cluster_id), head in sorted(heads.items()):
             phase, message = pod_state(head)
-            token = tokens.get(cluster_id)
+            secret = await self._token_secret(name, cluster_id)
+            token = token_of(secret) if secret is not None else None
             reason = (f"its head Pod has exited ({message or head.status.phase})" if phase == "exited"
                       else "its token Secret is gone" if not token and age_of(head) > _ORPHAN_GRACE_S else "")
             if reason:
@@ -282,7 +281,7 @@ class KubernetesBackend(KubernetesSettings):
             if handle is not None:
                 found.append(handle)
         leftovers = {(labels_of(o)[LABEL_CLUSTER], labels_of(o)[LABEL_CLUSTER_ID])
-                     for o in [*pods, *secret_list, *service_list]
+                     for o in [*pods, *service_list]
                      if LABEL_CLUSTER_ID in labels_of(o) and age_of(o) > _ORPHAN_GRACE_S} - set(heads)
         for name, cluster_id in sorted(leftovers):
             self.log.info("Deleting leftovers of Ray cluster %s in %s (no head Pod)", name, self.namespace)
@@ -398,15 +397,27 @@ class KubernetesBackend(KubernetesSettings):
             async with anyio.create_task_group() as tg:
                 for pod in batch:
                     tg.start_soon(self._delete_pod, pod.metadata.name, cache)
-        for resource, list_fn, delete_fn in (
-                ("services", self.core.list_namespaced_service, self.core.delete_namespaced_service),
-                ("secrets", self.core.list_namespaced_secret, self.core.delete_namespaced_secret)):
-            for obj in await self.api.list(Call("list", resource), list_fn, selector):
-                await self.api.delete(Call("delete", resource, obj.metadata.name), delete_fn)
+        for service in await self.api.list(Call("list", "services"), self.core.list_namespaced_service, selector):
+            await self.api.delete(Call("delete", "services", service.metadata.name), self.core.delete_namespaced_service)
+        secret = await self._token_secret(name, cluster_id)
+        if secret is not None:
+            await self.api.delete(Call("delete", "secrets", secret.metadata.name), self.core.delete_namespaced_secret)
         if self.network_policy:
             await self.network_policies.delete(self._meta(name, cluster_id, "", {}, ()))
         if wait and pods:
             await self._wait_pods_gone(name, cluster_id)
+
+    async def _token_secret(self, name: str, cluster_id: str) -> Any | None:
+        """The cluster's token Secret, read by name: the Role grants no list/watch on Secrets."""
+        secret_name = self._meta(name, cluster_id, "", {}, ()).secret_name
+        call = Call("get", "secrets", secret_name)
+        try:
+            secret = await self.api.call(call, self.core.read_namespaced_secret, secret_name, self.namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise self.api.failed(call, exc) from exc
+        return secret if labels_of(secret).get(LABEL_CLUSTER_ID) == cluster_id else None
 
     async def _delete_pod(self, name: str, cache: PodReflector | None) -> None:
         deleted = await self.api.delete(Call("delete", "pods", name), self.core.delete_namespaced_pod)
