@@ -143,10 +143,10 @@ def test_node_table_totals_and_status_share_one_set_of_numbers() -> None:
     assert table.count("<tr data-node=") == 3
     assert table.index("w-1-head") < table.index("w-1-cpu-a")  # head first, then each group
     assert "idle 20 s, removed in 40 s" in table  # 2 nodes > min 0: the idle one goes at 60 s
-    assert "1.0 GiB / 2.0 GiB" in table  # memory in use reads as such, in GiB
+    assert "1 GiB / 2 GiB" in table  # memory in use reads as such, in GiB
     assert ">GPU<" not in table  # no group can have GPUs
     totals = totals_html(snap)
-    assert "3 / 3" not in totals and "0 / 3" in totals and "1.0 GiB / 6.0 GiB" in totals
+    assert "3 / 3" not in totals and "0 / 3" in totals and "1 GiB / 6 GiB" in totals
     lines = status_lines(snap)
     assert any("idle 20 s, removed in 40 s" in line for line in lines)
     events = [line for line in lines if "scale_up" in line]
