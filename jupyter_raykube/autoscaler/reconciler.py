@@ -15,7 +15,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Literal
 
@@ -130,6 +130,7 @@ class Reconciler:
     _next_round_s: float = 0.0  # when the round after this one is due (set by each round)
     _launches_held_back: bool = False  # the last plan wanted more nodes than were free to start
     _removing: set[str] = field(default_factory=set)  # nodes whose processes or Pods are being removed
+    _idle_since: dict[str, float] = field(default_factory=dict)  # node -> first seen idle (see _idle)
     _background: TaskGroup | None = None  # where `run` lets removals finish outside the rounds
 
     def wake(self) -> None:
@@ -192,6 +193,7 @@ class Reconciler:
         dead = {n.instance_id for n in state.nodes if n.status == "dead"}
         listed = {n.name for n in backend_nodes}
         self._provisioned_at = {n: t for n, t in self._provisioned_at.items() if n in listed}
+        self._idle_since = {n: t for n, t in self._idle_since.items() if n in listed}
         observed: list[ObservedNode] = []
         to_remove: list[Removal] = []
         self._steps = {n: step for n, step in self._steps.items() if n in listed}
@@ -219,7 +221,8 @@ class Reconciler:
                 why = node.message or "its Ray node died"
                 to_remove.append(Removal(node.name, RemovalCause.FAILED, f"{node.group} node {node.name} failed: {why}"))
             elif ray_node is not None:
-                observed.append(ObservedNode(node.name, node.group, "running", node.created_at, ray_node))
+                observed.append(ObservedNode(node.name, node.group, "running", node.created_at,
+                                             self._idle(node.name, ray_node, now)))
             elif node.provisioning:
                 self._provisioned_at[node.name] = now  # its join clock starts once it has a machine
                 observed.append(ObservedNode(node.name, node.group, "starting", node.created_at, None, node.message))
@@ -245,6 +248,18 @@ class Reconciler:
         elif node.step and self._steps.get(node.name) != node.step:
             self._steps[node.name] = node.step
             self.events.add(now, "info", f"{node.group} node {node.name}: {node.step}")
+
+    def _idle(self, name: str, ray_node: RayNode, now: float) -> RayNode:
+        """The node with its idle time counted from when it was first seen idle, not from Ray's
+        last restart of its clock: Ray restarts the idle clock of the other nodes when one
+        node drains (bench/README.md), so nodes that finished together would be removed one
+        idle timeout after another. Any round that sees the node busy starts it over."""
+        if ray_node.idle_s <= 0:
+            self._idle_since.pop(name, None)
+            return ray_node
+        since = min(self._idle_since.get(name, now), now - ray_node.idle_s)
+        self._idle_since[name] = since
+        return replace(ray_node, idle_s=now - since)
 
     async def _remove(self, removals: list[Removal]) -> None:
         async def remove(removal: Removal) -> None:
