@@ -100,8 +100,10 @@ class LocalClient:
             raise
 
 
-class ServerClient:
-    """Talks to the server extension's REST API (authenticated with the server's token)."""
+class RestSession:
+    """The server extension's REST API, authenticated with the server's token: one session and
+    one error mapping (404: ClusterNotFound, other 4xx/5xx: ClientError with the server's
+    message) for every kernel-side client."""
 
     def __init__(self, base_url: str, token: str, *, poll_s: float = 0.5) -> None:
         import requests  # a dependency of ray[default]
@@ -111,6 +113,23 @@ class ServerClient:
         if token:
             self.session.headers["Authorization"] = f"token {token}"
         self.poll_s = poll_s
+
+    def _request(self, method: str, path: str, body: Any = None, *, data: bytes | None = None,
+                 timeout: float = 60) -> Any:
+        response = self.session.request(method, self.base + path, json=body if data is None else None,
+                                        data=data, timeout=timeout)
+        if response.status_code == 404:
+            raise ClusterNotFound(_message(response))
+        if response.status_code >= 400:
+            raise ClientError(_message(response))
+        return response.json() if response.content else None
+
+
+class ServerClient(RestSession):
+    """The clusters, through the server extension's REST API."""
+
+    def __init__(self, base_url: str, token: str, *, poll_s: float = 0.5) -> None:
+        super().__init__(base_url, token, poll_s=poll_s)
         info = self._request("GET", "")
         self.owner = info["owner"]
         self.backend_name = info["backend"]
@@ -151,14 +170,6 @@ class ServerClient:
         """The cluster's events newer than `after`; the server holds the answer up to `wait_s`."""
         path = f"/clusters/{quote(name)}/events?after={after}&wait={wait_s}"
         return self._request("GET", path, timeout=wait_s + 30)["events"]
-
-    def _request(self, method: str, path: str, body: Any = None, timeout: float = 60) -> Any:
-        response = self.session.request(method, self.base + path, json=body, timeout=timeout)
-        if response.status_code == 404:
-            raise ClusterNotFound(_message(response))
-        if response.status_code >= 400:
-            raise ClientError(_message(response))
-        return response.json() if response.content else None
 
 
 def default_client() -> ClusterClient:

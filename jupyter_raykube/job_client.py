@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from .client import SERVER_TOKEN_ENV, SERVER_URL_ENV, ClientError, _message
+from .client import SERVER_TOKEN_ENV, SERVER_URL_ENV, ClientError, RestSession
 from .errors import ClusterNotFound
 from .jobs import FINAL_STATES
 
@@ -54,17 +54,8 @@ def _files(root: Path) -> Iterator[Path]:
                 yield Path(folder, name)
 
 
-class JobClient:
+class JobClient(RestSession):
     """Ray jobs through the Jupyter server's `/raykube/api/clusters/{name}/jobs` routes."""
-
-    def __init__(self, base_url: str, token: str, *, poll_s: float = 0.5) -> None:
-        import requests  # a dependency of ray[default]
-
-        self.base = base_url.rstrip("/") + "/raykube/api"
-        self.session = requests.Session()
-        if token:
-            self.session.headers["Authorization"] = f"token {token}"
-        self.poll_s = poll_s
 
     @classmethod
     def from_environment(cls) -> JobClient | None:
@@ -121,11 +112,7 @@ class JobClient:
                 return page["job"]
             time.sleep(self.poll_s)
 
-    def _request(self, method: str, path: str, body: Any = None, data: bytes | None = None) -> Any:
-        response = self.session.request(method, self.base + path, json=body if data is None else None,
-                                        data=data, timeout=300)
-        if response.status_code == 404:
-            raise ClusterNotFound(_message(response))
-        if response.status_code >= 400:
-            raise ClientError(_message(response))
-        return response.json() if response.content else None
+    def _request(self, method: str, path: str, body: Any = None, *, data: bytes | None = None,
+                 timeout: float = 300) -> Any:
+        """As RestSession's, with room for a working-dir upload and Ray's answer to it."""
+        return super()._request(method, path, body, data=data, timeout=timeout)
