@@ -21,6 +21,7 @@ import socket
 import string
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Collection, Mapping
 from contextlib import ExitStack
@@ -52,6 +53,7 @@ _HEAD_PORT_ENV = ("DASHBOARD_METRIC_PORT",)
 # every 100 ms, it is there within a round. One small RPC per raylet each time.
 _FAST_DEMAND_ENV = {"RAY_gcs_pull_resource_loads_period_milliseconds": "100"}
 _NODE_SITE = Path(__file__).with_name("node_site")
+_PORT_HOLD_S = 60.0  # how long a port handed to a starting node is not handed out again
 # Where our ports come from: above the ranges Ray allots by itself (its workers' gRPC ports,
 # `--min/--max-worker-port` 10002-19999, and Ray Client's per-connection servers, 23000-23999,
 # fixed in ray/util/client/server/proxier.py) and below the kernel's ephemeral range, so no
@@ -105,6 +107,10 @@ class LocalBackend(Backend):
         super().__init__(**kwargs)
         self.store = LocalStateStore(Path(self.state_dir) / "clusters")
         self._children: dict[str, subprocess.Popen[bytes]] = {}  # node name -> our Popen
+        # Ports handed to nodes that may not listen yet: a node starting beside it (several
+        # start at once) must not be handed the same free-looking port.
+        self._handed_out: dict[int, float] = {}
+        self._ports_lock = threading.Lock()
 
     def launch_concurrency(self) -> int:
         """Nodes share this machine, and each start runs several Python processes that import
@@ -139,7 +145,7 @@ class LocalBackend(Backend):
 
     def _create_cluster(self, spec: ClusterSpec, owner: str, token: str, owner_pid: int | None) -> ClusterHandle:
         uid = secrets.token_hex(6)
-        head_ports = _free_ports(3 + len(_HEAD_PORT_ENV))
+        head_ports = self._hand_out_ports(3 + len(_HEAD_PORT_ENV))
         gcs_port, dashboard_port, client_port = head_ports[:3]
         owner_ref = processes.ProcessRef(owner_pid, _create_time(owner_pid)) if owner_pid else None
         record: Record = {
@@ -193,7 +199,7 @@ class LocalBackend(Backend):
                     extra_env: Mapping[str, str], reserved: Collection[int] = ()) -> BackendNode:
         # The head's own ports are chosen before it listens on them: never hand them out again.
         taken = {int(a.rsplit(":", 1)[-1]) for a in (handle.address, handle.dashboard_address, handle.client_address)}
-        ports = _free_ports(len(_NODE_PORT_FLAGS), avoid=taken | set(reserved))
+        ports = self._hand_out_ports(len(_NODE_PORT_FLAGS), avoid=taken | set(reserved))
         # One temp dir per node: nodes sharing one race for the same socket names.
         temp_dir = os.path.join(handle.details["temp_dir"], name.rsplit("-", 1)[-1])
         args = [*args, f"--node-ip-address={self.node_ip}", f"--temp-dir={temp_dir}",
@@ -209,6 +215,16 @@ class LocalBackend(Backend):
             processes.terminate_group(ref, child=proc, grace_s=self.stop_grace_s)
             raise ClusterNotFound(f"cluster {handle.name!r} was stopped while a node was starting")
         return BackendNode(name=name, group=group, phase="running", created_at=created)
+
+    def _hand_out_ports(self, count: int, avoid: Collection[int] = frozenset()) -> list[int]:
+        """Free ports not handed to another node in the last minute (Ray binds them seconds
+        after they are chosen)."""
+        with self._ports_lock:
+            now = time.monotonic()
+            self._handed_out = {p: t for p, t in self._handed_out.items() if now - t < _PORT_HOLD_S}
+            ports = _free_ports(count, avoid=set(avoid) | set(self._handed_out))
+            self._handed_out.update((p, now) for p in ports)
+            return ports
 
     def _node_env(self, handle: ClusterHandle, node: str, group: str,
                   extra: Mapping[str, str]) -> dict[str, str]:
