@@ -43,6 +43,7 @@ class ClusterClient(Protocol):
     def list(self) -> list[Snapshot]: ...
     def attach(self, name: str) -> Snapshot: ...
     def events(self, name: str, after: int, wait_s: int) -> list[dict[str, Any]]: ...
+    def node_log(self, name: str, node: str, filename: str, lines: int) -> str: ...
 
 
 class LocalClient:
@@ -83,6 +84,14 @@ class LocalClient:
         """The cluster's events newer than `after`, waiting up to `wait_s` for one."""
         cluster = self.blocking.call(self.manager.get, name)
         return [e.to_json() for e in self.blocking.call(cluster.events.wait_after, after, wait_s)]
+
+    def node_log(self, name: str, node: str, filename: str, lines: int) -> str:
+        """The last `lines` of one of a node's Ray log files (what its process printed, before
+        it is in Ray)."""
+        from .node_logs import read_node_log  # tornado's HTTP client: only when asked
+
+        cluster = self.blocking.call(self.manager.get, name)
+        return str(self.blocking.call(read_node_log, self.manager, cluster, node, filename, lines)["logs"])
 
     def _watch(self, start: Callable[[Progress], Any], progress: Progress) -> Any:
         """Run a manager coroutine on its loop; relay its progress on this thread; Ctrl-C cancels."""
@@ -170,6 +179,10 @@ class ServerClient(RestSession):
         """The cluster's events newer than `after`; the server holds the answer up to `wait_s`."""
         path = f"/clusters/{quote(name)}/events?after={after}&wait={wait_s}"
         return self._request("GET", path, timeout=wait_s + 30)["events"]
+
+    def node_log(self, name: str, node: str, filename: str, lines: int) -> str:
+        path = f"/clusters/{quote(name)}/nodes/{quote(node, safe='')}/logs?file={quote(filename)}&lines={lines}"
+        return str(self._request("GET", path)["logs"])
 
 
 def default_client() -> ClusterClient:

@@ -148,7 +148,7 @@ class RayClusterMagics(Magics):
             from .widgets import ClusterWidget
 
             client = self.client
-            return ClusterWidget(name, client.status, initial=snap, stop=client.stop,
+            return ClusterWidget(name, client.status, initial=snap, stop=client.stop, node_log=client.node_log,
                                  scale=lambda n, g, lo, hi: client.scale(n, g, lo, hi, _no_progress, wait=False))
         return ClusterStatus(snap)
 

@@ -11,14 +11,20 @@ import json
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import anyio
 from tornado import httpclient
 
 from .backends.base import Backend, ClusterHandle
-from .errors import BackendError, SpecError
+from .errors import BackendError, ClusterNotFound, SpecError
 
+if TYPE_CHECKING:
+    from .cluster import Cluster
+    from .manager import ClusterManager
+
+_PATH = re.compile(r"(?<![\w.])/[^\s'\"]+")
 LOG_FILE = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")  # a file name in Ray's logs dir, no path
 MAX_LINES = 5000
 FAILURE_LINES = 15  # per file, in a failed node's event
@@ -37,6 +43,28 @@ def check_log_file(name: str) -> str:
         raise SpecError("file", name, "a log file name of the node, e.g. raylet.out or worker-<id>.out "
                                       "(GET .../logs without file lists them)")
     return name
+
+
+class NodeNotFound(ClusterNotFound):
+    """The cluster has no node of that name (REST: 404)."""
+
+
+async def read_node_log(manager: ClusterManager, cluster: Cluster, node: str, filename: str | None,
+                        lines: int) -> dict[str, Any]:
+    """A node's log files (no `filename`), or a file's last `lines`; a node not in Ray (yet)
+    answers with what its process or Pod printed. What REST, the widget and the sidebar show."""
+    cluster = await manager.refresh(cluster)
+    assert cluster.handle is not None
+    nodes = {n["name"]: n for n in cluster.snapshot()["nodes"]}
+    if node not in nodes:
+        raise NodeNotFound(f"cluster {cluster.name!r} has no node {node[:80]!r}; it has: {', '.join(sorted(nodes))}")
+    ray_id = nodes[node].get("id") or ""
+    if not ray_id:
+        return {"node": node, "file": None, "logs": await manager.backend.logs(cluster.handle, node, tail=lines)}
+    logs = RayLogs(cluster.handle.dashboard_address, manager.token)
+    if filename is None:
+        return {"node": node, "files": await logs.files(ray_id)}
+    return {"node": node, "file": filename, "logs": await logs.tail(ray_id, check_log_file(filename), lines)}
 
 
 class RayLogs:
@@ -67,8 +95,10 @@ class RayLogs:
                 text = json.loads(text).get("msg") or text
             except (ValueError, AttributeError):
                 pass
-            if response.code in (400, 404):
-                raise SpecError("file", params.get("filename", ""), f"Ray has no such log on this node ({text[:200]})")
+            text = _PATH.sub("<path>", text)  # Ray names files by their path on the node
+            if response.code in (400, 404) or "not found" in text.lower():  # Ray 2.60 says so with a 500
+                raise SpecError("file", params.get("filename", ""), "a log file this node has (GET .../logs "
+                                                                    "without file lists them)")
             raise BackendError(f"Ray's log API answered {response.code}: {text[:300]}")
         return response.body or b""
 

@@ -26,6 +26,7 @@ import ipywidgets as w
 from . import connect
 from .backends.base import ClusterNotFound
 from .display import demand_html, events_html, header_html, nodes_html, status_lines, totals_html
+from .widget_logs import NodeLog, NodeLogPanel
 
 Snapshot = Mapping[str, Any]
 Fetch = Callable[[str], Snapshot]
@@ -109,7 +110,7 @@ class ClusterWidget(w.VBox):
 
     def __init__(self, name: str, fetch: Fetch, *, initial: Snapshot | None = None,
                  scale: Scale | None = None, stop: Callable[[str], Any] | None = None,
-                 interval_s: float = 1.0) -> None:
+                 node_log: NodeLog | None = None, interval_s: float = 1.0) -> None:
         self.cluster_name = name
         self._fetch = fetch
         self._scale = scale
@@ -120,6 +121,7 @@ class ClusterWidget(w.VBox):
         self.nodes = w.HTML()
         self.demand = w.HTML()
         self.events = w.HTML()
+        self.logs = NodeLogPanel(name, node_log)
         self.message = w.HTML()
         self.stop_button = w.Button(description="Stop cluster", button_style="danger", icon="stop",
                                     disabled=stop is None, tooltip=f"Stop {name} (asks first)")
@@ -136,7 +138,7 @@ class ClusterWidget(w.VBox):
         self._groups: dict[str, GroupControls] = {}
         self._idle_since: dict[str, float] = {}
         super().__init__([self.header, self.totals, self.groups_box, self.nodes, self.demand, self.events,
-                          w.HBox([self.stop_button, self.message]), self.confirm])
+                          self.logs, w.HBox([self.stop_button, self.message]), self.confirm])
         self.add_class("raykube-widget")
         self._stopped = threading.Event()
         self.snapshot: Snapshot = initial or fetch(name)
@@ -173,6 +175,7 @@ class ClusterWidget(w.VBox):
         self.nodes.value = nodes_html(snap, self._anchor_idle_times(snap))
         self.demand.value = demand_html(snap["demand"])
         self.events.value = events_html(snap["events"])
+        self.logs.follow_nodes([n["name"] for n in snap["nodes"]])
 
     def _anchor_idle_times(self, snap: Snapshot) -> dict[str, float]:
         """When each idle node became idle, kept from refresh to refresh (moved only when the
@@ -201,6 +204,7 @@ class ClusterWidget(w.VBox):
         for controls in self._groups.values():
             controls.disable()
         self.stop_button.disabled = True
+        self.logs.disable()
         self.confirm.layout.display = "none"
         self.message.value = ""
 

@@ -178,10 +178,17 @@ def test_widget_follows_a_scale_up_and_the_stop(blocking_manager: BlockingManage
     snap = client.start({"name": "t-widget", "idle_timeout_s": 30, "groups": [{"name": "cpu", "cpus": 1, "max": 1}]},
                         lambda *_: None)
     uid = blocking_manager.manager.backend.store.read("t-widget")["uid"]
-    widget = ClusterWidget("t-widget", client.status, initial=snap, stop=client.stop,
+    widget = ClusterWidget("t-widget", client.status, initial=snap, stop=client.stop, node_log=client.node_log,
                            scale=lambda n, g, lo, hi: client.scale(n, g, lo, hi, lambda *_: None, wait=False))
     try:
         assert "t-widget-head" in widget.nodes.value and "t-widget-cpu" not in widget.nodes.value
+        # The head's raylet log, through Ray's log API; a file it does not have is said where asked
+        assert widget.logs.node.options == ("t-widget-head",)
+        widget.logs.show.click()
+        assert "<pre" in widget.logs.output.value and "raylet" in widget.logs.output.value.lower()
+        widget.logs.file.value = "no-such.log"
+        widget.logs.show.click()
+        assert "file=&#x27;no-such.log&#x27; is not allowed" in widget.logs.output.value and "/tmp" not in widget.logs.output.value
         cpu = widget.group_controls("cpu")
         assert "0 running" in cpu.counts.value
         cpu.fields["min"].value = 1
@@ -190,9 +197,10 @@ def test_widget_follows_a_scale_up_and_the_stop(blocking_manager: BlockingManage
         wait_for(lambda: "t-widget-cpu" in widget.nodes.value, 120, "the new cpu node in the widget")
         wait_for(lambda: "1 running" in cpu.counts.value, 60, "the group row to count the node")
         assert "launched 1 cpu node" in widget.events.value
+        assert len(widget.logs.node.options) == 2  # the new node's logs are offered too
         widget.stop_button.click()
         widget.confirm_button.click()
-        assert not widget.live
+        assert not widget.live and widget.logs.show.disabled
         assert cluster_processes(uid) == []
     finally:
         widget.close()

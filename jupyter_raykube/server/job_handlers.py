@@ -15,7 +15,7 @@ from tornado import web
 
 from ..jobs import JobNotFound, RayJobs, check_package_name
 from ..manager import Cluster
-from ..node_logs import RayLogs, check_lines, check_log_file
+from ..node_logs import check_lines, check_log_file, read_node_log
 from .handlers import RayKubeHandler, mapped_errors
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
@@ -134,18 +134,4 @@ class NodeLogsHandler(ClusterApiHandler):
         filename = self.get_query_argument("file", None)
         if filename is not None:
             check_log_file(filename)
-        cluster = await self.manager.refresh(await self.running(name))
-        assert cluster.handle is not None
-        nodes = {n["name"]: n for n in cluster.snapshot()["nodes"]}
-        if node not in nodes:
-            raise web.HTTPError(404, f"cluster {name!r} has no node {node[:80]!r}; it has: {', '.join(sorted(nodes))}")
-        ray_id = nodes[node].get("id") or ""
-        if not ray_id:  # not in Ray (yet): what its process or Pod printed
-            text = await self.manager.backend.logs(cluster.handle, node, tail=lines)
-            self.reply({"node": node, "file": None, "logs": text})
-            return
-        logs = RayLogs(cluster.handle.dashboard_address, self.manager.token)
-        if filename is None:
-            self.reply({"node": node, "files": await logs.files(ray_id)})
-            return
-        self.reply({"node": node, "file": filename, "logs": await logs.tail(ray_id, filename, lines)})
+        self.reply(await read_node_log(self.manager, await self.running(name), node, filename, lines))
