@@ -21,7 +21,7 @@ from .backends.base import Backend
 from .backends.registry import AUTO, CHOICES, backend_setting_from_env, build_backend, resolve_backend
 from .errors import SpecError
 from .policy import Policy, PolicyTrait
-from .spec import DEFAULT_IDLE_TIMEOUT_S, ClusterSpec, WorkerGroup, parse_group
+from .spec import DEFAULT_IDLE_TIMEOUT_S, ClusterSpec, WorkerGroup, parse_group_setting
 
 _NAME_CHARS = re.compile(r"[^a-z0-9-]+")
 
@@ -182,12 +182,7 @@ class ManagerSettings(LoggingConfigurable):
 
 
 def _parse_default_groups(items: list[dict[str, Any]]) -> tuple[WorkerGroup, ...]:
-    groups = []
-    for index, item in enumerate(items):
-        if not isinstance(item.get("name"), str):
-            raise TraitError(f"default_groups[{index}] needs a \"name\" string, got {item!r}")
-        try:
-            groups.append(parse_group(item))
-        except SpecError as exc:
-            raise TraitError(f"default_groups: {exc}") from None
-    return tuple(groups)
+    try:
+        return parse_group_setting("default_groups", items)
+    except SpecError as exc:
+        raise TraitError(str(exc)) from None

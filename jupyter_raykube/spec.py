@@ -306,6 +306,23 @@ def parse_group_changes(changes: Mapping[str, Any], base: tuple[WorkerGroup, ...
     return tuple(by_name.values())
 
 
+def parse_group_setting(setting: str, items: Any) -> tuple[WorkerGroup, ...]:
+    """A configured list of group objects (c.ClusterManager.default_groups,
+    c.KubernetesBackend.default_worker_groups): a SpecError names the setting and the entry."""
+    if not isinstance(items, (list, tuple)):
+        raise SpecError(setting, items, "a list of group objects, e.g. [{\"name\": \"cpu\", \"max\": 4}]")
+    groups = []
+    for index, item in enumerate(items):
+        if not isinstance(item, Mapping) or not isinstance(item.get("name"), str):
+            raise SpecError(f"{setting}[{index}]", item, 'a group object with a "name" string')
+        try:
+            groups.append(parse_group(item))
+        except SpecError as exc:
+            key = exc.field.removeprefix(f"groups.{item['name']}.")
+            raise SpecError(f"{setting}[{index}].{key}", exc.value, exc.allowed) from None
+    return tuple(groups)
+
+
 def parse_group(data: Mapping[str, Any], base: WorkerGroup | None = None) -> WorkerGroup:
     """One group object; keys not given keep `base`'s values."""
     name = data["name"]

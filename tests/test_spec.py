@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from jupyter_raykube.spec import (ClusterSpec, SpecError, WorkerGroup, default_groups, parse_bytes,
-                                  parse_cpus, parse_range)
+from jupyter_raykube.spec import (ClusterSpec, SpecError, WorkerGroup, default_groups, parse_bytes, parse_cpus,
+                                  parse_group_setting, parse_range)
 
 
 def test_defaults_have_a_cpu_and_a_gpu_group() -> None:
@@ -80,3 +80,15 @@ def test_from_dict_merges_named_groups_with_defaults() -> None:
                                  defaults=base)
     assert spec.name == "b"
     assert spec.group("cpu") == WorkerGroup("cpu", cpus=1, min=0, max=2, memory=2 * 1024**3)
+
+
+def test_a_configured_group_list_names_the_setting_and_the_entry() -> None:
+    groups = parse_group_setting("default_groups", [{"name": "a100", "gpus": 1, "max": 2}])
+    assert [(g.name, g.gpus, g.max) for g in groups] == [("a100", 1, 2)]
+    for items, message in (
+            ([{"name": "cpu", "max": -1}], "default_groups[0].max=-1 is not allowed: a whole number from 0 to 1000"),
+            ([{"name": "cpu"}, {"max": 1}], "default_groups[1]={'max': 1} is not allowed: a group object with a "),
+            ("cpu", "default_groups='cpu' is not allowed: a list of group objects")):
+        with pytest.raises(SpecError) as info:
+            parse_group_setting("default_groups", items)
+        assert str(info.value).startswith(message), info.value

@@ -18,7 +18,7 @@ from kubernetes.config.config_exception import ConfigException
 from traitlets import Bool, Dict, Enum, Float, Int, List, TraitError, Unicode, default, validate
 
 from ..errors import BackendError
-from ..spec import SpecError, WorkerGroup, parse_group
+from ..spec import SpecError, WorkerGroup, parse_group_setting
 from ..versions import default_image
 from .base import Backend
 from .k8s_phases import StartTimeouts
@@ -314,16 +314,10 @@ class KubernetesSettings(Backend):
 
 
 def _parse_groups(items: list[dict[str, Any]]) -> tuple[WorkerGroup, ...]:
-    """TraitError naming the entry, else the groups."""
-    groups = []
-    for index, item in enumerate(items):
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-            raise TraitError(f"default_worker_groups[{index}] = {item!r}: a group object with a \"name\" string")
-        try:
-            groups.append(parse_group(item))
-        except SpecError as exc:
-            raise TraitError(f"default_worker_groups: {exc}") from None
-    return tuple(groups)
+    try:
+        return parse_group_setting("default_worker_groups", items)
+    except SpecError as exc:
+        raise TraitError(str(exc)) from None
 
 
 def choose_images(image_map: Mapping[str, str], server_image: str, ray_version: str = "",
