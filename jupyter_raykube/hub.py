@@ -263,6 +263,7 @@ _KINDS = {
         (existing.get("spec") or {}).get("hard") or {}, wanted["spec"]["hard"])),
     "LimitRange": _Kind("limit_range", _same_limits),
     "Role": _Kind("role", lambda existing, wanted: _rules(existing) == _rules(wanted)),
+    "NetworkPolicy": _Kind("network_policy", lambda existing, wanted: existing.get("spec") == wanted["spec"]),
     "RoleBinding": _Kind("role_binding",
                          lambda existing, wanted: (_role_ref(existing), _subjects(existing))
                          == (_role_ref(wanted), _subjects(wanted)),
@@ -331,6 +332,22 @@ async def ensure_user_rbac(spawner: KubeSpawner) -> str:
     return name
 
 
+async def ensure_server_egress(spawner: KubeSpawner) -> None:
+    """The NetworkPolicy that lets the user's server Pod reach the user's Ray Pods (the one
+    Zero to JupyterHub's egress rules would otherwise block; docs/kubernetes.md)."""
+    from jupyterhub.utils import exponential_backoff
+    from kubernetes_asyncio.client import NetworkingV1Api
+
+    from .backends.k8s_network import server_selector
+
+    server = server_selector(spawner._build_pod_labels(spawner._expand_all(spawner.extra_labels)))
+    body = hub_namespace.server_egress_manifest(service_account_name(spawner), spawner.namespace, server,
+                                                rbac_labels(spawner.user.name))
+    await exponential_backoff(partial(_ensure, spawner, NetworkingV1Api(spawner.api.api_client), body),
+                              f"Could not create NetworkPolicy {spawner.namespace}/{body['metadata']['name']}",
+                              timeout=spawner.k8s_api_request_retry_timeout)
+
+
 async def _ensure_namespace(spawner: KubeSpawner) -> bool:
     """One attempt (for exponential_backoff) to make the user's namespace exist with KubeSpawner's
     labels and annotations and the Pod Security labels; an existing one gets the latter."""
@@ -396,7 +413,8 @@ async def _quota_counted(spawner: KubeSpawner, hard: Mapping[str, str]) -> bool:
 async def pre_spawn_hook(spawner: KubeSpawner) -> None:
     """c.KubeSpawner.pre_spawn_hook: the user's own namespace (the default; a shared one only
     with allow_shared_namespace), labelled for Pod Security `restricted`, with a ResourceQuota
-    and LimitRange from the policy; then the user's ServiceAccount + Role + RoleBinding."""
+    and LimitRange from the policy; then the user's ServiceAccount + Role + RoleBinding, and the
+    NetworkPolicy that lets the server reach its Ray Pods."""
     from jupyterhub.utils import exponential_backoff
 
     settings = RayKubeHubPolicy(parent=spawner)
@@ -410,3 +428,4 @@ async def pre_spawn_hook(spawner: KubeSpawner) -> None:
                                   timeout=spawner.k8s_api_request_retry_timeout)
         await ensure_user_quota(spawner, settings)
     await ensure_user_rbac(spawner)
+    await ensure_server_egress(spawner)

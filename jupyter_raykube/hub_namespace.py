@@ -103,6 +103,17 @@ def limit_range_manifest(namespace: str, labels: Mapping[str, str]) -> dict[str,
             "spec": {"limits": [{"type": "Container", "defaultRequest": dict(DEFAULT_CONTAINER_REQUESTS)}]}}
 
 
+def server_egress_manifest(name: str, namespace: str, server_labels: Mapping[str, str],
+                           ray_pod_labels: Mapping[str, str]) -> dict[str, Any]:
+    """The user's server Pod may connect to the user's own Ray Pods, whatever else limits its
+    egress. Zero to JupyterHub's singleuser NetworkPolicy allows no private IPs, and Pod IPs are
+    private; NetworkPolicies add up, so this one opens exactly that path and nothing else."""
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": name, "namespace": namespace, "labels": dict(ray_pod_labels)},
+            "spec": {"podSelector": {"matchLabels": dict(server_labels)}, "policyTypes": ["Egress"],
+                     "egress": [{"to": [{"podSelector": {"matchLabels": dict(ray_pod_labels)}}]}]}}
+
+
 def server_requests(spawner: KubeSpawner) -> dict[str, float]:
     """CPUs and bytes the server's own container requests (the LimitRange's default if none)."""
     from kubernetes.utils import parse_quantity

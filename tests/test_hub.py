@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml
 from jupyterhub.objects import Hub
-from kubernetes.client import ApiClient, CoreV1Api, RbacAuthorizationV1Api
+from kubernetes.client import ApiClient, CoreV1Api, NetworkingV1Api, RbacAuthorizationV1Api
 from kubernetes.client.exceptions import ApiException
 from traitlets import TraitError
 from traitlets.config import Config
@@ -412,6 +412,13 @@ def assert_user_rbac(kube_api_client: ApiClient, namespace: str) -> None:
     assert role["rules"] == [dict(rule) for rule in hub.ROLE_RULES]
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": ACCOUNT}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": ACCOUNT, "namespace": namespace}]
+    # The server Pod (KubeSpawner's labels) may connect to this user's Ray Pods, and to nothing more
+    egress = as_json(NetworkingV1Api(kube_api_client).read_namespaced_network_policy(ACCOUNT, namespace))
+    assert egress["metadata"]["labels"] == labels
+    assert egress["spec"] == {
+        "podSelector": {"matchLabels": {"component": "singleuser-server", "hub.jupyter.org/servername": "",
+                                        "hub.jupyter.org/username": ACCOUNT.removeprefix("raykube-")}},
+        "policyTypes": ["Egress"], "egress": [{"to": [{"podSelector": {"matchLabels": labels}}]}]}
 
 
 @pytest.mark.k8s
