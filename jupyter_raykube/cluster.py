@@ -11,6 +11,7 @@ import anyio
 
 from .autoscaler.reconciler import Observation, Reconciler
 from .backends.base import Backend, ClusterHandle
+from .cost import CostMeter
 from .events import EventLog
 from .policy import Policy
 from .snapshot import SnapshotJson, cluster_snapshot
@@ -41,6 +42,7 @@ class Cluster:
     saved_ranges: dict[str, tuple[int, int]] | None = None  # group ranges before an idle scale-to-0
     start_scope: anyio.CancelScope | None = None  # a background start, cancelled by stop()
     start_done: anyio.Event | None = None  # set once a background start has finished or cleaned up
+    cost: CostMeter = field(default_factory=CostMeter)
 
     @property
     def name(self) -> str:

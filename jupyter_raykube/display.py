@@ -30,6 +30,8 @@ def status_lines(snap: Snapshot) -> list[str]:
     lines.append(f"  address: {snap['address']}   dashboard: {snap['dashboard_url']}")
     if (snap.get("policy") or {}).get("summary"):
         lines.append(f"  limits: {snap['policy']['summary']}")
+    if snap.get("cost"):
+        lines.append(f"  cost: {fmt.cost_text(snap['cost'])}")
     for group in snap["groups"]:
         lines.append(f"  group {group['name']}: {group['nodes']} running, {group['starting']} starting"
                      f" (min {group['min']}, max {group['max']})")
@@ -150,6 +152,8 @@ def totals_html(snap: Snapshot) -> str:
     parts.append(("memory", bar(*_sum(nodes, "memory"), fmt.bytes_usage(*_sum(nodes, "memory")))))
     store = (sum(n["object_store_used_bytes"] for n in nodes), sum(n["object_store_total_bytes"] for n in nodes))
     parts.append(("object store", bar(*store, fmt.bytes_usage(*store))))
+    if snap.get("cost"):
+        parts.append(("cost", html.escape(fmt.cost_text(snap["cost"]))))
     cells = "".join(f"<span style='white-space:nowrap'><span style='{_MUTED}'>{label}</span> {b}</span>"
                     for label, b in parts)
     return f"<div class='raykube-totals' style='display:flex;flex-wrap:wrap;gap:2px 14px;margin:4px 0;font-size:12px'>{cells}</div>"

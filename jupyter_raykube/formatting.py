@@ -101,3 +101,13 @@ def idle_text(node: Mapping[str, Any], snap: Mapping[str, Any]) -> str:
     text = f"idle {duration(node['idle_s'])}"
     left = seconds_until_removal(node, snap)
     return text if left is None else f"{text}, removed in {duration(left)}"
+
+
+def cost_text(cost: Mapping[str, Any] | None) -> str:
+    """``2.4/h now, 0.35 so far; 3.1 of your budget of 10`` (the snapshot's `cost`), or ""."""
+    if not cost:
+        return ""
+    text = f"{number(cost['per_hour'])}/h now, {number(cost['so_far'])} so far"
+    if cost.get("budget") is not None:
+        text += f"; {number(cost['user_so_far'])} of your budget of {number(cost['budget'])}"
+    return text

@@ -99,6 +99,11 @@ class RayKubeHubPolicy(LoggingConfigurable):
     idle_stop_s = Float(None, allow_none=True, min=0, config=True, help="""Longest time (s) a cluster with
         no running work is kept before it is stopped; users may choose shorter. None: no cap.""")
 
+    budget = Float(None, allow_none=True, min=0, config=True, help="""What all of a user's clusters
+        on their server may cost, in the unit of the groups' `cost` (a price per node-hour, e.g.
+        c.KubernetesBackend.default_worker_groups with "cost": 0.4). At 80 % an event warns, at
+        100 % every group is scaled to 0 workers. Counted since the server started. None: no budget.""")
+
     group_policies = Dict(config=True, help="""Caps by JupyterHub group name, e.g.
         {"gpu-users": {"max_gpus": 4}, "students": {"max_cpus": 4, "max_clusters": 1}}.
         Only the keys given change; a user in several groups gets, key by key, the most

@@ -44,6 +44,7 @@ class ClusterManager(ManagerSettings):
         super().__init__(**kwargs)
         self._clusters: dict[str, Cluster] = {}
         self._forgotten: dict[str, float] = {}  # name -> when this manager stopped that cluster
+        self._retired_cost = 0.0  # what stopped clusters cost (CostMeter.so_far), for the budget
         self._registry_lock = anyio.Lock()  # name checks and inserts of new clusters
         self._backends: dict[str, Backend] = {self.backend.name: self.backend}
         self._tg: TaskGroup | None = None
@@ -354,7 +355,7 @@ class ClusterManager(ManagerSettings):
 
         self._tg.start_soon(autoscale, name=f"raykube-autoscaler-{cluster.name}")
         limits = LimitsKeeper(cluster, interval_s=self.autoscale_interval_s, set_spec=self._set_spec,
-                              stop=self._stop, log=self.log)
+                              stop=self._stop, log=self.log, user_spent=self._user_spent)
         self._tg.start_soon(limits.run, name=f"raykube-policy-{cluster.name}")
 
     async def _fail(self, cluster: Cluster, exc: BaseException, started: float, *, keep: bool) -> None:
@@ -402,7 +403,14 @@ class ClusterManager(ManagerSettings):
         with anyio.CancelScope(shield=True):
             await cluster.backend.delete_cluster(cluster.handle)
 
+    def _user_spent(self) -> float:
+        """What the owner's clusters have cost since this manager started (the policy's budget)."""
+        return self._retired_cost + sum(c.cost.so_far for c in self._clusters.values())
+
     def _forget(self, cluster: Cluster, reason: str) -> None:
+        if self._clusters.get(cluster.name) is cluster:
+            cluster.cost.stop(time.time())
+            self._retired_cost += cluster.cost.so_far
         cluster.state = "stopped"
         cluster.events.add(time.time(), "stopped", f"cluster stopped: {reason}")
         if self._clusters.get(cluster.name) is cluster:

@@ -61,6 +61,9 @@ class Policy:
     max_lifetime_s: float | None = None  # a cluster older than this is stopped
     idle_scale_down_s: float | None = None  # no real work (tasks, actors, jobs) this long: workers scaled to 0
     idle_stop_s: float | None = None  # ... and this long: the cluster is stopped
+    # What all of the user's clusters on this server may cost (groups' `cost` per node-hour):
+    # an event at 80 %, every group scaled to 0 workers at 100 % (cost.py)
+    budget: float | None = None
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -123,6 +126,8 @@ class Policy:
         line = f"at most {', '.join(parts)}" if parts else ""
         if self.idle_stop_s is not None:
             line += ("; " if line else "") + f"stopped after {describe_duration(self.idle_stop_s)} idle"
+        if self.budget is not None:
+            line += ("; " if line else "") + f"a budget of {_num(self.budget)}"
         return line
 
     def idle_action(self, *, idle_s: float, scaled_down: bool) -> IdleAction | None:

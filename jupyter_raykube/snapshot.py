@@ -13,6 +13,7 @@ import ray
 
 from .autoscaler.reconciler import describe_pending
 from .backends.base import HEAD_GROUP
+from .cost import CostJson, priced
 
 if TYPE_CHECKING:
     from .cluster import Cluster
@@ -75,6 +76,7 @@ class SnapshotJson(TypedDict):
     nodes: list[NodeJson]
     demand: list[dict[str, object]]  # see autoscaler.reconciler.describe_pending
     events: list[EventJson]  # oldest first
+    cost: CostJson | None  # when a group is priced or the policy sets a budget (cost.py)
 
 
 def cluster_snapshot(cluster: Cluster) -> SnapshotJson:
@@ -112,7 +114,17 @@ def cluster_snapshot(cluster: Cluster) -> SnapshotJson:
         "nodes": [node_json(n, obs.at if obs else 0.0) for n in nodes],
         "demand": [describe_pending(p) for p in (obs.pending if obs else ())],
         "events": cluster.events.to_json(last=50),  # type: ignore[typeddict-item]
+        "cost": cost_json(cluster),
     }
+
+
+def cost_json(cluster: Cluster) -> CostJson | None:
+    budget = cluster.policy.budget
+    if budget is None and not priced(cluster.spec):
+        return None
+    meter = cluster.cost
+    return {"per_hour": meter.per_hour, "so_far": meter.so_far,
+            "user_so_far": max(meter.user_so_far, meter.so_far), "budget": budget}
 
 
 def node_json(node: Any, now: float) -> NodeJson:

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from ..cost import BUDGET_WARNING, hourly_rate, priced
+from ..formatting import number
 from ..policy import Policy, describe_duration
 from ..spec import ClusterSpec
 
@@ -28,16 +30,20 @@ class LimitsKeeper:
     """Runs the rules of `cluster.policy` until the cluster stops."""
 
     def __init__(self, cluster: Cluster, *, interval_s: float, set_spec: SetSpec, stop: Stop,
-                 log: logging.Logger | logging.LoggerAdapter[Any]) -> None:
+                 log: logging.Logger | logging.LoggerAdapter[Any],
+                 user_spent: Callable[[], float] = lambda: 0.0) -> None:
         self.cluster = cluster
         self.interval_s = interval_s
         self.set_spec = set_spec
         self.stop = stop
         self.log = log
+        self.user_spent = user_spent  # what all of the owner's clusters have cost (the budget's measure)
+        self._budget_warned = False
 
     async def run(self) -> None:
         cluster, policy = self.cluster, self.cluster.policy
-        if policy.max_lifetime_s is None and policy.idle_scale_down_s is None and policy.idle_stop_s is None:
+        if (policy.max_lifetime_s is None and policy.idle_scale_down_s is None and policy.idle_stop_s is None
+                and policy.budget is None and not priced(cluster.spec)):
             return
         while cluster.state not in ("stopping", "stopped", "failed"):
             await anyio.sleep(self.interval_s)
@@ -52,6 +58,8 @@ class LimitsKeeper:
         obs, handle, now = cluster.observation, cluster.handle, time.time()
         if obs is None or handle is None or cluster.state != "running":
             return
+        cluster.cost.advance(now, hourly_rate(cluster.spec, obs.nodes))
+        cluster.cost.user_so_far = self.user_spent()
         if policy.max_lifetime_s is not None and now - handle.created_at >= policy.max_lifetime_s:
             await self._stop(f"it reached the maximum lifetime of "
                              f"{describe_duration(policy.max_lifetime_s)} set by your administrator")
@@ -80,6 +88,26 @@ class LimitsKeeper:
             cluster.saved_ranges = None
             self.set_spec(cluster, spec)
             cluster.events.add(now, "scaled", f"in use again: group ranges restored ({ranges})")
+        self._keep_budget(policy, now)
+
+    def _keep_budget(self, policy: Policy, now: float) -> None:
+        """Warn once at 80 % of the user's budget; at 100 % scale every group to 0 workers (again
+        after any change that raised a max: running work is drained as nodes go idle)."""
+        cluster, budget = self.cluster, policy.budget
+        if budget is None:
+            return
+        spent = cluster.cost.user_so_far
+        what = f"{number(spent)} of your budget of {number(budget)} is spent"
+        if spent >= budget:
+            if any(g.max > 0 for g in cluster.spec.groups):
+                spec = cluster.spec
+                for group in spec.groups:
+                    spec = spec.with_group_range(group.name, 0, 0)
+                self.set_spec(cluster, spec)
+                cluster.events.add(now, "scale_down", f"{what}: every group scaled to 0 workers")
+        elif spent >= BUDGET_WARNING * budget and not self._budget_warned:
+            self._budget_warned = True
+            cluster.events.add(now, "info", f"{what} ({number(100 * spent / budget, 0)} %)")
 
     async def _stop(self, reason: str) -> None:
         self.cluster.events.add(time.time(), "info", f"stopping the cluster: {reason}")

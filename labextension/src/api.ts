@@ -74,6 +74,7 @@ export interface IPolicy {
   max_lifetime_s: number | null;
   idle_scale_down_s: number | null;
   idle_stop_s: number | null;
+  budget: number | null;
   /** One line for people; empty without limits. */
   summary: string;
 }
@@ -103,6 +104,17 @@ export interface ICluster {
   nodes: INode[];
   demand: IDemand[];
   events: IEvent[];
+  /** When a group is priced or the policy sets a budget (cost.py `CostJson`). */
+  cost: ICost | null;
+}
+
+/** What the cluster costs, in the unit of the groups' `cost` per node-hour. */
+export interface ICost {
+  per_hour: number;
+  so_far: number;
+  /** All of the user's clusters on this server. */
+  user_so_far: number;
+  budget: number | null;
 }
 
 /** A worker group as a request states it (spec.py `WorkerGroup`). */

@@ -17,6 +17,7 @@ import { NodeLogs } from './nodeLogs';
 import {
   canHaveGpus,
   formatBytes,
+  formatCost,
   formatDuration,
   formatNumber,
   formatResources,
@@ -165,6 +166,9 @@ export function ClusterCard({ cluster, model, commands, busy }: ICardProps): Rea
       )}
       {cluster.policy.summary && (
         <div className="jp-RayKube-hint jp-RayKube-limits">Limits: {cluster.policy.summary}</div>
+      )}
+      {cluster.cost && (
+        <div className="jp-RayKube-hint jp-RayKube-cost">Cost: {formatCost(cluster.cost)}</div>
       )}
       <ResourceBars cluster={cluster} />
       <DemandList demand={cluster.demand} />

@@ -3,7 +3,7 @@
  * jupyter_raykube/formatting.py (the notebook widget): GiB for bytes, at most 2 decimals,
  * local clock time, newest event first. One module, so the widget and the sidebar agree.
  */
-import type { ICluster, IEvent, IGroup, INode, Resources } from './api';
+import type { ICluster, ICost, IEvent, IGroup, INode, Resources } from './api';
 
 const BYTE_UNITS = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
 
@@ -94,4 +94,16 @@ export function secondsUntilRemoval(node: INode, cluster: ICluster): number | nu
     return null;
   }
   return Math.max(0, cluster.idle_timeout_s - node.idle_s);
+}
+
+/** `2.4/h now, 0.35 so far; 3.1 of your budget of 10` (formatting.py `cost_text`), or ''. */
+export function formatCost(cost: ICost | null | undefined): string {
+  if (!cost) {
+    return '';
+  }
+  let text = `${formatNumber(cost.per_hour)}/h now, ${formatNumber(cost.so_far)} so far`;
+  if (cost.budget !== null) {
+    text += `; ${formatNumber(cost.user_so_far)} of your budget of ${formatNumber(cost.budget)}`;
+  }
+  return text;
 }
