@@ -34,3 +34,15 @@ def test_wait_after_returns_at_the_next_event_or_empty_at_the_timeout() -> None:
         assert [(e.id, e.kind) for e in news] == [(2, "scale_up")]
 
     anyio.run(main)
+
+
+def test_driver_lines_can_be_turned_off_and_read_like_rays(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from jupyter_raykube import driver_events
+
+    monkeypatch.setenv("RAY_COLOR_PREFIX", "0")
+    assert driver_events.format_line({"message": "launched 1 cpu node"}) == "(raykube) launched 1 cpu node"
+    monkeypatch.setenv(driver_events.ECHO_ENV, "0")
+    driver_events.follow(object(), "c")  # type: ignore[arg-type]  # a client it must not use
+    assert driver_events._following is None
+    monkeypatch.delenv(driver_events.ECHO_ENV)
+    assert driver_events.echo_enabled()
