@@ -26,8 +26,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import ExitStack
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
@@ -499,6 +499,20 @@ def _manager(backend: KubernetesBackend, **traits: Any) -> BlockingManager:
     return BlockingManager(lambda: ClusterManager(backend=backend, owner="alice", autoscale_interval_s=0.5, **traits))
 
 
+@contextmanager
+def autoscaled(config_file: Path, manager: Mapping[str, Any] | None = None, **traits: Any) -> Iterator[BlockingManager]:
+    """A backend with these traits and a manager over it, as a server runs them; afterwards the
+    test's driver, the manager and the backend are closed."""
+    backend = make_backend(config_file, **traits)
+    bm = _manager(backend, **(manager or {}))
+    try:
+        yield bm
+    finally:
+        ray.shutdown()
+        bm.close()
+        close_backend(backend)
+
+
 def _snapshot(bm: BlockingManager, cluster: Cluster) -> dict[str, Any]:
     async def take() -> dict[str, Any]:
         return cluster.snapshot()
@@ -632,42 +646,38 @@ def test_unschedulable_pods_are_explained_and_their_group_backs_off(
         kube_control_plane: ControlPlane, v1: CoreV1Api, ns: str) -> None:
     """No GPU pool and no cluster-autoscaler: the GPU Pod waits for a node `unschedulable_s`
     (6 s here), then its group backs off with the scheduler's reason."""
-    backend = make_backend(kube_config_file, start_timeouts={"*": {"unschedulable_s": 6}})
-    bm = _manager(backend, backoff_s=300.0)
     spec = ClusterSpec(name="k-unsched", backend="kubernetes", groups=(
         WorkerGroup("gpu", cpus=1, gpus=1, max=1, **SMALL),))
-    try:
-        cluster = bm.call(bm.manager.create, spec)
-        connect_driver(cluster.handle.address, bm.manager.token)
-        ref = on_gpu.remote()
+    with autoscaled(kube_config_file, manager={"backoff_s": 300.0},
+                    start_timeouts={"*": {"unschedulable_s": 6}}) as bm:
+            cluster = bm.call(bm.manager.create, spec)
+            connect_driver(cluster.handle.address, bm.manager.token)
+            ref = on_gpu.remote()
 
-        def gpu_node() -> dict[str, Any] | None:
-            return next((n for n in _snapshot(bm, cluster)["nodes"] if n["group"] == "gpu" and n["message"]), None)
+            def gpu_node() -> dict[str, Any] | None:
+                return next((n for n in _snapshot(bm, cluster)["nodes"] if n["group"] == "gpu" and n["message"]), None)
 
-        node = wait_until(gpu_node, timeout_s=60, what="the gpu node's Pending reason")
-        assert node["state"] == "starting"
-        assert node["message"].startswith("waiting for a node: Unschedulable: 0/2 nodes are available: ")
-        why = node["message"].removeprefix("waiting for a node: Unschedulable: ")
-        assert "2 Insufficient nvidia.com/gpu" in why  # kube-scheduler's own words
-        backoff = wait_until(lambda: _events(bm, cluster, "backoff"), timeout_s=60, what="the group to back off")
-        assert backoff == [(f"backing off the gpu group for 300 s: gpu node {node['name']} could not start: "
-                            f"Unschedulable: {why} (no scale-up within 6 s)")]
-        assert f"gpu node {node['name']}: waiting for a node" in _events(bm, cluster, "info")
-        wait_until(lambda: not _worker_pods(v1, ns, "k-unsched"), timeout_s=30, what="the Pending Pod to be removed")
+            node = wait_until(gpu_node, timeout_s=60, what="the gpu node's Pending reason")
+            assert node["state"] == "starting"
+            assert node["message"].startswith("waiting for a node: Unschedulable: 0/2 nodes are available: ")
+            why = node["message"].removeprefix("waiting for a node: Unschedulable: ")
+            assert "2 Insufficient nvidia.com/gpu" in why  # kube-scheduler's own words
+            backoff = wait_until(lambda: _events(bm, cluster, "backoff"), timeout_s=60, what="the group to back off")
+            assert backoff == [(f"backing off the gpu group for 300 s: gpu node {node['name']} could not start: "
+                                f"Unschedulable: {why} (no scale-up within 6 s)")]
+            assert f"gpu node {node['name']}: waiting for a node" in _events(bm, cluster, "info")
+            wait_until(lambda: not _worker_pods(v1, ns, "k-unsched"), timeout_s=30,
+                       what="the Pending Pod to be removed")
 
-        def backed_off() -> dict[str, Any] | None:
-            return next((d for d in _snapshot(bm, cluster)["demand"]
-                         if d["shape"].get("GPU") and "backed off" in d["reason"]), None)
+            def backed_off() -> dict[str, Any] | None:
+                return next((d for d in _snapshot(bm, cluster)["demand"]
+                             if d["shape"].get("GPU") and "backed off" in d["reason"]), None)
 
-        demand = wait_until(backed_off, timeout_s=30, what="the demand to say why it waits")
-        assert f"gpu group is backed off: gpu node {node['name']} could not start" in demand["reason"]
-        assert created_pods(kube_fault_proxy, ns) == 2, "a backed-off group launched again"  # the head, one gpu Pod
-        ray.cancel(ref, force=True)
-        _stop_and_check_clean(bm, "k-unsched", kube_control_plane, ns, cpu_only_kubelet)
-    finally:
-        ray.shutdown()
-        bm.close()
-        close_backend(backend)
+            demand = wait_until(backed_off, timeout_s=30, what="the demand to say why it waits")
+            assert f"gpu group is backed off: gpu node {node['name']} could not start" in demand["reason"]
+            assert created_pods(kube_fault_proxy, ns) == 2, "a backed-off group launched again"  # the head, one gpu Pod
+            ray.cancel(ref, force=True)
+            _stop_and_check_clean(bm, "k-unsched", kube_control_plane, ns, cpu_only_kubelet)
     assert_api_use_is_clean(kube_fault_proxy)
 
 
@@ -685,37 +695,32 @@ def test_a_pod_waiting_for_a_pool_to_scale_up_is_not_given_up_on(
     snapshot and events ("waiting for a node (scale-up triggered)") and holds off both the
     unschedulable and the join timeout (10 s here, the pool takes 20 s): the same Pod runs on
     the new node and joins Ray; nothing is backed off or created twice."""
-    backend = make_backend(kube_config_file, events_after_s=0.5, start_timeouts={"gpu": {"unschedulable_s": 10}})
-    bm = _manager(backend, join_timeout_s=10.0, backoff_s=300.0)
     spec = ClusterSpec(name="k-late", backend="kubernetes", groups=(WorkerGroup("gpu", cpus=1, gpus=1, max=1, **SMALL),))
-    try:
-        cluster = bm.call(bm.manager.create, spec)
-        connect_driver(cluster.handle.address, bm.manager.token)
-        ref = on_gpu.remote()
+    with autoscaled(kube_config_file, manager={"join_timeout_s": 10.0, "backoff_s": 300.0},
+                    events_after_s=0.5, start_timeouts={"gpu": {"unschedulable_s": 10}}) as bm:
+            cluster = bm.call(bm.manager.create, spec)
+            connect_driver(cluster.handle.address, bm.manager.token)
+            ref = on_gpu.remote()
 
-        def waiting() -> dict[str, Any] | None:
-            return next((n for n in _snapshot(bm, cluster)["nodes"]
-                         if n["group"] == "gpu" and "scale-up triggered" in n["message"]), None)
+            def waiting() -> dict[str, Any] | None:
+                return next((n for n in _snapshot(bm, cluster)["nodes"]
+                             if n["group"] == "gpu" and "scale-up triggered" in n["message"]), None)
 
-        node = wait_until(waiting, timeout_s=60, what="the scale-up to show")
-        assert node["state"] == "starting"
-        assert re.fullmatch(r"waiting for a node \(scale-up triggered\) \d+ s ago: pod triggered scale-up: "
-                            r"\[\{gpu-pool 0->1 \(max: 2\)\}\]; Unschedulable: 0/2 nodes are available: .*",
-                            node["message"]), node["message"]
-        host, gpu_ids = ray.get(ref, timeout=240)
-        assert host == node["name"] and len(gpu_ids) == 1
-        assert v1.read_namespaced_pod(host, ns).spec.node_name == "gpu-pool-0"
-        assert not _events(bm, cluster, "backoff") and not _events(bm, cluster, "node_failed")
-        steps = [m for m in _events(bm, cluster, "info") if m.startswith(f"gpu node {host}")]
-        assert f"gpu node {host}: waiting for a node (scale-up triggered)" in steps
-        joined = re.fullmatch(rf"gpu node {host} joined Ray (\d+) s after it was created", steps[-1])
-        assert joined and int(joined[1]) > 10, steps  # it outlived both 10 s timeouts while its node came
-        assert created_pods(kube_fault_proxy, ns) == 2  # the head and the one GPU Pod, never replaced
-        _stop_and_check_clean(bm, "k-late", kube_control_plane, ns, late_gpu_kubelet)
-    finally:
-        ray.shutdown()
-        bm.close()
-        close_backend(backend)
+            node = wait_until(waiting, timeout_s=60, what="the scale-up to show")
+            assert node["state"] == "starting"
+            assert re.fullmatch(r"waiting for a node \(scale-up triggered\) \d+ s ago: pod triggered scale-up: "
+                                r"\[\{gpu-pool 0->1 \(max: 2\)\}\]; Unschedulable: 0/2 nodes are available: .*",
+                                node["message"]), node["message"]
+            host, gpu_ids = ray.get(ref, timeout=240)
+            assert host == node["name"] and len(gpu_ids) == 1
+            assert v1.read_namespaced_pod(host, ns).spec.node_name == "gpu-pool-0"
+            assert not _events(bm, cluster, "backoff") and not _events(bm, cluster, "node_failed")
+            steps = [m for m in _events(bm, cluster, "info") if m.startswith(f"gpu node {host}")]
+            assert f"gpu node {host}: waiting for a node (scale-up triggered)" in steps
+            joined = re.fullmatch(rf"gpu node {host} joined Ray (\d+) s after it was created", steps[-1])
+            assert joined and int(joined[1]) > 10, steps  # it outlived both 10 s timeouts while its node came
+            assert created_pods(kube_fault_proxy, ns) == 2  # the head and the one GPU Pod, never replaced
+            _stop_and_check_clean(bm, "k-late", kube_control_plane, ns, late_gpu_kubelet)
     assert_api_use_is_clean(kube_fault_proxy)
 
 
@@ -725,28 +730,22 @@ def test_an_image_that_cannot_be_pulled_backs_its_group_off_with_the_reason(
     """ErrImagePull is a failure, not a slow start: the Pod is removed and its group backs off,
     naming the image and the registry's answer, long before any pull timeout."""
     ray_kubelet.fail_image_pull("registry.example/missing:*")
-    backend = make_backend(kube_config_file, gpu_image="registry.example/missing:1")
-    bm = _manager(backend, backoff_s=300.0)
     spec = ClusterSpec(name="k-nopull", backend="kubernetes",
                        groups=(WorkerGroup("gpu", cpus=1, gpus=1, max=1, **SMALL),))
-    try:
-        cluster = bm.call(bm.manager.create, spec)
-        connect_driver(cluster.handle.address, bm.manager.token)
-        ref = on_gpu.remote()
-        backoff = wait_until(lambda: _events(bm, cluster, "backoff"), timeout_s=90, what="the group to back off")
-        assert len(backoff) == 1 and re.fullmatch(
-            r"backing off the gpu group for 300 s: gpu node k-nopull-gpu-\w{5} could not start: cannot pull image "
-            r"registry\.example/missing:1: (ErrImagePull: rpc error: code = NotFound desc = failed to pull and "
-            r'unpack image: not found|ImagePullBackOff: Back-off pulling image "registry\.example/missing:1")',
-            backoff[0]), backoff
-        wait_until(lambda: not _worker_pods(v1, ns, "k-nopull"), timeout_s=30, what="the Pod to be removed")
-        assert created_pods(kube_fault_proxy, ns) == 2, "a backed-off group launched again"  # the head, one gpu Pod
-        ray.cancel(ref, force=True)
-        _stop_and_check_clean(bm, "k-nopull", kube_control_plane, ns, ray_kubelet)
-    finally:
-        ray.shutdown()
-        bm.close()
-        close_backend(backend)
+    with autoscaled(kube_config_file, manager={"backoff_s": 300.0}, gpu_image="registry.example/missing:1") as bm:
+            cluster = bm.call(bm.manager.create, spec)
+            connect_driver(cluster.handle.address, bm.manager.token)
+            ref = on_gpu.remote()
+            backoff = wait_until(lambda: _events(bm, cluster, "backoff"), timeout_s=90, what="the group to back off")
+            assert len(backoff) == 1 and re.fullmatch(
+                r"backing off the gpu group for 300 s: gpu node k-nopull-gpu-\w{5} could not start: cannot pull image "
+                r"registry\.example/missing:1: (ErrImagePull: rpc error: code = NotFound desc = failed to pull and "
+                r'unpack image: not found|ImagePullBackOff: Back-off pulling image "registry\.example/missing:1")',
+                backoff[0]), backoff
+            wait_until(lambda: not _worker_pods(v1, ns, "k-nopull"), timeout_s=30, what="the Pod to be removed")
+            assert created_pods(kube_fault_proxy, ns) == 2, "a backed-off group launched again"  # the head, one gpu Pod
+            ray.cancel(ref, force=True)
+            _stop_and_check_clean(bm, "k-nopull", kube_control_plane, ns, ray_kubelet)
     assert_api_use_is_clean(kube_fault_proxy)
 
 
@@ -757,25 +756,19 @@ def test_a_cpu_only_server_gets_groups_sized_for_the_cluster_and_its_gpu_group_l
     Kubernetes a request that names no groups gets KubernetesBackend.default_worker_groups:
     GPU demand launches a GPU worker of 8 CPUs and 24 + 8 GiB; the head's container has 2 CPUs."""
     assert detect_gpus() == 0 and default_groups()[1].max == 0  # what this machine would offer
-    backend = make_backend(kube_config_file)
-    bm = _manager(backend)
-    try:
-        request = bm.call(bm.manager.default_request)
-        assert [(g["name"], g["cpus"], g["gpus"], g["max"]) for g in request["groups"]] == [
-            ("cpu", 4, 0, 10), ("gpu", 8, 1, 2)]
-        cluster = bm.call(bm.manager.create, {"name": "k-sizes"})
-        connect_driver(cluster.handle.address, bm.manager.token)
-        host, gpu_ids = ray.get(on_gpu.remote(), timeout=240)
-        assert host.startswith("k-sizes-gpu-") and len(gpu_ids) == 1
-        pod = v1.read_namespaced_pod(host, ns)
-        assert pod.spec.node_name == "gpu-pool-0"
-        assert pod.spec.containers[0].resources.limits == {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "1"}
-        assert v1.read_namespaced_pod("k-sizes-head", ns).spec.containers[0].resources.limits["cpu"] == "2"
-        _stop_and_check_clean(bm, "k-sizes", kube_control_plane, ns, ray_kubelet)
-    finally:
-        ray.shutdown()
-        bm.close()
-        close_backend(backend)
+    with autoscaled(kube_config_file) as bm:
+            request = bm.call(bm.manager.default_request)
+            assert [(g["name"], g["cpus"], g["gpus"], g["max"]) for g in request["groups"]] == [
+                ("cpu", 4, 0, 10), ("gpu", 8, 1, 2)]
+            cluster = bm.call(bm.manager.create, {"name": "k-sizes"})
+            connect_driver(cluster.handle.address, bm.manager.token)
+            host, gpu_ids = ray.get(on_gpu.remote(), timeout=240)
+            assert host.startswith("k-sizes-gpu-") and len(gpu_ids) == 1
+            pod = v1.read_namespaced_pod(host, ns)
+            assert pod.spec.node_name == "gpu-pool-0"
+            assert pod.spec.containers[0].resources.limits == {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "1"}
+            assert v1.read_namespaced_pod("k-sizes-head", ns).spec.containers[0].resources.limits["cpu"] == "2"
+            _stop_and_check_clean(bm, "k-sizes", kube_control_plane, ns, ray_kubelet)
     assert_api_use_is_clean(kube_fault_proxy)
 
 
@@ -873,30 +866,25 @@ def test_a_worker_over_the_namespace_quota_is_explained_and_not_retried(
     v1.create_namespaced_resource_quota(ns, {"metadata": {"name": "ray-quota"}, "spec": {"hard": {"pods": "1"}}})
     wait_until(lambda: v1.read_namespaced_resource_quota("ray-quota", ns).status.hard, timeout_s=30,
                what="the quota controller to count the namespace")
-    backend = make_backend(kube_config_file)
-    bm = _manager(backend, backoff_s=300.0)
     spec = ClusterSpec(name="k-quota", backend="kubernetes", groups=(WorkerGroup("cpu", cpus=1, max=2, **SMALL),))
-    try:
-        cluster = bm.call(bm.manager.create, spec)
-        connect_driver(cluster.handle.address, bm.manager.token)
-        ref = where.remote(0)  # demand for a cpu node
-        backoff = wait_until(lambda: _events(bm, cluster, "backoff"), timeout_s=60, what="the group to back off")
-        assert len(backoff) == 1 and backoff[0].startswith("backing off the cpu group for 300 s: could not create a "
-                                                           "cpu node: the namespace's ResourceQuota refused"), backoff
-        assert 'is forbidden: exceeded quota: ray-quota, requested: pods=1, used: pods=1, limited: pods=1' \
-            in backoff[0]
-        time.sleep(3)  # six more autoscaler rounds: none of them asks again
-        refused = [r for r in kube_fault_proxy.requests("POST", pods_path(ns)) if r.status == 403]
-        assert len(refused) == 1 and created_pods(kube_fault_proxy, ns) == 1  # the head only
-        assert not _events(bm, cluster, "error")
-        ray.cancel(ref, force=True)
-        _stop_and_check_clean(bm, "k-quota", kube_control_plane, ns, ray_kubelet)
-        wait_until(lambda: v1.read_namespaced_resource_quota("ray-quota", ns).status.used == {"pods": "0"},
-                   timeout_s=30, what="the quota to be free again")
-    finally:
-        ray.shutdown()
-        bm.close()
-        close_backend(backend)
+    with autoscaled(kube_config_file, manager={"backoff_s": 300.0}) as bm:
+            cluster = bm.call(bm.manager.create, spec)
+            connect_driver(cluster.handle.address, bm.manager.token)
+            ref = where.remote(0)  # demand for a cpu node
+            backoff = wait_until(lambda: _events(bm, cluster, "backoff"), timeout_s=60, what="the group to back off")
+            assert len(backoff) == 1 and backoff[0].startswith(
+                "backing off the cpu group for 300 s: could not create a cpu node: the namespace's ResourceQuota "
+                "refused"), backoff
+            assert 'is forbidden: exceeded quota: ray-quota, requested: pods=1, used: pods=1, limited: pods=1' \
+                in backoff[0]
+            time.sleep(3)  # six more autoscaler rounds: none of them asks again
+            refused = [r for r in kube_fault_proxy.requests("POST", pods_path(ns)) if r.status == 403]
+            assert len(refused) == 1 and created_pods(kube_fault_proxy, ns) == 1  # the head only
+            assert not _events(bm, cluster, "error")
+            ray.cancel(ref, force=True)
+            _stop_and_check_clean(bm, "k-quota", kube_control_plane, ns, ray_kubelet)
+            wait_until(lambda: v1.read_namespaced_resource_quota("ray-quota", ns).status.used == {"pods": "0"},
+                       timeout_s=30, what="the quota to be free again")
     assert calls_made(kube_fault_proxy) <= ROLE
 
 
