@@ -125,3 +125,25 @@ def test_timeouts_are_set_per_group_over_star_over_the_defaults() -> None:
         StartTimeouts.check({"gpu": {"pull_s": 10}})
     with pytest.raises(ValueError, match=r"start_timeouts\['\*'\]\['node_s'\] = -1: a number of seconds > 0"):
         StartTimeouts.check({"*": {"node_s": -1}})
+
+
+def test_scale_up_verdicts_come_from_cluster_autoscaler_and_karpenter_events() -> None:
+    from datetime import datetime, timezone
+
+    from kubernetes.client import CoreV1Event, V1ObjectMeta, V1ObjectReference
+
+    from jupyter_raykube.backends.k8s_events import scale_up_events
+
+    def event(reason: str, message: str, at: int, kind: str = "Normal") -> CoreV1Event:
+        return CoreV1Event(metadata=V1ObjectMeta(name=f"e{at}"), involved_object=V1ObjectReference(), reason=reason,
+                       message=message, type=kind, last_timestamp=datetime.fromtimestamp(at, tz=timezone.utc))
+
+    karpenter = scale_up_events([event("FailedScheduling", "0/2 nodes are available", 10, "Warning"),
+                                 event("Nominated", "Pod should schedule on: nodeclaim/gpu-x7k2p", 12)])
+    assert karpenter.triggered == (12.0, "Pod should schedule on: nodeclaim/gpu-x7k2p")
+    assert karpenter.not_triggered is None and karpenter.warning == "FailedScheduling: 0/2 nodes are available"
+    autoscaler = scale_up_events([event("TriggeredScaleUp", "pod triggered scale-up: [{gpu 0->1}]", 5),
+                                  event("TriggeredScaleUp", "pod triggered scale-up: [{gpu 1->2}]", 9),
+                                  event("NotTriggerScaleUp", "pod didn't trigger scale-up", 7)])
+    assert autoscaler.triggered == (9.0, "pod triggered scale-up: [{gpu 1->2}]")
+    assert autoscaler.not_triggered == (7.0, "pod didn't trigger scale-up") and autoscaler.warning == ""

@@ -1,6 +1,7 @@
 """Why a Pending Pod waits, from its Events: the newest Warning (a failed mount, a refused
-image) and what cluster-autoscaler or Karpenter said about it (`TriggeredScaleUp`: a node is
-being added, so the Pod is slow, not failed; `NotTriggerScaleUp`: no node is coming). A Pod's
+image) and what the node autoscaler said about it. A node is being added, so the Pod is slow,
+not failed: cluster-autoscaler's `TriggeredScaleUp`, Karpenter's `Nominated` (`NominatePod`
+before v1). No node is coming: cluster-autoscaler's `NotTriggerScaleUp`. A Pod's
 Events are listed sparingly: once it is old enough to be worth explaining, then at most once
 per interval, in one call."""
 
@@ -19,8 +20,20 @@ from .k8s_api import Call
 from .k8s_phases import ScaleUpEvents
 from .k8s_status import age_of, event_time
 
-TRIGGERED_SCALE_UP = "TriggeredScaleUp"
-NOT_TRIGGERED_SCALE_UP = "NotTriggerScaleUp"
+TRIGGERED_SCALE_UP = ("TriggeredScaleUp", "Nominated", "NominatePod")  # cluster-autoscaler, Karpenter
+NOT_TRIGGERED_SCALE_UP = ("NotTriggerScaleUp",)
+
+
+def scale_up_events(events: list[Any]) -> ScaleUpEvents:
+    """The newest "a node is coming" and "no node is coming" verdicts and the newest Warning."""
+
+    def newest(reasons: tuple[str, ...]) -> tuple[float, str] | None:
+        found = max((e for e in events if e.reason in reasons), key=event_time, default=None)
+        return (event_time(found), str(found.message or "")) if found is not None else None
+
+    warning = max((e for e in events if e.type == "Warning"), key=event_time, default=None)
+    return ScaleUpEvents(triggered=newest(TRIGGERED_SCALE_UP), not_triggered=newest(NOT_TRIGGERED_SCALE_UP),
+                         warning=f"{warning.reason}: {warning.message}" if warning is not None else "")
 
 
 class PodEvents:
@@ -33,15 +46,7 @@ class PodEvents:
 
     async def of(self, pod: V1Pod) -> ScaleUpEvents:
         """The newest scale-up verdicts and Warning of `pod`, from its (cached) Events."""
-        events = await self._events(pod)
-
-        def newest(reason: str) -> tuple[float, str] | None:
-            found = max((e for e in events if e.reason == reason), key=event_time, default=None)
-            return (event_time(found), str(found.message or "")) if found is not None else None
-
-        warning = max((e for e in events if e.type == "Warning"), key=event_time, default=None)
-        return ScaleUpEvents(triggered=newest(TRIGGERED_SCALE_UP), not_triggered=newest(NOT_TRIGGERED_SCALE_UP),
-                             warning=f"{warning.reason}: {warning.message}" if warning is not None else "")
+        return scale_up_events(await self._events(pod))
 
     async def _events(self, pod: V1Pod) -> list[Any]:
         """`pod`'s Events, read once the Pod is `events_after_s` old and at most every
