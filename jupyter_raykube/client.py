@@ -90,7 +90,7 @@ class LocalClient:
         it is in Ray)."""
         from .node_logs import read_node_log  # tornado's HTTP client: only when asked
 
-        cluster = self.blocking.call(self.manager.get, name)
+        cluster = self.blocking.call(self.manager.running, name, "its nodes' logs need it running")
         return str(self.blocking.call(read_node_log, self.manager, cluster, node, filename, lines)["logs"])
 
     def _watch(self, start: Callable[[Progress], Any], progress: Progress) -> Any:

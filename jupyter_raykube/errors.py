@@ -43,6 +43,11 @@ class ClusterNotFound(LookupError):
     """No cluster of that name exists (REST: 404)."""
 
 
+class ClusterNotRunning(RuntimeError):
+    """The cluster exists but is not running (starting, stopping, failed): its dashboard, jobs
+    and logs cannot be reached (REST: 409)."""
+
+
 class ClusterExistsError(BackendError):
     """A cluster with that name already exists, here or in another process (REST: 409)."""
 

@@ -17,16 +17,12 @@ from urllib.parse import quote
 
 from .client import SERVER_TOKEN_ENV, SERVER_URL_ENV, ClientError, RestSession
 from .errors import ClusterNotFound
-from .jobs import FINAL_STATES
+from .jobs import FINAL_STATES, JobNotFound
 
 Job = dict[str, Any]
 CELL_SCRIPT = "_rayjob_cell.py"  # a %%rayjob cell, at the top of its working dir
 _SKIPPED_DIRS = {".git", "__pycache__", ".ipynb_checkpoints", ".venv", "node_modules"}
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed, so equal contents give the same package name
-
-
-class JobNotFoundError(ClusterNotFound):
-    """No job of that id on any running cluster of this user."""
 
 
 def working_dir_package(directory: str | None, extra_files: Mapping[str, str]) -> tuple[str, bytes]:
@@ -75,7 +71,8 @@ class JobClient(RestSession):
             body["pip"] = list(pip)
         if working_dir or extra_files:
             name, data = working_dir_package(working_dir, extra_files or {})
-            body["working_dir"] = self._request("PUT", f"/clusters/{quote(cluster)}/packages/{name}", data=data)["uri"]
+            body["working_dir"] = self._request("PUT", f"/clusters/{quote(cluster)}/packages/{name}", data=data,
+                                                timeout=300)["uri"]
         return self._request("POST", f"/clusters/{quote(cluster)}/jobs", body)
 
     def list(self, cluster: str) -> list[Job]:
@@ -99,7 +96,7 @@ class JobClient(RestSession):
             except ClusterNotFound:
                 continue
         where = f"cluster {cluster!r}" if cluster else "any running cluster"
-        raise JobNotFoundError(f"no job {job_id!r} on {where} (see %rayjob list)")
+        raise JobNotFound(f"no job {job_id!r} on {where} (see %rayjob list)")
 
     def follow(self, cluster: str, job_id: str, write: Callable[[str], None], offset: int = 0) -> Job:
         """Write the job's output as it comes until the job ends; returns its final record."""
@@ -111,8 +108,3 @@ class JobClient(RestSession):
             if page["job"]["state"] in FINAL_STATES:  # read before the logs: they are complete
                 return page["job"]
             time.sleep(self.poll_s)
-
-    def _request(self, method: str, path: str, body: Any = None, *, data: bytes | None = None,
-                 timeout: float = 300) -> Any:
-        """As RestSession's, with room for a working-dir upload and Ray's answer to it."""
-        return super()._request(method, path, body, data=data, timeout=timeout)

@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 from tornado import httpclient
 
-from .errors import BackendError, SpecError
+from .errors import BackendError, ClusterNotFound, SpecError
 
 JOB_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 PACKAGE_NAME = re.compile(r"^_ray_pkg_[0-9a-f]{16,64}\.zip$")  # content-addressed, as Ray names them
@@ -29,8 +29,8 @@ MAX_ENTRYPOINT_CHARS = 10_000
 _REQUEST_TIMEOUT_S = 60.0
 
 
-class JobNotFound(LookupError):
-    """No job of that id on the cluster (REST: 404)."""
+class JobNotFound(ClusterNotFound):
+    """No job of that id on the cluster (REST: 404, like an unknown cluster)."""
 
 
 def check_job_id(job_id: str) -> str:

@@ -27,7 +27,7 @@ from .autoscaler.limits import LimitsKeeper
 from .autoscaler.reconciler import AutoscalerSettings, HeadLost, Reconciler
 from .backends.base import Backend, ClusterHandle
 from .cluster import Cluster, Progress
-from .errors import ClusterExistsError, ClusterNotFound, NotOwnedError, PolicyError
+from .errors import ClusterExistsError, ClusterNotFound, ClusterNotRunning, NotOwnedError, PolicyError
 from .readiness import one_line, wait_for_group, wait_for_groups, wait_for_head
 from .settings import ManagerSettings
 from .spec import ClusterSpec, parse_group_changes
@@ -185,6 +185,13 @@ class ClusterManager(ManagerSettings):
         cluster = self._clusters.get(name)
         if cluster is None:
             return await self.attach(name)
+        return cluster
+
+    async def running(self, name: str, needs: str) -> Cluster:
+        """The cluster `name`, which must be running for what `needs` says it needs."""
+        cluster = await self.get(name)
+        if cluster.handle is None or cluster.state != "running":
+            raise ClusterNotRunning(f"cluster {name!r} is {cluster.state}; {needs}")
         return cluster
 
     async def list(self) -> list[Cluster]:

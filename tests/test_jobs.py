@@ -29,6 +29,8 @@ from jupyter_raykube.jobs import submit_body
 
 from .test_server_process import LiveServer, _start_cluster, _start_server, _stop_server
 
+UPLOAD_LIMIT = 4096  # c.RayKube.max_upload_bytes of the server under test
+
 CLUSTER = "jobs-1"
 
 
@@ -40,7 +42,7 @@ def job_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]
     saved = os.environ["PATH"]
     os.environ["PATH"] = os.pathsep.join(p for p in saved.split(os.pathsep) if os.path.abspath(p) != venv_bin)
     try:
-        server = _start_server(tmp)
+        server = _start_server(tmp, f"--RayKube.max_upload_bytes={UPLOAD_LIMIT}")
     finally:
         os.environ["PATH"] = saved
     try:
@@ -193,6 +195,18 @@ def test_rest_refusals_name_the_field(job_server: LiveServer) -> None:
         assert named in response.json()["message"], (method, path, response.text)
     upload = job_server.api("PUT", f"clusters/{CLUSTER}/packages/notazip", data=b"x")
     assert upload.status_code == 400 and "package" in upload.json()["message"], upload.text
+    package = f"clusters/{CLUSTER}/packages/_ray_pkg_0123456789abcdef.zip"
+    for data in (b"", b"x" * (UPLOAD_LIMIT + 1)):  # the server's own limit, named in the message
+        upload = job_server.api("PUT", package, data=data)
+        assert upload.status_code == 400 and "c.RayKube.max_upload_bytes" in upload.json()["message"], upload.text
+    # A cluster that is not running (yet): its jobs and logs are a 409 that says so
+    assert job_server.api("POST", "clusters", {"name": "t-starting"}).status_code == 202
+    try:
+        for path in ("clusters/t-starting/jobs", "clusters/t-starting/nodes/t-starting-head/logs"):
+            response = job_server.api("GET", path)
+            assert response.status_code == 409 and "is starting" in response.json()["message"], response.text
+    finally:
+        job_server.api("DELETE", "clusters/t-starting")
 
 
 def test_node_logs_through_rays_log_api(job_server: LiveServer) -> None:

@@ -40,7 +40,8 @@ class RayKube(ExtensionApp):
 
     max_upload_bytes = Int(100 * 1024**2, config=True, help="""Largest working dir (zipped) that
         `%rayjob --working-dir` may upload to a cluster, in bytes. Ray's GCS keeps packages in
-        memory; put data sets in storage the job reads, not in the working dir.""")
+        memory; put data sets in storage the job reads, not in the working dir. Tornado refuses
+        bodies over c.ServerApp.max_body_size (100 MiB by default) before this is checked.""")
 
     @default("restrict_to_owner")
     def _default_restrict(self) -> bool:

@@ -15,14 +15,15 @@ from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
 from tornado import web
 
-from ..errors import BackendError, ClusterExistsError, ClusterNotFound, NotOwnedError, PolicyError, SpecError
+from ..errors import (BackendError, ClusterExistsError, ClusterNotFound, ClusterNotRunning, NotOwnedError,
+                      PolicyError, SpecError)
 from .guard import BodyError, OwnerGuard, parse_json_body
 
 AUTH_RESOURCE = "raykube"
 
 _STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (BodyError, 400), (SpecError, 400), (PolicyError, 403), (ClusterNotFound, 404),
-    (ClusterExistsError, 409), (NotOwnedError, 409), (BackendError, 503),
+    (ClusterExistsError, 409), (NotOwnedError, 409), (ClusterNotRunning, 409), (BackendError, 503),
 )
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
@@ -132,8 +133,8 @@ class ClusterEventsHandler(RayKubeHandler):
     async def get(self, name: str) -> None:
         """All events, or with `?after=ID` those newer than ID; `&wait=S` holds the answer up
         to S seconds until one arrives (how a kernel follows decisions without polling)."""
-        after = _query_int(self, "after", 0, 2**53)
-        wait = _query_int(self, "wait", 0, EVENTS_WAIT_MAX_S)
+        after = query_int(self, "after", 0, 2**53)
+        wait = query_int(self, "wait", 0, EVENTS_WAIT_MAX_S)
         cluster = await self.manager.get(name)
         if after is None:
             self.reply({"events": cluster.events.to_json()})
@@ -145,7 +146,7 @@ class ClusterEventsHandler(RayKubeHandler):
 EVENTS_WAIT_MAX_S = 60
 
 
-def _query_int(handler: RayKubeHandler, field: str, low: int, high: int) -> int | None:
+def query_int(handler: RayKubeHandler, field: str, low: int, high: int) -> int | None:
     """An optional whole-number query argument in [low, high]; anything else is a 400."""
     raw = handler.get_query_argument(field, None)
     if raw is None:

@@ -6,41 +6,22 @@ or a port-forward. Same rules as every route (guard.py): owner only, 400 naming 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from functools import wraps
-from typing import Any, TypeVar
-
 from jupyter_server.auth.decorator import authorized
 from tornado import web
 
-from ..jobs import JobNotFound, RayJobs, check_package_name
+from ..jobs import RayJobs, check_package_name
 from ..manager import Cluster
 from ..node_logs import check_lines, check_log_file, read_node_log
-from .handlers import RayKubeHandler, mapped_errors
+from .handlers import RayKubeHandler, mapped_errors, query_int
 
-F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 UPLOAD_LIMIT_SETTING = "raykube_max_upload_bytes"
-
-
-def unknown_job_is_404(method: F) -> F:
-    @wraps(method)
-    async def wrapper(self: RayKubeHandler, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return await method(self, *args, **kwargs)
-        except JobNotFound as exc:
-            raise web.HTTPError(404, str(exc)) from None
-
-    return wrapper  # type: ignore[return-value]
 
 
 class ClusterApiHandler(RayKubeHandler):
     """Reaches a running cluster's dashboard on the caller's behalf."""
 
     async def running(self, name: str) -> Cluster:
-        cluster = await self.manager.get(name)
-        if cluster.handle is None or cluster.state != "running":
-            raise web.HTTPError(409, f"cluster {name!r} is {cluster.state}; jobs and logs need it running")
-        return cluster
+        return await self.manager.running(name, "jobs and logs need it running")
 
     async def jobs(self, name: str) -> RayJobs:
         cluster = await self.running(name)
@@ -58,7 +39,6 @@ class JobsHandler(ClusterApiHandler):
     @web.authenticated
     @authorized
     @mapped_errors
-    @unknown_job_is_404
     async def post(self, name: str) -> None:
         """`{"entrypoint": "python x.py", "working_dir": "gcs://…", "pip": [...], "env": {...}}`"""
         body = self.json_body()
@@ -69,7 +49,6 @@ class JobHandler(ClusterApiHandler):
     @web.authenticated
     @authorized
     @mapped_errors
-    @unknown_job_is_404
     async def get(self, name: str, job: str) -> None:
         self.reply(await (await self.jobs(name)).get(job))
 
@@ -78,19 +57,16 @@ class JobLogsHandler(ClusterApiHandler):
     @web.authenticated
     @authorized
     @mapped_errors
-    @unknown_job_is_404
     async def get(self, name: str, job: str) -> None:
         """`?offset=N`: what the job printed from character N on, the next offset and the job
         (one call per poll for a live view); `?tail=N`: its last N lines."""
         tail = self.get_query_argument("tail", None)
         lines = check_lines(tail) if tail is not None else None
-        offset_arg = self.get_query_argument("offset", "0")
-        if not offset_arg.isdigit() or len(offset_arg) > 15:
-            raise web.HTTPError(400, f"offset={offset_arg[:40]!r} is not allowed: a character offset, 0 or more")
+        offset = query_int(self, "offset", 0, 10**15) or 0
         jobs = await self.jobs(name)
         record = await jobs.get(job)  # before the logs: a final state means they are complete
         text = await jobs.logs(job)
-        shown = "\n".join(text.splitlines()[-lines:]) if lines else text[min(int(offset_arg), len(text)):]
+        shown = "\n".join(text.splitlines()[-lines:]) if lines else text[min(offset, len(text)):]
         self.reply({"job": record, "logs": shown, "next_offset": len(text)})
 
 
@@ -98,7 +74,6 @@ class JobStopHandler(ClusterApiHandler):
     @web.authenticated
     @authorized
     @mapped_errors
-    @unknown_job_is_404
     async def post(self, name: str, job: str) -> None:
         jobs = await self.jobs(name)
         stopped = await jobs.stop(job)

@@ -13,7 +13,7 @@ from jupyter_server.auth.decorator import authorized, ws_authenticated
 from jupyter_server.base.handlers import JupyterHandler
 from tornado import httpclient, httputil, web
 
-from ..backends.base import ClusterNotFound
+from ..errors import ClusterNotFound, ClusterNotRunning
 from .guard import OwnerGuard
 from .ws_proxy import HANDSHAKE_HEADERS, DashboardSocketMixin, is_websocket_upgrade
 
@@ -77,11 +77,12 @@ class DashboardProxyHandler(OwnerGuard, DashboardSocketMixin, JupyterHandler):
 
     async def _dashboard_address(self, name: str) -> str:
         try:
-            cluster = await self.manager.get(name)
+            cluster = await self.manager.running(name, "its dashboard is not up")
         except ClusterNotFound as exc:
             raise web.HTTPError(404, str(exc)) from None
-        if cluster.handle is None or cluster.state != "running":
-            raise web.HTTPError(409, f"cluster {name!r} is {cluster.state}; its dashboard is not up")
+        except ClusterNotRunning as exc:
+            raise web.HTTPError(409, str(exc)) from None
+        assert cluster.handle is not None
         return cluster.handle.dashboard_address
 
     async def _proxy(self, name: str, path: str) -> None:
