@@ -174,18 +174,18 @@ def modify_pod_hook(spawner: KubeSpawner, pod: Any) -> Any:
                             pod.spec.service_account_name)
     pod.spec.service_account_name = account
     pod.spec.automount_service_account_token = True
-    _restrict(pod)
+    _restrict(pod, spawner.api.api_client)
     return pod
 
 
-def _restrict(pod: Any) -> None:
+def _restrict(pod: Any, api_client: Any) -> None:
     """Fill in what Pod Security `restricted` (the user's namespace's label) requires and the
     Pod leaves unset; a value the admin set stays, and the apiserver judges it. KubeSpawner's
-    security contexts are camelCase dicts; a model (another hook's) is turned into one."""
-    from kubernetes_asyncio.client import ApiClient
+    security contexts are camelCase dicts; a model (another hook's) is turned into one by the
+    spawner's own client (a new ApiClient would open, and leak, an HTTP session per call)."""
 
     def as_dict(context: Any) -> dict[str, Any]:
-        return dict(ApiClient().sanitize_for_serialization(context) or {})
+        return dict(api_client.sanitize_for_serialization(context) or {})
 
     pod_context = as_dict(pod.spec.security_context)
     pod_context.setdefault("runAsNonRoot", True)
