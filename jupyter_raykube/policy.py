@@ -96,13 +96,17 @@ class Policy:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
-    def check(self, spec: ClusterSpec, others: Iterable[ClusterSpec]) -> None:
+    def check(self, spec: ClusterSpec, others: Iterable[ClusterSpec], spent: float = 0.0) -> None:
         """Refuse `spec` (a new cluster, or a changed one, listed without itself in `others`)
-        when it could take this user over a cap. The message names the cap, what the request
-        asks and what is left."""
+        when it could take this user over a cap, or could add workers once the clusters have
+        `spent` the budget. The message names the cap, what the request asks and what is left."""
         others = list(others)
         before = sum((Usage.of(o) for o in others), Usage())
         wanted = Usage.of(spec)
+        if self.budget is not None and spent >= self.budget and wanted.workers > 0:
+            raise PolicyError(f"your clusters have cost {_num(spent)} of your budget of {_num(self.budget)}: "
+                              f"no workers can be added (a max of 0 is allowed) until your administrator "
+                              f"raises it")
         after = before + wanted
         for cap, used, asked, unit in (
                 (self.max_cpus, after.cpus, wanted.cpus, "CPUs"),

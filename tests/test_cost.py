@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
+
 from jupyter_raykube import formatting as fmt
 from jupyter_raykube.blocking import BlockingManager
 from jupyter_raykube.cost import CostMeter, hourly_rate
 from jupyter_raykube.display import status_lines
 from jupyter_raykube.manager import Cluster, ClusterManager
-from jupyter_raykube.policy import Policy
+from jupyter_raykube.policy import Policy, PolicyError
 from jupyter_raykube.spec import ClusterSpec, WorkerGroup
 
 from .conftest import cluster_processes, wait_for
@@ -64,6 +66,10 @@ def test_a_priced_cluster_shows_its_cost_and_stops_growing_at_the_budget() -> No
         wait_for(lambda: any(e.startswith("scale_down: ") and "every group scaled to 0 workers" in e
                              for e in _events(bm, cluster)), 60, "the budget to scale the groups to 0")
         assert [(g.min, g.max) for g in cluster.spec.groups] == [(0, 0)]
+        # Spent: a change that could add workers is refused up front; one that adds none is not
+        with pytest.raises(PolicyError, match="of your budget of 6: no workers can be added"):
+            bm.call(bm.manager.scale, "t-cost", "cpu", 0, 1)
+        bm.call(bm.manager.scale, "t-cost", "cpu", 0, 0)
         wait_for(lambda: _cost(bm, cluster).get("per_hour") == 0, 90, "the worker to be removed")
         cost = _cost(bm, cluster)
         assert cost["so_far"] >= 6 and cost["user_so_far"] >= cost["so_far"] and cost["budget"] == 6, cost

@@ -56,10 +56,12 @@ class LimitsKeeper:
     async def apply(self, policy: Policy) -> None:
         cluster = self.cluster
         obs, handle, now = cluster.observation, cluster.handle, time.time()
-        if obs is None or handle is None or cluster.state != "running":
+        if obs is None or handle is None:
             return
-        cluster.cost.advance(now, hourly_rate(cluster.spec, obs.nodes))
+        cluster.cost.advance(now, hourly_rate(cluster.spec, obs.nodes))  # a start's workers are billed too
         cluster.cost.user_so_far = self.user_spent()
+        if cluster.state != "running":
+            return
         if policy.max_lifetime_s is not None and now - handle.created_at >= policy.max_lifetime_s:
             await self._stop(f"it reached the maximum lifetime of "
                              f"{describe_duration(policy.max_lifetime_s)} set by your administrator")
@@ -74,10 +76,7 @@ class LimitsKeeper:
             await self._stop(why)
         elif action == "scale_to_zero":
             cluster.saved_ranges = {g.name: (g.min, g.max) for g in cluster.spec.groups}
-            spec = cluster.spec
-            for group in spec.groups:
-                spec = spec.with_group_range(group.name, 0, 0)
-            self.set_spec(cluster, spec)
+            self.set_spec(cluster, _no_workers(cluster.spec))
             cluster.events.add(now, "scale_down", f"{why}: every group scaled to 0 workers; "
                                                   f"new work brings them back")
         elif action == "restore" and cluster.saved_ranges is not None:
@@ -100,10 +99,7 @@ class LimitsKeeper:
         what = f"{number(spent)} of your budget of {number(budget)} is spent"
         if spent >= budget:
             if any(g.max > 0 for g in cluster.spec.groups):
-                spec = cluster.spec
-                for group in spec.groups:
-                    spec = spec.with_group_range(group.name, 0, 0)
-                self.set_spec(cluster, spec)
+                self.set_spec(cluster, _no_workers(cluster.spec))
                 cluster.events.add(now, "scale_down", f"{what}: every group scaled to 0 workers")
         elif spent >= BUDGET_WARNING * budget and not self._budget_warned:
             self._budget_warned = True
@@ -112,6 +108,12 @@ class LimitsKeeper:
     async def _stop(self, reason: str) -> None:
         self.cluster.events.add(time.time(), "info", f"stopping the cluster: {reason}")
         await self.stop(self.cluster, reason=reason)
+
+
+def _no_workers(spec: ClusterSpec) -> ClusterSpec:
+    for group in spec.groups:
+        spec = spec.with_group_range(group.name, 0, 0)
+    return spec
 
 
 def _running_work(node: Any) -> bool:
