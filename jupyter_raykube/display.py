@@ -32,6 +32,8 @@ def status_lines(snap: Snapshot) -> list[str]:
         lines.append(f"  limits: {snap['policy']['summary']}")
     if snap.get("cost"):
         lines.append(f"  cost: {fmt.cost_text(snap['cost'])}")
+    if fmt.quota_text(snap.get("quota")):
+        lines.append(f"  quota: {fmt.quota_text(snap['quota'])}")
     for group in snap["groups"]:
         lines.append(f"  group {group['name']}: {group['nodes']} running, {group['starting']} starting"
                      f" (min {group['min']}, max {group['max']})")
@@ -144,7 +146,8 @@ def _any_gpus(snap: Snapshot) -> bool:
 
 
 def totals_html(snap: Snapshot) -> str:
-    """One line of cluster totals: CPU, GPU (when a group can have GPUs), memory, object store."""
+    """One line of cluster totals: CPU, GPU (when a group can have GPUs), memory, object store,
+    then what it costs and the namespace quota, when there are such."""
     nodes = snap["nodes"]
     parts = [("CPU", bar(*_sum(nodes, "CPU"), fmt.usage(*_sum(nodes, "CPU"))))]
     if _any_gpus(snap):
@@ -154,6 +157,11 @@ def totals_html(snap: Snapshot) -> str:
     parts.append(("object store", bar(*store, fmt.bytes_usage(*store))))
     if snap.get("cost"):
         parts.append(("cost", html.escape(fmt.cost_text(snap["cost"]))))
+    if fmt.quota_text(snap.get("quota")):
+        quota = snap["quota"]
+        parts.append(("quota", f"<span title='ResourceQuota {html.escape(quota['name'])} of namespace "
+                               f"{html.escape(quota['namespace'])}: what all your Pods may request'>"
+                               f"{html.escape(fmt.quota_text(quota))}</span>"))
     cells = "".join(f"<span style='white-space:nowrap'><span style='{_MUTED}'>{label}</span> {b}</span>"
                     for label, b in parts)
     return f"<div class='raykube-totals' style='display:flex;flex-wrap:wrap;gap:2px 14px;margin:4px 0;font-size:12px'>{cells}</div>"

@@ -111,3 +111,38 @@ def cost_text(cost: Mapping[str, Any] | None) -> str:
     if cost.get("budget") is not None:
         text += f"; {number(cost['user_so_far'])} of your budget of {number(cost['budget'])}"
     return text
+
+
+_DEVICE_WORDS = {"gpu": "GPUs", "tpu": "TPUs"}
+
+
+def quota_text(quota: Mapping[str, Any] | None) -> str:
+    """``2 of 4 GPUs used, 6 of 16 CPUs, 20 of 64 GiB memory, 3 of 20 pods`` (the snapshot's
+    `quota`): accelerators first, then CPUs, memory (in the unit of its limit) and Pods; keys
+    the line has no words for (limits.*, services, ...) are left out. "" without a quota."""
+    if not quota:
+        return ""
+    by_key = {r["resource"]: r for r in quota["resources"]}
+    accelerators = sorted(k for k in by_key if k.startswith("requests.") and "/" in k)
+    words = [_DEVICE_WORDS.get(k.rsplit("/", 1)[1], k.removeprefix("requests.")) for k in accelerators]
+    parts = []
+    for key, word in zip(accelerators, words):
+        if words.count(word) > 1:  # two vendors' GPUs: say whose
+            word = f"{key.removeprefix('requests.').split('/')[0]} {word}"
+        parts.append(f"{number(by_key[key]['used'])} of {number(by_key[key]['hard'])} {word}")
+    cpu = by_key.get("requests.cpu") or by_key.get("cpu")
+    if cpu:
+        parts.append(f"{number(cpu['used'])} of {number(cpu['hard'])} CPUs")
+    memory = by_key.get("requests.memory") or by_key.get("memory")
+    if memory:
+        unit = 0
+        while memory["hard"] >= 1024 ** (unit + 1) and unit < len(_BYTE_UNITS) - 1:
+            unit += 1
+        # half up, as the sidebar's Math.round: 8.25 GiB reads 8.3 in both
+        used, hard = (number(math.floor(memory[k] / 1024**unit * 10 + 0.5) / 10, 1) for k in ("used", "hard"))
+        parts.append(f"{used} of {hard} {_BYTE_UNITS[unit]} memory")
+    if "pods" in by_key:
+        parts.append(f"{number(by_key['pods']['used'])} of {number(by_key['pods']['hard'])} pods")
+    if not parts:
+        return ""
+    return ", ".join([parts[0] + " used", *parts[1:]])

@@ -73,6 +73,8 @@ ROLE_RULES: tuple[dict[str, list[str]], ...] = (
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "get", "delete"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["list"]},
     {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["create", "get", "delete"]},
+    # The hub's ResourceQuota, by name, to show it (read only: the user may not change it).
+    {"apiGroups": [""], "resources": ["resourcequotas"], "verbs": ["get"]},
 )
 
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 import ray
 
 from .autoscaler.reconciler import describe_pending
-from .backends.base import HEAD_GROUP
+from .backends.base import HEAD_GROUP, Quota
 from .cost import CostJson, priced
 
 if TYPE_CHECKING:
@@ -53,6 +53,21 @@ class EventJson(TypedDict):
     message: str
 
 
+class QuotaUseJson(TypedDict):
+    resource: str  # the quota's key: "requests.cpu", "requests.memory", "requests.nvidia.com/gpu", "pods"
+    used: float  # base units: cores, bytes, devices, objects
+    hard: float
+
+
+class QuotaJson(TypedDict):
+    """The platform's limit on everything the user runs (the hub hook's ResourceQuota), which
+    the user's own configuration cannot raise; formatting.quota_text makes it one line."""
+
+    name: str
+    namespace: str
+    resources: list[QuotaUseJson]
+
+
 class SnapshotJson(TypedDict):
     name: str
     backend: str
@@ -77,6 +92,7 @@ class SnapshotJson(TypedDict):
     demand: list[dict[str, object]]  # see autoscaler.reconciler.describe_pending
     events: list[EventJson]  # oldest first
     cost: CostJson | None  # when a group is priced or the policy sets a budget (cost.py)
+    quota: QuotaJson | None  # the namespace's ResourceQuota `raykube`; None: local, or no such quota
 
 
 def cluster_snapshot(cluster: Cluster) -> SnapshotJson:
@@ -115,7 +131,15 @@ def cluster_snapshot(cluster: Cluster) -> SnapshotJson:
         "demand": [describe_pending(p) for p in (obs.pending if obs else ())],
         "events": cluster.events.to_json(last=50),  # type: ignore[typeddict-item]
         "cost": cost_json(cluster),
+        "quota": quota_json(obs.quota) if obs else None,
     }
+
+
+def quota_json(quota: Quota | None) -> QuotaJson | None:
+    if quota is None:
+        return None
+    return {"name": quota.name, "namespace": quota.namespace,
+            "resources": [{"resource": r.resource, "used": r.used, "hard": r.hard} for r in quota.resources]}
 
 
 def cost_json(cluster: Cluster) -> CostJson | None:

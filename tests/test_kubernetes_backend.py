@@ -48,6 +48,10 @@ from jupyter_raykube.backends.kubernetes import KubernetesBackend
 from jupyter_raykube.errors import ClusterExistsError
 from jupyter_raykube.backends.registry import BACKEND_ENV, resolve_backend
 from jupyter_raykube.blocking import BlockingManager
+from jupyter_raykube.display import status_lines
+from jupyter_raykube.formatting import quota_text
+from jupyter_raykube.hub_namespace import quota_hard, quota_manifest
+from jupyter_raykube.policy import QUOTA_NAME, Policy
 from jupyter_raykube.client import LocalClient
 from jupyter_raykube.connect import connect_driver
 from jupyter_raykube.manager import Cluster, ClusterManager
@@ -70,7 +74,7 @@ RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted"}
 ROLE = {("pods", v) for v in ("create", "get", "list", "watch", "patch", "delete")} | {("pods/log", "get")} \
     | {("services", v) for v in ("create", "get", "list", "delete")} \
     | {("secrets", v) for v in ("create", "get", "delete")} | {("events", "list")} \
-    | {("networkpolicies", v) for v in ("create", "get", "delete")}
+    | {("networkpolicies", v) for v in ("create", "get", "delete")} | {("resourcequotas", "get")}
 _NODE_PORT_FLAGS = ("--node-manager-port", "--object-manager-port", "--dashboard-agent-grpc-port",
                     "--runtime-env-agent-port", "--metrics-export-port")
 
@@ -542,6 +546,12 @@ def on_gpu() -> tuple[str, list[Any]]:
     return os.environ["RAY_CLOUD_INSTANCE_ID"], list(ray.get_gpu_ids())
 
 
+@ray.remote(num_cpus=1, num_gpus=1)
+def hold_gpu(seconds: float) -> str:
+    time.sleep(seconds)
+    return os.environ["RAY_CLOUD_INSTANCE_ID"]
+
+
 def _stop_and_check_clean(bm: BlockingManager, name: str, control_plane: ControlPlane, ns: str,
                           kubelet: ProcessKubelet) -> None:
     ray.shutdown()
@@ -888,6 +898,53 @@ def test_a_worker_over_the_namespace_quota_is_explained_and_not_retried(
     assert calls_made(kube_fault_proxy) <= ROLE
 
 
+def test_a_gpu_quota_of_one_holds_the_second_gpu_worker_whatever_the_users_own_policy(
+        ray_kubelet: ProcessKubelet, kube_config_file: Path, kube_fault_proxy: FaultProxy,
+        kube_control_plane: ControlPlane, v1: CoreV1Api, ns: str) -> None:
+    """The hub hook's ResourceQuota (its own builders, from a policy of 1 GPU) in the user's
+    namespace, and a server whose own config raises its policy to 8 GPUs: two GPU tasks ask a
+    gpu group that may grow to 2 for two workers. The apiserver admits the first Pod and refuses
+    the second; the pending task's reason quotes the quota, and the quota line, which every
+    front-end shows, reads 1 of 1 GPUs used."""
+    hard = quota_hard(Policy(max_gpus=1, max_clusters=1, max_workers=2), server_requests={},
+                      max_memory_bytes=None, accelerators=("nvidia.com/gpu",))
+    v1.create_namespaced_resource_quota(ns, quota_manifest(ns, hard, {"raykube.io/owner": "alice"}))
+    wait_until(lambda: v1.read_namespaced_resource_quota(QUOTA_NAME, ns).status.hard, timeout_s=30,
+               what="the quota controller to count the namespace")
+    raised = Config({"ClusterManager": {"policy": {"max_gpus": 8}}})  # the user's jupyter_server_config.py
+    spec = ClusterSpec(name="k-gpuq", backend="kubernetes",
+                       groups=(WorkerGroup("gpu", cpus=1, gpus=1, max=2, **SMALL),))
+    with autoscaled(kube_config_file, manager={"backoff_s": 300.0, "config": raised}) as bm:
+        cluster = bm.call(bm.manager.create, spec)
+        assert _snapshot(bm, cluster)["policy"]["max_gpus"] == 8  # the user's server lets it through
+        connect_driver(cluster.handle.address, bm.manager.token)
+        refs = [hold_gpu.remote(600) for _ in range(2)]
+
+        def quoted() -> dict[str, Any] | None:
+            snap = _snapshot(bm, cluster)
+            pending = [d for d in snap["demand"] if "exceeded quota" in d["reason"]]
+            used = quota_text(snap["quota"]).startswith("1 of 1 GPUs used")
+            return snap if pending and used and snap["groups"][0]["nodes"] == 1 else None
+
+        snap = wait_until(quoted, timeout_s=240, interval_s=0.5, what="one GPU worker running and the second one refused")
+        [pending] = [d for d in snap["demand"] if "exceeded quota" in d["reason"]]
+        assert pending["count"] == 1 and pending["shape"] == {"CPU": 1.0, "GPU": 1.0}, pending
+        assert pending["reason"].startswith("gpu group is backed off: could not create a gpu node: the namespace's "
+                                            "ResourceQuota refused to create pods/k-gpuq-gpu-"), pending["reason"]
+        assert ("is forbidden: exceeded quota: raykube, requested: requests.nvidia.com/gpu=1, used: "
+                "requests.nvidia.com/gpu=1, limited: requests.nvidia.com/gpu=1") in pending["reason"]
+        assert snap["quota"]["namespace"] == ns
+        assert quota_text(snap["quota"]) == "1 of 1 GPUs used, 2 of 4 pods"  # the head and one gpu worker
+        assert "  quota: 1 of 1 GPUs used, 2 of 4 pods" in status_lines(snap)  # %raycluster status
+        assert len(_worker_pods(v1, ns, "k-gpuq", "gpu")) == 1
+        refused = [r for r in kube_fault_proxy.requests("POST", pods_path(ns)) if r.status == 403]
+        assert len(refused) == 1 and created_pods(kube_fault_proxy, ns) == 2  # the head and one gpu worker
+        for ref in refs:
+            ray.cancel(ref, force=True)
+        _stop_and_check_clean(bm, "k-gpuq", kube_control_plane, ns, ray_kubelet)
+    assert calls_made(kube_fault_proxy) <= ROLE
+
+
 # --- deploy/rbac.yaml: every rule is needed --------------------------------------------------
 
 
@@ -956,6 +1013,7 @@ async def _every_call(backend: KubernetesBackend, proxy: FaultProxy, ns: str) ->
     worker = await step(backend.create_worker(handle, spec.groups[0]))
     await step(backend.list_nodes(handle))  # Pending with an empty status: its Events are read
     await step(backend.logs(handle, "k-rbac-head"))
+    await step(backend.quota())  # shown, never raised: a refusal reads as no quota
     await step(backend.discover())
     await step(backend.save_spec(handle, spec.with_group_range("cpu", 0, 2)))  # a scale's desired state
     if worker is not None:
@@ -967,9 +1025,11 @@ async def _every_call(backend: KubernetesBackend, proxy: FaultProxy, ns: str) ->
 def test_every_rule_of_deploy_rbac_yaml_is_needed(silent_kubelet: ProcessKubelet, kube_control_plane: ControlPlane,
                                                   make_kube_namespace: Callable[..., str],
                                                   kube_fault_proxy: FaultProxy, v1: CoreV1Api,
-                                                  tmp_path: Path) -> None:
+                                                  tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """With the Role exactly as written, every call of a server's life succeeds; with any one
-    (resource, verb) taken out, some call gets the apiserver's 403 for exactly that one."""
+    (resource, verb) taken out, some call gets the apiserver's 403 for exactly that one. The
+    quota read only feeds the display: a Role without it (an older one) breaks no call and
+    logs one warning."""
     from tests.kube.identity import role_rules
 
     def run_with(rules: list[dict[str, Any]], label: str) -> tuple[str, list[str]]:
@@ -1015,5 +1075,9 @@ def test_every_rule_of_deploy_rbac_yaml_is_needed(silent_kubelet: ProcessKubelet
                 if others:
                     reduced.append({**rule, "resources": others})
                 reduced = [r for r in reduced if r["verbs"]]
-                ns, _ = run_with(reduced, f"{resource.replace('/', '-')}-{verb}")
+                ns, failures = run_with(reduced, f"{resource.replace('/', '-')}-{verb}")
                 assert (resource, verb) in refused_calls(ns), f"nothing needed {verb} on {resource}"
+                if resource == "resourcequotas":
+                    assert failures == [], failures
+    quota_warnings = [r for r in caplog.records if "Not showing the ResourceQuota raykube" in r.getMessage()]
+    assert len(quota_warnings) == 1 and "may not get resourcequotas" in quota_warnings[0].getMessage()

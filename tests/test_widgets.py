@@ -7,9 +7,13 @@ two run it on a real local cluster."""
 from __future__ import annotations
 
 import copy
+import json
 import os
+import shutil
+import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -171,6 +175,56 @@ def test_formatting_rules() -> None:
     finally:
         os.environ.pop("TZ")
         time.tzset()
+
+
+def _quota(**resources: tuple[float, float]) -> dict[str, Any]:
+    return {"name": "raykube", "namespace": "jhub-alice",
+            "resources": [{"resource": k.replace("_", ".").replace(".com.", ".com/"), "used": u, "hard": h}
+                          for k, (u, h) in resources.items()]}
+
+
+# (the snapshot's quota, the line every front-end shows)
+QUOTA_LINES = [
+    (_quota(requests_nvidia_com_gpu=(2, 4), requests_cpu=(6, 16), requests_memory=(20 * GiB, 64 * GiB),
+            pods=(3, 20)), "2 of 4 GPUs used, 6 of 16 CPUs, 20 of 64 GiB memory, 3 of 20 pods"),
+    # what the hub hook writes: the server's own requests on top of the caps (8.25 GiB reads 8.3)
+    (_quota(requests_cpu=(1.6, 4.1), requests_memory=(640 * 2**20, 8 * GiB + 256 * 2**20)),
+     "1.6 of 4.1 CPUs used, 0.6 of 8.3 GiB memory"),
+    (_quota(requests_amd_com_gpu=(1, 2), requests_nvidia_com_gpu=(0, 2), limits_cpu=(1, 3)),
+     "1 of 2 amd.com GPUs used, 0 of 2 nvidia.com GPUs"),  # limits.* has no words: left out
+    (_quota(**{"requests_aws_amazon_com_neuron": (0, 1)}), "0 of 1 aws.amazon.com/neuron used"),
+    (_quota(services=(1, 5)), ""),
+    (None, ""),
+]
+LABEXTENSION = Path(__file__).resolve().parents[1] / "labextension"
+
+
+def test_quota_line_is_one_formatter_in_status_totals_and_sidebar() -> None:
+    """formatting.quota_text and the sidebar's formatQuota (format.ts, compiled here with the
+    labextension's own TypeScript) read every quota the same; the text status and the
+    widget's totals show that line, and a snapshot without a quota shows none."""
+    assert [fmt.quota_text(q) for q, _ in QUOTA_LINES] == [line for _, line in QUOTA_LINES]
+    typescript = LABEXTENSION / "node_modules" / "typescript"
+    if not typescript.exists() or shutil.which("node") is None:
+        pytest.skip("needs node and labextension/node_modules (npm install in labextension/)")
+    program = """
+const ts = require(process.argv[1]);
+const source = require('fs').readFileSync(process.argv[2], 'utf8');
+const js = ts.transpileModule(source, {compilerOptions: {module: ts.ModuleKind.ESNext,
+                                                         target: ts.ScriptTarget.ES2020}}).outputText;
+import('data:text/javascript,' + encodeURIComponent(js)).then(m =>
+  console.log(JSON.stringify(JSON.parse(process.argv[3]).map(q => m.formatQuota(q)))));
+"""
+    out = subprocess.run(["node", "-e", program, str(typescript), str(LABEXTENSION / "src" / "format.ts"),
+                          json.dumps([q for q, _ in QUOTA_LINES])], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [line for _, line in QUOTA_LINES]
+
+    snap = {**_snapshot(), "quota": QUOTA_LINES[0][0]}
+    assert "  quota: 2 of 4 GPUs used, 6 of 16 CPUs, 20 of 64 GiB memory, 3 of 20 pods" in status_lines(snap)
+    assert "2 of 4 GPUs used, 6 of 16 CPUs" in totals_html(snap) and "namespace jhub-alice" in totals_html(snap)
+    local = {**_snapshot(), "quota": None}
+    assert not [line for line in status_lines(local) if "quota" in line] and "quota" not in totals_html(local)
 
 
 def test_widget_follows_a_scale_up_and_the_stop(blocking_manager: BlockingManager) -> None:

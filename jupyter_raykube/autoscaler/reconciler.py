@@ -22,7 +22,7 @@ from typing import Literal
 import anyio
 from anyio.abc import TaskGroup
 
-from ..backends.base import Backend, BackendError, BackendNode, ClusterHandle, ClusterNotFound
+from ..backends.base import Backend, BackendError, BackendNode, ClusterHandle, ClusterNotFound, Quota
 from ..events import EventKind, EventLog
 from ..node_logs import failure_tail
 from ..spec import ClusterSpec
@@ -93,6 +93,7 @@ class Observation:
     nodes: tuple[ObservedNode, ...]
     ray: ClusterState
     pending: tuple[PendingStatus, ...]
+    quota: Quota | None = None  # the platform's limit on the user's nodes (a namespace quota)
 
 
 @dataclass
@@ -182,7 +183,8 @@ class Reconciler:
             await self._launch(reply, nodes)
             await self._drain(reply, nodes, now)
             self._schedule_next_round(nodes, state)
-        self.observation = Observation(at=now, nodes=nodes, ray=state, pending=reply.pending)
+        quota = await self.backend.quota()  # cached by the backend: not an API call per round
+        self.observation = Observation(at=now, nodes=nodes, ray=state, pending=reply.pending, quota=quota)
         return self.observation
 
     # --- observe -----------------------------------------------------------------------------

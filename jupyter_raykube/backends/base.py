@@ -22,7 +22,7 @@ from ..errors import BackendError, ClusterExistsError, ClusterNotFound
 from ..spec import ClusterSpec, WorkerGroup, default_groups
 
 __all__ = ["HEAD_GROUP", "Backend", "BackendError", "BackendNode", "ClusterExistsError", "ClusterHandle",
-           "ClusterNotFound"]
+           "ClusterNotFound", "Quota", "QuotaUse"]
 
 HEAD_GROUP = "head"
 NodePhase = Literal["pending", "running", "exited"]
@@ -68,6 +68,26 @@ class ClusterHandle:
     owner: str  # the Jupyter/Hub user
     created_at: float
     details: Mapping[str, Any] = field(default_factory=dict)  # backend-private bookkeeping
+
+
+@dataclass(frozen=True)
+class QuotaUse:
+    """One resource of a namespace quota: what is in use and the most allowed, in base units
+    (cores, bytes, devices, objects), as the apiserver counts them."""
+
+    resource: str  # the quota's key: "requests.cpu", "requests.nvidia.com/gpu", "pods"
+    used: float
+    hard: float
+
+
+@dataclass(frozen=True)
+class Quota:
+    """The limit the platform enforces on everything the user runs (the JupyterHub hook's
+    ResourceQuota), whatever the user's own configuration says."""
+
+    name: str
+    namespace: str
+    resources: tuple[QuotaUse, ...]
 
 
 class _AbstractTraitsMeta(MetaHasTraits, ABCMeta):
@@ -130,6 +150,11 @@ class Backend(LoggingConfigurable, metaclass=_AbstractTraitsMeta):
     @abstractmethod
     async def logs(self, handle: ClusterHandle, node_name: str, *, tail: int = 200) -> str:
         """The last `tail` lines a node printed, for error messages and the UI."""
+
+    async def quota(self) -> Quota | None:
+        """The platform's quota on this user's nodes, as last read (cheap enough to ask every
+        autoscaler round); None where there is none (local processes)."""
+        return None
 
     async def close(self) -> None:
         """Release what the backend holds (the Kubernetes Pod watch); clusters keep running."""

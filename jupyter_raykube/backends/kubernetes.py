@@ -36,10 +36,11 @@ from ..errors import ClusterExistsError
 from ..spec import ClusterSpec, WorkerGroup
 from ..versions import check_ray_versions
 from . import k8s_objects as objects
-from .base import HEAD_GROUP, BackendError, BackendNode, ClusterHandle, ClusterNotFound
+from .base import HEAD_GROUP, BackendError, BackendNode, ClusterHandle, ClusterNotFound, Quota
 from .k8s_api import Call, KubeCalls, NameTaken, PermissionDenied, status_message
 from .k8s_events import PodEvents
 from .k8s_network import ClusterNetworkPolicies
+from .k8s_quota import NamespaceQuota
 from .k8s_settings import KubernetesSettings
 from .k8s_objects import (
     LABEL_CLUSTER,
@@ -80,6 +81,7 @@ class KubernetesBackend(KubernetesSettings):
         self.events = PodEvents(self)
         self.server_pod_labels: dict[str, str] = {}  # of owner_pod_name, read with the owner references
         self.network_policies = ClusterNetworkPolicies(self)
+        self.namespace_quota = NamespaceQuota(self)  # the hub hook's ResourceQuota, for display
 
     async def close(self) -> None:
         """Stop watching Pods (a later call starts a new watch)."""
@@ -236,6 +238,11 @@ class KubernetesBackend(KubernetesSettings):
                                      created_at=creation_time(pod), message=start.message, step=start.step,
                                      provisioning=start.provisioning, failed=start.failed))
         return nodes
+
+    async def quota(self) -> Quota | None:
+        """The namespace's ResourceQuota `raykube` (the JupyterHub hook's), read at most every
+        few seconds for all clusters together (k8s_quota.py)."""
+        return await self.namespace_quota.get()
 
     async def save_spec(self, handle: ClusterHandle, spec: ClusterSpec) -> ClusterHandle:
         """As the head Pod's spec annotation, which every server of this user reads back."""

@@ -106,6 +106,16 @@ export interface ICluster {
   events: IEvent[];
   /** When a group is priced or the policy sets a budget (cost.py `CostJson`). */
   cost: ICost | null;
+  /** The namespace's ResourceQuota `raykube` (snapshot.py `QuotaJson`); null: none. */
+  quota: IQuota | null;
+}
+
+/** The platform's limit on everything the user runs, which their own config cannot raise. */
+export interface IQuota {
+  name: string;
+  namespace: string;
+  /** Base units: cores, bytes, devices, objects. */
+  resources: { resource: string; used: number; hard: number }[];
 }
 
 /** What the cluster costs, in the unit of the groups' `cost` per node-hour. */

@@ -20,6 +20,7 @@ import {
   formatCost,
   formatDuration,
   formatNumber,
+  formatQuota,
   formatResources,
   formatTime,
   newestFirst,
@@ -169,6 +170,14 @@ export function ClusterCard({ cluster, model, commands, busy }: ICardProps): Rea
       )}
       {cluster.cost && (
         <div className="jp-RayKube-hint jp-RayKube-cost">Cost: {formatCost(cluster.cost)}</div>
+      )}
+      {formatQuota(cluster.quota) && (
+        <div
+          className="jp-RayKube-hint jp-RayKube-quota"
+          title={`ResourceQuota ${cluster.quota!.name} of namespace ${cluster.quota!.namespace}: what all your Pods may request`}
+        >
+          Quota: {formatQuota(cluster.quota)}
+        </div>
       )}
       <ResourceBars cluster={cluster} />
       <DemandList demand={cluster.demand} />

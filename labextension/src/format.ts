@@ -3,7 +3,7 @@
  * jupyter_raykube/formatting.py (the notebook widget): GiB for bytes, at most 2 decimals,
  * local clock time, newest event first. One module, so the widget and the sidebar agree.
  */
-import type { ICluster, ICost, IEvent, IGroup, INode, Resources } from './api';
+import type { ICluster, ICost, IEvent, IGroup, INode, IQuota, Resources } from './api';
 
 const BYTE_UNITS = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
 
@@ -106,4 +106,53 @@ export function formatCost(cost: ICost | null | undefined): string {
     text += `; ${formatNumber(cost.user_so_far)} of your budget of ${formatNumber(cost.budget)}`;
   }
   return text;
+}
+
+const DEVICE_WORDS: Record<string, string> = { gpu: 'GPUs', tpu: 'TPUs' };
+
+/**
+ * `2 of 4 GPUs used, 6 of 16 CPUs, 20 of 64 GiB memory, 3 of 20 pods` (formatting.py
+ * `quota_text`, the same rules): accelerators first, then CPUs, memory in the unit of its
+ * limit, Pods; keys without words are left out. '' without a quota.
+ */
+export function formatQuota(quota: IQuota | null | undefined): string {
+  if (!quota) {
+    return '';
+  }
+  const byKey = new Map(quota.resources.map(r => [r.resource, r]));
+  const of = (used: number, hard: number, word: string) =>
+    `${formatNumber(used)} of ${formatNumber(hard)} ${word}`;
+  const accelerators = [...byKey.keys()]
+    .filter(k => k.startsWith('requests.') && k.includes('/'))
+    .sort();
+  const words = accelerators.map(k => {
+    const name = k.slice('requests.'.length);
+    return DEVICE_WORDS[name.slice(name.lastIndexOf('/') + 1)] ?? name;
+  });
+  const parts: string[] = [];
+  accelerators.forEach((key, i) => {
+    let word = words[i];
+    if (words.filter(w => w === word).length > 1) {
+      word = `${key.slice('requests.'.length).split('/')[0]} ${word}`; // two vendors' GPUs: say whose
+    }
+    parts.push(of(byKey.get(key)!.used, byKey.get(key)!.hard, word));
+  });
+  const cpu = byKey.get('requests.cpu') ?? byKey.get('cpu');
+  if (cpu) {
+    parts.push(of(cpu.used, cpu.hard, 'CPUs'));
+  }
+  const memory = byKey.get('requests.memory') ?? byKey.get('memory');
+  if (memory) {
+    let unit = 0;
+    while (memory.hard >= 1024 ** (unit + 1) && unit < BYTE_UNITS.length - 1) {
+      unit += 1;
+    }
+    const scaled = (bytes: number) => Math.round((bytes / 1024 ** unit) * 10) / 10;
+    parts.push(of(scaled(memory.used), scaled(memory.hard), `${BYTE_UNITS[unit]} memory`));
+  }
+  const pods = byKey.get('pods');
+  if (pods) {
+    parts.push(of(pods.used, pods.hard, 'pods'));
+  }
+  return parts.length ? [`${parts[0]} used`, ...parts.slice(1)].join(', ') : '';
 }
