@@ -13,10 +13,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import fields, replace
 from typing import TYPE_CHECKING, Any
 
-from traitlets import Bool, Dict, Float, Int, List, TraitError, Unicode, validate
+from traitlets import Bool, Dict, Enum, Float, Int, List, TraitError, Unicode, validate
 from traitlets.config import LoggingConfigurable
 
 from .policy import POLICY_ENV, Policy
+from .scheduling import SCHEDULING_FIELDS
 
 if TYPE_CHECKING:
     from kubespawner import KubeSpawner
@@ -24,9 +25,10 @@ if TYPE_CHECKING:
 ENV_POLICY = POLICY_ENV
 
 COUNT_KEYS = ("max_gpus", "max_workers", "max_clusters")
+LIST_KEYS = ("user_scheduling",)  # a set of allowed names: looser is the union, tighter the intersection
 POLICY_KEYS = tuple(f.name for f in fields(Policy))  # the server reads exactly these (policy.py)
 
-Cap = float | int | None
+Cap = float | int | tuple[str, ...] | None
 
 
 # --- caps --------------------------------------------------------------------------------------
@@ -41,6 +43,12 @@ def check_caps(data: Mapping[str, Any], where: str) -> dict[str, Cap]:
     for key, value in data.items():
         if key not in POLICY_KEYS:
             raise ValueError(f"{where}: unknown cap {key!r}; allowed: {', '.join(POLICY_KEYS)}")
+        if key in LIST_KEYS:
+            if not isinstance(value, (list, tuple)) or not set(value) <= set(SCHEDULING_FIELDS):
+                raise ValueError(f"{where}: {key} must be a list of any of {', '.join(SCHEDULING_FIELDS)}, "
+                                 f"not {value!r}")
+            checked[key] = tuple(value)
+            continue
         if value is None:
             checked[key] = None
             continue
@@ -53,11 +61,15 @@ def check_caps(data: Mapping[str, Any], where: str) -> dict[str, Cap]:
 
 
 def _looser(a: Cap, b: Cap) -> Cap:
-    return None if a is None or b is None else max(a, b)
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return tuple(dict.fromkeys(a + b))
+    return None if a is None or b is None else max(a, b)  # type: ignore[type-var]
 
 
 def _tighter(a: Cap, b: Cap) -> Cap:
-    return b if a is None else a if b is None else min(a, b)
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return tuple(k for k in a if k in b)
+    return b if a is None else a if b is None else min(a, b)  # type: ignore[type-var]
 
 
 def updated(policy: Policy, caps: Mapping[str, Cap]) -> Policy:
@@ -103,6 +115,15 @@ class RayKubeHubPolicy(LoggingConfigurable):
         on their server may cost, in the unit of the groups' `cost` (a price per node-hour, e.g.
         c.KubernetesBackend.default_worker_groups with "cost": 0.4). At 80 % an event warns, at
         100 % every group is scaled to 0 workers. Counted since the server started. None: no budget.""")
+
+    user_scheduling = List(Enum(list(SCHEDULING_FIELDS)), config=True, help="""Which of a worker group's
+        Kubernetes scheduling fields users may set in their own requests (the REST `scheduling`
+        object, `%raycluster start --gpu-type/--market`): any of node_selector, tolerations,
+        affinity, priority_class_name, runtime_class_name, accelerator_type, market_type. Empty
+        (the default): none; their groups are placed only as c.KubernetesBackend configures. Say
+        ["accelerator_type", "market_type"] to let users pick a GPU model and spot capacity. The
+        user's token can create Pods directly, so this is a guard on what the server builds; pair
+        a priority class with a ResourceQuota scoped to it, as Kubernetes advises.""")
 
     group_policies = Dict(config=True, help="""Caps by JupyterHub group name, e.g.
         {"gpu-users": {"max_gpus": 4}, "students": {"max_cpus": 4, "max_clusters": 1}}.

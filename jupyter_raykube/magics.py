@@ -23,6 +23,7 @@ from .connect import connect_driver, disconnect_driver
 from .driver_events import follow as follow_events
 from .display import ClusterStatus, ClusterTable
 from .formatting import duration
+from .scheduling import MARKET_TYPES
 from .spec import SpecError, parse_cpus, parse_range
 
 
@@ -49,6 +50,10 @@ def _build_parser() -> _Parser:
     start.add_argument("--idle-timeout", metavar="S", help="seconds before an idle worker is removed")
     start.add_argument("--backend", choices=("local", "kubernetes"), default=None)
     start.add_argument("--image", help="container image of the cluster's Pods (Kubernetes)")
+    start.add_argument("--gpu-type", metavar="TYPE", help="accelerator type of the gpu group's nodes, e.g. A100 "
+                       "(Kubernetes, where your administrator allows it)")
+    start.add_argument("--market", choices=MARKET_TYPES, help="spot or on-demand nodes for the cpu and gpu "
+                       "groups (Kubernetes, where your administrator allows it)")
     start.add_argument("--no-connect", action="store_true", help="do not call ray.init")
     status = commands.add_parser("status", help="show a cluster's nodes, demand and events")
     status.add_argument("name", nargs="?")
@@ -196,7 +201,7 @@ def _request_from_args(name: str | None, args: Any) -> dict[str, Any]:
         request["backend"] = args.backend
     if args.image:
         request["image"] = args.image
-    groups: dict[str, dict[str, int]] = {}
+    groups: dict[str, dict[str, Any]] = {}
     if args.worker_cpus is not None:
         groups["cpu"] = {"cpus": parse_cpus("--worker-cpus", args.worker_cpus)}
     for flag, group in (("cpu_workers", "cpu"), ("gpu_workers", "gpu")):
@@ -204,6 +209,11 @@ def _request_from_args(name: str | None, args: Any) -> dict[str, Any]:
         if value is not None:
             low, high = parse_range(f"--{flag.replace('_', '-')}", value)
             groups.setdefault(group, {}).update(min=low, max=high)
+    if args.gpu_type is not None:
+        groups.setdefault("gpu", {})["scheduling"] = {"accelerator_type": args.gpu_type}
+    if args.market is not None:
+        for group in ("cpu", "gpu"):
+            groups.setdefault(group, {}).setdefault("scheduling", {})["market_type"] = args.market
     if groups:
         request["groups"] = groups
     if args.idle_timeout is not None:

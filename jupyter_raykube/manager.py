@@ -143,6 +143,7 @@ class ClusterManager(ManagerSettings):
                 raise PolicyError(f"at most {self.max_clusters} cluster{'s' if self.max_clusters != 1 else ''} "
                                   f"may run at once ({owned} running); stop one first")
             self.policy.check(spec, self._committed_specs(except_name=spec.name), spent=self._user_spent())
+            await backend.check_spec(spec)
             cluster = Cluster(spec=spec, backend=backend, owned=True, owner=self.owner, step="queued",
                               policy=self.policy)
             self._clusters[spec.name] = cluster
@@ -259,6 +260,7 @@ class ClusterManager(ManagerSettings):
             raise NotOwnedError(f"cluster {name!r} is autoscaled by the process that started it; "
                                 f"change it there (or through the Jupyter server that owns it)")
         self.policy.check(new_spec, self._committed_specs(except_name=name), spent=self._user_spent())
+        await cluster.backend.check_spec(new_spec)
         if cluster.saved_ranges is not None:  # scaled to 0 while idle: the user's range wins
             cluster.saved_ranges = None
         before = {g.name: g for g in cluster.spec.groups}

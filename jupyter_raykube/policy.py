@@ -19,6 +19,7 @@ from typing import Any, Literal
 from traitlets import TraitError, TraitType
 
 from .errors import PolicyError, SpecError
+from .scheduling import SCHEDULING_FIELDS
 from .spec import ClusterSpec
 
 POLICY_ENV = "RAYKUBE_POLICY"
@@ -64,11 +65,19 @@ class Policy:
     # What all of the user's clusters on this server may cost (groups' `cost` per node-hour):
     # an event at 80 %, every group scaled to 0 workers at 100 % (cost.py)
     budget: float | None = None
+    # Which of a group's `scheduling` fields (scheduling.SCHEDULING_FIELDS) the user's own
+    # requests may set; the admin's per-group scheduling applies either way.
+    user_scheduling: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if (not isinstance(self.user_scheduling, (list, tuple))
+                or not set(self.user_scheduling) <= set(SCHEDULING_FIELDS)):
+            raise SpecError("policy.user_scheduling", self.user_scheduling,
+                            f"a list of any of {', '.join(SCHEDULING_FIELDS)}")
+        object.__setattr__(self, "user_scheduling", tuple(self.user_scheduling))
         for f in fields(self):
             value = getattr(self, f.name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+            if f.name != "user_scheduling" and value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
                 raise SpecError(f"policy.{f.name}", value, "a number >= 0, or null for no limit")
 
     @classmethod
@@ -94,12 +103,13 @@ class Policy:
         return cls.from_mapping(data)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "user_scheduling": list(self.user_scheduling)}
 
     def check(self, spec: ClusterSpec, others: Iterable[ClusterSpec], spent: float = 0.0) -> None:
         """Refuse `spec` (a new cluster, or a changed one, listed without itself in `others`)
         when it could take this user over a cap, or could add workers once the clusters have
         `spent` the budget. The message names the cap, what the request asks and what is left."""
+        self.check_scheduling(spec)
         others = list(others)
         before = sum((Usage.of(o) for o in others), Usage())
         wanted = Usage.of(spec)
@@ -119,6 +129,18 @@ class Policy:
                     f"{spec.name!r} could use up to {_num(asked)} {unit} and your other clusters "
                     f"{_num(used - asked)}; your administrator allows {_num(cap)} {unit} in all, so at most "
                     f"{_num(left)} are left: lower the groups' max (or stop another cluster)")
+
+    def check_scheduling(self, spec: ClusterSpec) -> None:
+        """Refuse a group's `scheduling` field the admin has not opened to users: where Pods run
+        (a priority class, a spot pool, a node selector) can cost or preempt others."""
+        for group in spec.groups:
+            for key, value in group.scheduling.items():
+                if key not in self.user_scheduling:
+                    allowed = (f"only {', '.join(self.user_scheduling)}" if self.user_scheduling
+                               else "none of them")
+                    raise PolicyError(f"groups.{group.name}.scheduling.{key} = {_short(value)}: your administrator "
+                                      f"lets users set {allowed} (c.RayKubeHubPolicy.user_scheduling); the "
+                                      f"group's Pods are placed as the admin configured")
 
     def describe(self) -> str:
         """One line for the widget and the sidebar, e.g. "at most 16 CPUs, 1 GPU, 8 workers"."""
@@ -171,6 +193,11 @@ def _at_most(per_node: Iterable[tuple[float, int]], nodes: int) -> float:
         total += amount * take
         left -= take
     return total
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _num(value: float) -> str:

@@ -17,6 +17,7 @@ from decimal import Decimal
 from typing import Any
 
 from .errors import SpecError
+from .scheduling import check_label_map, check_scheduling, parse_scheduling
 
 BACKENDS = ("local", "kubernetes")
 CLUSTER_NAME_MAX = 40  # leaves room for "-<group>-<5 chars>" inside a 63-char Pod name
@@ -56,6 +57,10 @@ class WorkerGroup:
     # A warm pool: idle nodes kept ready beyond demand (within max), so the next tasks start
     # without waiting for a node; drained like any other idle node only above this count.
     warm: int = 0
+    # Where the user asks this group's Pods to run (Kubernetes only, and only the fields the
+    # admin's policy lets users set): see SCHEDULING_FIELDS. The admin's own per-group
+    # scheduling is backend configuration (c.KubernetesBackend.node_selector, ...), not this.
+    scheduling: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         prefix = f"groups.{self.name}"
@@ -85,7 +90,8 @@ class WorkerGroup:
             _check_positive(f"{prefix}.cost", self.cost, MAX_COST)
         if self.idle_timeout_s is not None:
             _check_seconds(f"{prefix}.idle_timeout_s", self.idle_timeout_s)
-        _check_node_labels(f"{prefix}.labels", self.labels)
+        check_label_map(f"{prefix}.labels", self.labels)
+        check_scheduling(f"{prefix}.scheduling", self.scheduling)
 
     @property
     def resources(self) -> dict[str, float]:
@@ -315,6 +321,10 @@ def parse_group_setting(setting: str, items: Any) -> tuple[WorkerGroup, ...]:
     for index, item in enumerate(items):
         if not isinstance(item, Mapping) or not isinstance(item.get("name"), str):
             raise SpecError(f"{setting}[{index}]", item, 'a group object with a "name" string')
+        if "scheduling" in item:  # it would read as the user's request, which the policy checks
+            raise SpecError(f"{setting}[{index}].scheduling", item["scheduling"],
+                            "nothing here: the admin places a group's Pods with c.KubernetesBackend."
+                            "node_selector, tolerations, ... keyed by the group's name")
         try:
             groups.append(parse_group(item))
         except SpecError as exc:
@@ -348,6 +358,8 @@ def parse_group(data: Mapping[str, Any], base: WorkerGroup | None = None) -> Wor
         values["custom"] = {str(k): _number(f"{prefix}custom.{k}", v) for k, v in custom.items()}
     if "labels" in data:
         values["labels"] = _str_mapping(prefix + "labels", data["labels"])
+    if "scheduling" in data:
+        values["scheduling"] = parse_scheduling(prefix + "scheduling", data["scheduling"])
     start = base or WorkerGroup(name=name, cpus=1, max=values.get("max", values.get("min", 0)))
     return replace(start, name=name, **values)
 
@@ -408,27 +420,6 @@ def _string(field_name: str, value: Any, *, optional: bool = False) -> str | Non
     if not isinstance(value, str):
         raise SpecError(field_name, value, "a string")
     return value
-
-
-# Ray node labels follow Kubernetes label syntax (ray/_private/label_utils.py): a name of at
-# most 63 characters, optionally after a DNS-subdomain prefix and "/"; a value likewise, or "".
-_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")
-_LABEL_PREFIX = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-MAX_NODE_LABELS = 32
-
-
-def _check_node_labels(field_name: str, labels: Mapping[str, str]) -> None:
-    if not isinstance(labels, Mapping) or len(labels) > MAX_NODE_LABELS:
-        raise SpecError(field_name, labels, f"an object of at most {MAX_NODE_LABELS} label -> value strings")
-    for key, value in labels.items():
-        prefix, _, name = key.rpartition("/") if isinstance(key, str) else ("", "", "")
-        if not _LABEL_NAME.match(name) or (prefix and (len(prefix) > 253 or not _LABEL_PREFIX.match(prefix))):
-            raise SpecError(f"{field_name}", key, "a Ray label key: a name of 1-63 letters, digits, - _ . "
-                            "(starting and ending alphanumeric), optionally after a DNS prefix and '/', "
-                            "such as ray.io/accelerator-type")
-        if not isinstance(value, str) or (value and not _LABEL_NAME.match(value)):
-            raise SpecError(f"{field_name}.{key}", value, "a label value: empty, or 1-63 letters, digits, "
-                            "- _ . starting and ending alphanumeric")
 
 
 def _str_mapping(field_name: str, value: Any) -> dict[str, str]:

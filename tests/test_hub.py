@@ -55,7 +55,7 @@ USER = "alice@example.com"
 ACCOUNT = "raykube-alice-example-com---ff8d9819"  # KubeSpawner's safe slug of USER
 OWNER_LABEL = "alice-example.com-ff8d9819"  # the backend's raykube.io/owner value for USER
 ENV_NAMES = (hub.ENV_POD_NAME, hub.ENV_POD_UID, hub.ENV_NAMESPACE, hub.ENV_BACKEND, hub.ENV_POLICY)
-NO_CAPS = dict.fromkeys(hub.POLICY_KEYS)
+NO_CAPS = {**dict.fromkeys(hub.POLICY_KEYS), "user_scheduling": []}
 
 
 @dataclass

@@ -333,7 +333,7 @@ def test_rbac_manifest_is_valid_and_namespaced(assert_valid: Validate) -> None:
     assert granted == {("pods", v) for v in ("create", "get", "list", "watch", "patch", "delete")} | {("pods/log", "get")} \
         | {("services", v) for v in ("create", "get", "list", "delete")} \
         | {("secrets", v) for v in ("create", "get", "delete")} | {("events", "list")} \
-        | {("networkpolicies", v) for v in ("create", "get", "delete")}
+        | {("networkpolicies", v) for v in ("create", "get", "delete")} | {("resourcequotas", "get")}
 
 
 def test_label_values_and_quantities() -> None:

@@ -323,7 +323,8 @@ class Reconciler:
         spec = self.spec
         groups = tuple(
             NodeGroup(name=g.name, resources=self.backend.node_resources(spec, g), min_nodes=g.min,
-                      max_nodes=g.max, cost=g.cost, idle_timeout_s=spec.idle_timeout_for(g), labels=g.labels,
+                      max_nodes=g.max, cost=g.cost, idle_timeout_s=spec.idle_timeout_for(g),
+                      labels=self.backend.node_labels(spec, g),
                       warm_nodes=g.warm)
             for g in spec.groups)
         views = tuple(_view(n, dict(self.backend.node_resources(spec, spec.group(n.group))))

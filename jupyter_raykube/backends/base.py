@@ -18,7 +18,7 @@ from abc import ABCMeta, abstractmethod
 from traitlets import MetaHasTraits
 from traitlets.config import LoggingConfigurable
 
-from ..errors import BackendError, ClusterExistsError, ClusterNotFound
+from ..errors import BackendError, ClusterExistsError, ClusterNotFound, SpecError
 from ..spec import ClusterSpec, WorkerGroup, default_groups
 
 __all__ = ["HEAD_GROUP", "Backend", "BackendError", "BackendNode", "ClusterExistsError", "ClusterHandle",
@@ -112,6 +112,19 @@ class Backend(LoggingConfigurable, metaclass=_AbstractTraitsMeta):
     @abstractmethod
     def node_resources(self, spec: ClusterSpec, group: WorkerGroup) -> dict[str, float]:
         """The Ray resources a node of `group` will advertise, backend defaults included."""
+
+    def node_labels(self, spec: ClusterSpec, group: WorkerGroup) -> dict[str, str]:
+        """The Ray node labels a node of `group` will carry (what tasks' label_selector match)."""
+        return dict(group.labels)
+
+    async def check_spec(self, spec: ClusterSpec) -> None:
+        """Refuse (SpecError) what this backend cannot build, before anything is created. Nodes
+        of this backend are processes here: there is nowhere to schedule them."""
+        for group in spec.groups:
+            if group.scheduling:
+                raise SpecError(f"groups.{group.name}.scheduling", dict(group.scheduling),
+                                f"nothing on the {self.name} backend (its nodes run on this machine); "
+                                f"scheduling applies to the kubernetes backend")
 
     @abstractmethod
     async def create_cluster(self, spec: ClusterSpec, *, owner: str, token: str,

@@ -209,6 +209,7 @@ class NodeSize:
     gpus: int = 0
     custom: Mapping[str, float] = field(default_factory=dict)
     gpu_resource: str = DEFAULT_GPU_RESOURCE  # the extended resource the container requests its GPUs as
+    devices: Mapping[str, int] = field(default_factory=dict)  # other devices: google.com/tpu, aws.amazon.com/neuroncore
     min_container_cpus: int = 1  # the head's processes (GCS, dashboard) need CPUs Ray does not schedule
 
     @property
@@ -354,6 +355,7 @@ def resources(size: NodeSize) -> V1ResourceRequirements:
     amounts = {"cpu": str(size.container_cpus), "memory": format_bytes(size.container_memory)}
     if size.gpus:
         amounts[size.gpu_resource] = str(size.gpus)
+    amounts.update({device: str(count) for device, count in size.devices.items()})
     return V1ResourceRequirements(requests=dict(amounts), limits=dict(amounts))
 
 

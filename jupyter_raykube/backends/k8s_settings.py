@@ -8,6 +8,7 @@ from __future__ import annotations
 import getpass
 import os
 import sys
+from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any, Mapping
@@ -18,6 +19,7 @@ from kubernetes.config.config_exception import ConfigException
 from traitlets import Bool, Dict, Enum, Float, Int, List, TraitError, Unicode, default, validate
 
 from ..errors import BackendError
+from ..scheduling import check_scheduling
 from ..spec import SpecError, WorkerGroup, parse_group_setting
 from ..versions import default_image
 from .base import Backend
@@ -78,14 +80,23 @@ class KubernetesSettings(Backend):
         refuses a mismatch and says how to fix it.""")
 
     gpu_image = Unicode(config=True, help="""Image of worker Pods of groups with GPUs. Default:
-        `image_map`'s "RAY/PYTHON/gpu" entry; the official image's CUDA variant
+        `image_map`'s entry for this server's Ray, Python and CUDA ("RAY/PYTHON/cuXYZ"), else its
+        "RAY/PYTHON/gpu" entry; the official image's CUDA variant
         (rayproject/ray:2.60.0-py311-gpu) when `image` is the official one; else `image`.""")
 
     image_map = Dict(value_trait=Unicode(), config=True, help="""The administrator's images per
-        Ray and Python version, "RAY/PYTHON" for CPU Pods and "RAY/PYTHON/gpu" for GPU Pods:
-        {"2.60.0/3.11": "registry.example/ray:2.60.0-py311", "2.60.0/3.11/gpu":
-        "registry.example/ray:2.60.0-py311-cu124"}. The entry for this server's versions is the
-        default `image`/`gpu_image`.""")
+        Ray, Python and CUDA version: "RAY/PYTHON" for CPU Pods, "RAY/PYTHON/cuXYZ" for GPU
+        Pods when this server's CUDA is X.YZ (`cuda_version`), "RAY/PYTHON/gpu" for GPU Pods
+        otherwise: {"2.60.0/3.11": "registry.example/ray:2.60.0-py311", "2.60.0/3.11/cu124":
+        "registry.example/ray:2.60.0-py311-cu124", "2.60.0/3.11/gpu":
+        "registry.example/ray:2.60.0-py311-cu128"}. The entries for this server's versions are
+        the default `image`/`gpu_image`.""")
+
+    cuda_version = Unicode(config=True, help="""The CUDA version GPU workers should have ("12.4"),
+        which picks the "RAY/PYTHON/cuXYZ" entry of `image_map`: the notebook's CUDA libraries
+        and the workers' must match for the same code (torch wheels are built per CUDA).
+        Default: $CUDA_VERSION (NVIDIA's CUDA images set it), else the version of the installed
+        nvidia-cuda-runtime wheel (what pip's torch pulls in), else none.""")
 
     image_pull_policy = Enum(["Always", "IfNotPresent", "Never"], "IfNotPresent", config=True,
                              help="imagePullPolicy of the Ray containers.")
@@ -135,12 +146,41 @@ class KubernetesSettings(Backend):
     accelerator_type = Dict(value_trait=Unicode(), config=True, help="""Accelerator of each group's
         nodes, e.g. {"gpu": "A100"}: the nodes get the Ray label ray.io/accelerator-type and
         the resource accelerator_type:A100, so `@ray.remote(accelerator_type="A100")` and
-        label selectors find them. Pair it with `node_selector` for the node pool.""")
+        label selectors find them, and the Pods get that accelerator's node selector
+        (`accelerator_scheduling`). A user's request may choose it where the policy allows
+        (`user_scheduling`, `%raycluster start --gpu-type A100`).""")
+
+    accelerator_scheduling = Dict(value_trait=Dict(), config=True, help="""Where an accelerator
+        type's Pods run, per Ray accelerator type, as {"node_selector": {...}, "tolerations":
+        [...]}: {"L4": {"node_selector": {"cloud.google.com/gke-accelerator": "nvidia-l4"}},
+        "TPU-V6E": {"node_selector": {"cloud.google.com/gke-tpu-accelerator": "tpu-v6e-slice",
+        "cloud.google.com/gke-tpu-topology": "2x2"}}}. A type with no entry selects nodes whose
+        `accelerator_node_label` is the type in lowercase.""")
+
+    accelerator_node_label = Unicode("karpenter.k8s.aws/instance-gpu-name", config=True, help="""The
+        node label that names a node's GPU model, for accelerator types `accelerator_scheduling`
+        does not list: Karpenter's (a100, h100, l4, t4, a10g: Ray's type in lowercase) by
+        default. Empty: such types select no nodes (only the Ray label is set).""")
 
     market_type = Dict(value_trait=Enum(["spot", "on-demand"]), config=True, help="""Market of each
-        group's nodes, {"gpu-spot": "spot"}: the Ray label ray.io/market-type. Pair it with
-        `node_selector`/`tolerations` for the pool (karpenter.sh/capacity-type: spot,
-        cloud.google.com/gke-spot: "true").""")
+        group's nodes, {"gpu-spot": "spot"}: the Ray label ray.io/market-type, and the Pods get
+        that market's node selector and tolerations (`market_scheduling`). A user's request may
+        choose it where the policy allows (`%raycluster start --market spot`).""")
+
+    market_scheduling = Dict(value_trait=Dict(), default_value={
+        "spot": {"node_selector": {"karpenter.sh/capacity-type": "spot"}},
+        "on-demand": {"node_selector": {"karpenter.sh/capacity-type": "on-demand"}}},
+        config=True, help="""Where each market's Pods run, as {"node_selector": {...},
+        "tolerations": [...]}. Default: Karpenter's karpenter.sh/capacity-type label. On GKE:
+        {"spot": {"node_selector": {"cloud.google.com/gke-spot": "true"}, "tolerations":
+        [{"key": "cloud.google.com/gke-spot", "operator": "Equal", "value": "true", "effect":
+        "NoSchedule"}]}, "on-demand": {}}.""")
+
+    device_resources = Dict(value_trait=Unicode(), default_value={
+        "TPU": "google.com/tpu", "neuron_cores": "aws.amazon.com/neuroncore"}, config=True, help="""Ray
+        custom resources that are devices Kubernetes hands out, and the extended resource each
+        is requested as: a group with custom {"TPU": 4} gets Pods requesting google.com/tpu: 4
+        (and tolerating that taint), and Ray on the node offers TPU: 4. Whole devices only.""")
 
     affinity = Dict(config=True, help="""Pod affinity per group ("*", "head", a group), as
         Kubernetes JSON: {"gpu": {"nodeAffinity": {...}}}. The group's entry wins over "*".""")
@@ -245,6 +285,18 @@ class KubernetesSettings(Backend):
     def default_groups(self) -> tuple[WorkerGroup, ...]:
         return _parse_groups(self.default_worker_groups)
 
+    @validate("accelerator_scheduling", "market_scheduling")
+    def _valid_scheduling_table(self, proposal: Any) -> dict[str, Any]:
+        name = proposal["trait"].name
+        for key, entry in proposal["value"].items():
+            try:
+                check_scheduling(f"{name}[{key!r}]", entry)
+                if set(entry) - {"node_selector", "tolerations"}:
+                    raise SpecError(f"{name}[{key!r}]", entry, "an object of node_selector and tolerations")
+            except SpecError as exc:
+                raise TraitError(str(exc)) from None
+        return dict(proposal["value"])
+
     @validate("start_timeouts")
     def _valid_start_timeouts(self, proposal: Any) -> dict[str, Any]:
         try:
@@ -279,12 +331,16 @@ class KubernetesSettings(Backend):
 
     @default("image")
     def _default_image(self) -> str:
-        return choose_images(self.image_map, os.environ.get(IMAGE_SPEC_ENV, ""))[0]
+        return choose_images(self.image_map, os.environ.get(IMAGE_SPEC_ENV, ""), cuda=self.cuda_version)[0]
 
     @default("gpu_image")
     def _default_gpu_image(self) -> str:
-        chosen = choose_images(self.image_map, os.environ.get(IMAGE_SPEC_ENV, ""))
+        chosen = choose_images(self.image_map, os.environ.get(IMAGE_SPEC_ENV, ""), cuda=self.cuda_version)
         return chosen[1] if self.image == chosen[0] else self.image
+
+    @default("cuda_version")
+    def _default_cuda_version(self) -> str:
+        return detect_cuda_version()
 
     @default("owner")
     def _default_owner(self) -> str:
@@ -321,15 +377,30 @@ def _parse_groups(items: list[dict[str, Any]]) -> tuple[WorkerGroup, ...]:
 
 
 def choose_images(image_map: Mapping[str, str], server_image: str, ray_version: str = "",
-                  python: tuple[int, int] | None = None) -> tuple[str, str]:
-    """(CPU image, GPU image) for this server's Ray and Python: the admin's map, else the
+                  python: tuple[int, int] | None = None, *, cuda: str = "") -> tuple[str, str]:
+    """(CPU image, GPU image) for this server's Ray, Python and CUDA: the admin's map, else the
     server's own image (for both: it has this Ray), else the official image and its -gpu."""
     ray_version = ray_version or package_version("ray")
     python = python or (sys.version_info[0], sys.version_info[1])
     key = f"{ray_version}/{python[0]}.{python[1]}"
+    gpu_keys = [*([f"{key}/cu{''.join(cuda.split('.')[:2])}"] if cuda else []), f"{key}/gpu"]
+    mapped_gpu = next((image_map[k] for k in gpu_keys if k in image_map), None)
     if key in image_map:
-        return image_map[key], image_map.get(f"{key}/gpu", image_map[key])
+        return image_map[key], mapped_gpu or image_map[key]
     if server_image:
-        return server_image, image_map.get(f"{key}/gpu", server_image)
+        return server_image, mapped_gpu or server_image
     official = default_image(ray_version, python)
-    return official, image_map.get(f"{key}/gpu", official + "-gpu")
+    return official, mapped_gpu or official + "-gpu"
+
+
+def detect_cuda_version() -> str:
+    """"12.4" from $CUDA_VERSION (set by NVIDIA's CUDA images) or the nvidia-cuda-runtime wheel."""
+    found = os.environ.get("CUDA_VERSION", "")
+    if not found:
+        for wheel in ("nvidia-cuda-runtime-cu12", "nvidia-cuda-runtime-cu11", "nvidia-cuda-runtime"):
+            try:
+                found = package_version(wheel)
+                break
+            except PackageNotFoundError:
+                continue
+    return ".".join(found.split(".")[:2]) if found[:1].isdigit() else ""

@@ -36,7 +36,9 @@ from ..errors import ClusterExistsError
 from ..spec import ClusterSpec, WorkerGroup
 from ..versions import check_ray_versions
 from . import k8s_objects as objects
-from .base import HEAD_GROUP, BackendError, BackendNode, ClusterHandle, ClusterNotFound, Quota
+from . import k8s_scheduling as scheduling
+from .base import BackendError, BackendNode, ClusterHandle, ClusterNotFound, Quota
+from .k8s_dry_run import check_groups_admitted
 from .k8s_api import Call, KubeCalls, NameTaken, PermissionDenied, status_message
 from .k8s_events import PodEvents
 from .k8s_network import ClusterNetworkPolicies
@@ -95,20 +97,21 @@ class KubernetesBackend(KubernetesSettings):
         """What Ray sees on a worker: the group's CPUs/GPUs/custom resources and its `memory`
         (the container's memory limit less the object store, which lives in /dev/shm)."""
         resources = group.resources
-        accelerator = _for_group(self.accelerator_type, group.name)
+        accelerator = scheduling.placement(self, group).accelerator_type
         if accelerator:
             resources[f"accelerator_type:{accelerator}"] = 1.0  # what Ray's accelerator_type= asks for
         resources.setdefault("memory", self.worker_memory)
         return resources
 
-    def _worker_size(self, spec: ClusterSpec, group: WorkerGroup) -> NodeSize:
+    def node_labels(self, spec: ClusterSpec, group: WorkerGroup) -> dict[str, str]:
+        return {**group.labels, **scheduling.placement(self, group).ray_labels}
+
+    def worker_size(self, spec: ClusterSpec, group: WorkerGroup) -> NodeSize:
         custom = {k: v for k, v in self.node_resources(spec, group).items() if k not in ("CPU", "GPU", "memory")}
         return NodeSize(cpus=group.cpus, gpus=group.gpus, memory=group.memory or self.worker_memory,
                         object_store_memory=group.object_store_memory or self.worker_object_store_memory,
-                        custom=custom, gpu_resource=self._gpu_resource(group.name))
-
-    def _gpu_resource(self, group: str) -> str:
-        return _for_group(self.gpu_resource, group) or objects.DEFAULT_GPU_RESOURCE
+                        custom=custom, gpu_resource=scheduling.gpu_resource(self, group.name),
+                        devices=scheduling.placement(self, group).devices)
 
     def _head_size(self, spec: ClusterSpec) -> NodeSize:
         return NodeSize(cpus=spec.head.cpus, memory=spec.head.memory or self.head_memory,
@@ -119,35 +122,34 @@ class KubernetesBackend(KubernetesSettings):
         return Ports(gcs=self.gcs_port, dashboard=self.dashboard_port, client=self.client_port,
                      dashboard_agent=self.dashboard_agent_port, metrics=self.metrics_port)
 
-    def _settings(self, spec: ClusterSpec, group: str, gpus: int) -> PodSettings:
-        image = spec.image or (self.gpu_image if gpus else self.image)
-        is_head = group == HEAD_GROUP
+    def pod_settings(self, spec: ClusterSpec, group: WorkerGroup | None) -> PodSettings:
+        """The Pod settings of the head (`group` None) or of a worker group."""
+        place = scheduling.placement(self, group)
+        image = spec.image or (self.gpu_image if group is not None and group.gpus else self.image)
+        probes = self.health_probes == "all" or (self.health_probes == "head" and group is None)
         return PodSettings(
             image=image, ray_command=self.ray_command, image_pull_policy=self.image_pull_policy,
             ports=self._ports(), env=dict(self.extra_env),
-            node_selector={**self.node_selector.get("*", {}), **self.node_selector.get(group, {})},
-            tolerations=objects.to_models(V1Toleration, [*([objects.gpu_toleration(self._gpu_resource(group))]
-                                                           if gpus else []),
-                                                         *self.tolerations.get("*", []),
-                                                         *self.tolerations.get(group, [])]),
+            node_selector=place.node_selector, tolerations=objects.to_models(V1Toleration, place.tolerations),
             image_pull_secrets=tuple(self.image_pull_secrets),
             service_account_name=self.service_account_name or None,
             volumes=objects.to_models(V1Volume, self.volumes),
             volume_mounts=objects.to_models(V1VolumeMount, self.volume_mounts),
-            probes=self.health_probes == "all" or (self.health_probes == "head" and is_head),
-            termination_grace_period_s=self.termination_grace_period_s,
-            ray_labels=self._ray_labels(group),
-            affinity=V1Affinity.from_dict(_for_group(self.affinity, group)) if _for_group(self.affinity, group) else None,
-            priority_class_name=_for_group(self.priority_class_name, group) or None,
-            runtime_class_name=_for_group(self.runtime_class_name, group) or None)
+            probes=probes, termination_grace_period_s=self.termination_grace_period_s,
+            ray_labels=place.ray_labels if group is not None else {},
+            affinity=V1Affinity.from_dict(dict(place.affinity)) if place.affinity else None,
+            priority_class_name=place.priority_class_name, runtime_class_name=place.runtime_class_name)
 
-    def _ray_labels(self, group: str) -> dict[str, str]:
-        """What the group's nodes run on, as Ray node labels (not the head's: it runs no tasks)."""
-        if group == HEAD_GROUP:
-            return {}
-        labels = {objects.RAY_ACCELERATOR_LABEL: _for_group(self.accelerator_type, group),
-                  objects.RAY_MARKET_LABEL: _for_group(self.market_type, group)}
-        return {k: v for k, v in labels.items() if v}
+    async def check_spec(self, spec: ClusterSpec) -> None:
+        """Every group's placement resolves (whole TPU/Neuron devices), and the API server would
+        admit the Pods of groups whose scheduling the user chose (k8s_dry_run.py)."""
+        for group in spec.groups:
+            scheduling.placement(self, group)
+        if any(group.scheduling for group in spec.groups):
+            await check_groups_admitted(self, spec)
+
+    def dry_run_meta(self, spec: ClusterSpec) -> ClusterMeta:
+        return self._meta(spec.name, "dry-run", self.owner or "dry-run", spec.labels, ())
 
     def _meta(self, name: str, cluster_id: str, owner: str, labels: Mapping[str, str],
               owner_refs: tuple[Any, ...]) -> ClusterMeta:
@@ -166,9 +168,10 @@ class KubernetesBackend(KubernetesSettings):
         """Create the token Secret, the head Service and the head Pod (in that order). With
         `address_type="pod-ip"`, return once the head Pod has an IP. `owner_pid` is not used:
         the cluster's lifetime is tied to `owner_pod_name` instead."""
-        head_settings = self._settings(spec, HEAD_GROUP, 0)
-        check_ray_versions(head_settings.image, ray_version=package_version("ray"),
-                           who="the Jupyter server (which reads and drains the cluster)")
+        head_settings = self.pod_settings(spec, None)
+        for image in dict.fromkeys([head_settings.image, *(self.pod_settings(spec, g).image for g in spec.groups)]):
+            check_ray_versions(image, ray_version=package_version("ray"),
+                               who="the Jupyter server (which reads and drains the cluster)")
         await self._cache()
         meta = self._meta(spec.name, secrets.token_hex(4), owner, spec.labels, await self._owner_references())
         secret = objects.make_token_secret(meta, token)
@@ -200,8 +203,8 @@ class KubernetesBackend(KubernetesSettings):
         create whose response was lost find the Pod instead of making another one."""
         cache = await self._cache()
         meta = self._meta_of(handle)
-        size = self._worker_size(handle.spec, group)
-        settings = replace(self._settings(handle.spec, group.name, group.gpus), ports=handle.details["ports"])
+        size = self.worker_size(handle.spec, group)
+        settings = replace(self.pod_settings(handle.spec, group), ports=handle.details["ports"])
         for _ in range(3):
             name = objects.worker_pod_name(handle.name, group.name, _suffix())
             pod = objects.make_worker_pod(meta, handle.spec, group.name, name, size, settings)
@@ -448,11 +451,6 @@ def _pod_ports(pod: V1Pod, default: Ports) -> Ports:
                  client=declared.get("client", default.client),
                  dashboard_agent=declared.get("dashboard-agent", default.dashboard_agent),
                  metrics=declared.get(objects.METRICS_PORT_NAME, default.metrics))
-
-
-def _for_group(per_group: Mapping[str, Any], group: str) -> Any:
-    """A per-group setting: the group's own entry, else "*"."""
-    return per_group.get(group, per_group.get("*"))
 
 
 def _suffix() -> str:
