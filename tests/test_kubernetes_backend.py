@@ -786,15 +786,17 @@ def test_a_cpu_only_server_gets_groups_sized_for_the_cluster_and_its_gpu_group_l
 def amd_kubelet(kube_control_plane: ControlPlane) -> Iterator[ProcessKubelet]:
     """A CPU node and a node of AMD GPUs (amd.com/gpu capacity, tainted amd.com/gpu)."""
     yield from running_kubelet(kube_control_plane, rewrite_argv=own_ports, pools=[
-        NodePool("cpu-pool", count=1), NodePool("amd-pool", count=1, gpus=1, gpu_resource="amd.com/gpu")])
+        NodePool("cpu-pool", count=1), NodePool("amd-pool", count=1, gpus=1, gpu_resource="amd.com/gpu", labels={
+            "karpenter.sh/capacity-type": "spot", "karpenter.k8s.aws/instance-gpu-name": "mi300x"})])
 
 
 def test_a_group_of_amd_gpus_gets_pods_requesting_amd_gpus(
         amd_kubelet: ProcessKubelet, kube_config_file: Path, kube_fault_proxy: FaultProxy,
         kube_control_plane: ControlPlane, v1: CoreV1Api, ns: str) -> None:
     """A task with num_gpus=1 (and accelerator_type="MI300X") in a group the admin set to
-    amd.com/gpu: its Pod requests amd.com/gpu: 1, tolerates that taint, lands on the AMD node,
-    and its Ray node carries ray.io/accelerator-type and ray.io/market-type."""
+    amd.com/gpu: its Pod requests amd.com/gpu: 1, tolerates that taint, selects the spot MI300X
+    nodes by their (Karpenter) labels, lands on the AMD node, and its Ray node carries
+    ray.io/accelerator-type and ray.io/market-type."""
     backend = make_backend(kube_config_file, gpu_resource={"amd": "amd.com/gpu"},
                            accelerator_type={"amd": "MI300X"}, market_type={"amd": "spot"})
     bm = _manager(backend)
@@ -806,6 +808,8 @@ def test_a_group_of_amd_gpus_gets_pods_requesting_amd_gpus(
         assert host.startswith("k-amd-amd-") and len(gpu_ids) == 1
         pod = v1.read_namespaced_pod(host, ns)
         assert pod.spec.node_name == "amd-pool-0"
+        assert pod.spec.node_selector == {"karpenter.sh/capacity-type": "spot",
+                                          "karpenter.k8s.aws/instance-gpu-name": "mi300x"}
         container = pod.spec.containers[0]
         assert container.resources.limits == {"cpu": "1", "memory": "640Mi", "amd.com/gpu": "1"}
         assert [t.to_dict() for t in pod.spec.tolerations if t.key == "amd.com/gpu"] == [
