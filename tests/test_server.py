@@ -56,6 +56,11 @@ async def test_info_and_empty_list(jp_fetch: Any) -> None:
     (json.dumps({"name": "a", "idle_timeout_s": "soon"}), 400, "idle_timeout_s='soon'"),
     (json.dumps({"name": "a", "backend": "yarn"}), 400, "backend='yarn'"),
     (json.dumps({"name": "a", "surprise": 1}), 400, "surprise=1"),
+    (json.dumps({"name": "a", "groups": {"cpu": {"scheduling": {"market_type": "cheap"}}}}), 400,
+     "groups.cpu.scheduling.market_type='cheap'"),
+    # the admin's policy (none here) opens no scheduling field to users
+    (json.dumps({"name": "a", "groups": {"cpu": {"scheduling": {"market_type": "spot"}}}}), 403,
+     'groups.cpu.scheduling.market_type = "spot": your administrator lets users set none of them'),
 ])
 async def test_post_rejects_bad_bodies(jp_fetch: Any, body: str, status: int, fragment: str,
                                        jp_runtime_dir: Any) -> None:
