@@ -28,6 +28,7 @@ from kubernetes.client.exceptions import ApiException
 
 from jupyter_raykube.backends import k8s_objects as o
 from jupyter_raykube.backends.k8s_network import server_selector
+from jupyter_raykube.backends.base import HEAD_RAY_ENV
 from jupyter_raykube.backends.kubernetes import KubernetesBackend
 from jupyter_raykube.errors import RayVersionMismatch
 from jupyter_raykube.versions import check_ray_versions, default_image, image_versions
@@ -385,3 +386,5 @@ def test_backend_defaults_need_no_cluster(tmp_path: Path, monkeypatch: pytest.Mo
     assert backend.owner_pod_name == "jupyter-alice"
     group = WorkerGroup("cpu", cpus=2)
     assert backend.node_resources(SPEC, group) == {"CPU": 2, "memory": backend.worker_memory}
+    # the head pulls demand every 100 ms and prints no "(scheduler" lines, as a local head does
+    assert backend.pod_settings(SPEC, None).env == HEAD_RAY_ENV and backend.pod_settings(SPEC, group).env == {}

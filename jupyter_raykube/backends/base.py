@@ -21,10 +21,15 @@ from traitlets.config import LoggingConfigurable
 from ..errors import BackendError, ClusterExistsError, ClusterNotFound, SpecError
 from ..spec import ClusterSpec, WorkerGroup, default_groups
 
-__all__ = ["HEAD_GROUP", "Backend", "BackendError", "BackendNode", "ClusterExistsError", "ClusterHandle",
+__all__ = ["HEAD_GROUP", "HEAD_RAY_ENV", "Backend", "BackendError", "BackendNode", "ClusterExistsError", "ClusterHandle",
            "ClusterNotFound", "Quota", "QuotaUse"]
 
 HEAD_GROUP = "head"
+# Ray settings of every backend's head. The GCS pulls each raylet's pending demand once a second
+# by default, so a new task's demand reached our autoscaler ~0.9 s after submit (bench/README.md,
+# the scale-up timeline); pulled every 100 ms it is there within a round, for one small RPC per
+# raylet each time. No "(scheduler +Xs)" lines in drivers: ours are the "(raykube)" lines.
+HEAD_RAY_ENV = {"RAY_gcs_pull_resource_loads_period_milliseconds": "100", "RAY_SCHEDULER_EVENTS": "0"}
 NodePhase = Literal["pending", "running", "exited"]
 
 

@@ -37,7 +37,7 @@ from ..spec import ClusterSpec, WorkerGroup
 from ..versions import check_ray_versions
 from . import k8s_objects as objects
 from . import k8s_scheduling as scheduling
-from .base import BackendError, BackendNode, ClusterHandle, ClusterNotFound, Quota
+from .base import HEAD_RAY_ENV, BackendError, BackendNode, ClusterHandle, ClusterNotFound, Quota
 from .k8s_dry_run import check_groups_admitted
 from .k8s_api import Call, KubeCalls, NameTaken, PermissionDenied, status_message
 from .k8s_events import PodEvents
@@ -129,7 +129,7 @@ class KubernetesBackend(KubernetesSettings):
         probes = self.health_probes == "all" or (self.health_probes == "head" and group is None)
         return PodSettings(
             image=image, ray_command=self.ray_command, image_pull_policy=self.image_pull_policy,
-            ports=self._ports(), env=dict(self.extra_env),
+            ports=self._ports(), env={**(HEAD_RAY_ENV if group is None else {}), **self.extra_env},
             node_selector=place.node_selector, tolerations=objects.to_models(V1Toleration, place.tolerations),
             image_pull_secrets=tuple(self.image_pull_secrets),
             service_account_name=self.service_account_name or None,

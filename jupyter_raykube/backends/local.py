@@ -37,7 +37,7 @@ from traitlets import Float, Int, Unicode, default
 from ..errors import ClusterExistsError
 from ..spec import ClusterSpec, HeadSpec, WorkerGroup
 from . import processes
-from .base import HEAD_GROUP, Backend, BackendError, BackendNode, ClusterHandle, ClusterNotFound
+from .base import HEAD_GROUP, HEAD_RAY_ENV, Backend, BackendError, BackendNode, ClusterHandle, ClusterNotFound
 from .local_state import LocalStateStore, Record
 
 GiB = 1024**3
@@ -48,10 +48,6 @@ _NODE_PORT_FLAGS = ("--node-manager-port", "--object-manager-port", "--dashboard
 # otherwise, so a second cluster would find it taken. (The head runs no Ray monitor, whose
 # autoscaler metrics port would be the other one.)
 _HEAD_PORT_ENV = ("DASHBOARD_METRIC_PORT",)
-# The GCS pulls each raylet's pending demand once a second by default, so a new task's demand
-# reached the autoscaler ~0.9 s after submit (bench/README.md, the scale-up timeline); pulled
-# every 100 ms, it is there within a round. One small RPC per raylet each time.
-_FAST_DEMAND_ENV = {"RAY_gcs_pull_resource_loads_period_milliseconds": "100"}
 _NODE_SITE = Path(__file__).with_name("node_site")
 _PORT_HOLD_S = 60.0  # how long a port handed to a starting node is not handed out again
 # Where our ports come from: above the ranges Ray allots by itself (its workers' gRPC ports,
@@ -171,8 +167,7 @@ class LocalBackend(Backend):
                     f"--ray-client-server-port={client_port}", f"--num-cpus={spec.head.cpus}",
                     "--num-gpus=0", f"--memory={memory}", f"--object-store-memory={object_store}",
                     "--disable-usage-stats", "--no-monitor"]  # our autoscaler replaces Ray's monitor
-            env = {"RAY_SCHEDULER_EVENTS": "0", **_FAST_DEMAND_ENV,
-                   **{k: str(p) for k, p in zip(_HEAD_PORT_ENV, head_ports[3:])}}
+            env = {**HEAD_RAY_ENV, **{k: str(p) for k, p in zip(_HEAD_PORT_ENV, head_ports[3:])}}
             self._start_node(handle, f"{spec.name}-head", HEAD_GROUP, args, env, reserved=head_ports)
         except BaseException:
             self._delete_cluster(handle)
