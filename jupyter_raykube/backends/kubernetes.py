@@ -230,14 +230,23 @@ class KubernetesBackend(KubernetesSettings):
         if not any(labels_of(p).get(LABEL_NODE_TYPE) == objects.HEAD for p in pods):
             raise ClusterNotFound(f"no Ray cluster named {handle.name!r} in namespace {self.namespace} "
                                   f"(its head Pod is gone)")
-        live = [p for p in pods if p.metadata.deletion_timestamp is None]
+        live = [(p, pod_state(p)[0]) for p in pods if p.metadata.deletion_timestamp is None]
+        events: dict[str, ScaleUpEvents] = {}
+
+        async def read_events(pod: V1Pod) -> None:
+            events[pod.metadata.name] = await self.events.of(pod)
+
+        async with anyio.create_task_group() as tg:  # a burst of Pending Pods: their reads at once
+            for pod, phase in live:
+                if phase == "pending":
+                    tg.start_soon(read_events, pod)
         nodes = []
         now = time.time()
-        for pod in live:
+        for pod, phase in live:
             group = labels_of(pod).get(LABEL_GROUP, "")
-            events = await self.events.of(pod) if pod_state(pod)[0] == "pending" else ScaleUpEvents()
-            start = start_phase(pod, now, events, self.start_timeouts_for(group))
-            nodes.append(BackendNode(name=pod.metadata.name, group=group, phase=pod_state(pod)[0],
+            start = start_phase(pod, now, events.get(pod.metadata.name, ScaleUpEvents()),
+                                self.start_timeouts_for(group))
+            nodes.append(BackendNode(name=pod.metadata.name, group=group, phase=phase,
                                      created_at=creation_time(pod), message=start.message, step=start.step,
                                      provisioning=start.provisioning, failed=start.failed))
         return nodes
