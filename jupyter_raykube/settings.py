@@ -9,7 +9,6 @@ import getpass
 import os
 import re
 from collections.abc import Mapping
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -154,7 +153,7 @@ class ManagerSettings(LoggingConfigurable):
         backend = backend or self.backend.name
         if not isinstance(backend, str):
             raise SpecError("backend", backend, "local or kubernetes")
-        groups = self._new_cluster_groups if backend == self.backend.name else self._groups_of(backend)
+        groups = self._new_cluster_groups(backend)
         return ClusterSpec(name=name, backend=backend, groups=groups,
                            idle_timeout_s=self.idle_timeout, max_workers=self.max_workers,
                            image=self.image or None)
@@ -164,11 +163,16 @@ class ManagerSettings(LoggingConfigurable):
         owner = _NAME_CHARS.sub("-", self.owner.lower()).strip("-")[:30].strip("-") or "ray"
         return next(f"{owner}-{n}" for n in range(1, 100_000) if f"{owner}-{n}" not in taken)
 
-    @cached_property
-    def _new_cluster_groups(self) -> tuple[WorkerGroup, ...]:
-        """Computed once: the built-in default asks the GPU driver how many GPUs there are,
-        which is not something to repeat on the server's event loop for every request."""
-        return self._groups_of(self.backend.name)
+    _groups_by_backend: dict[str, tuple[WorkerGroup, ...]] | None = None
+
+    def _new_cluster_groups(self, backend: str) -> tuple[WorkerGroup, ...]:
+        """Computed once per backend: the local default asks the GPU driver how many GPUs there
+        are, which is not something to repeat on the server's event loop for every request."""
+        if self._groups_by_backend is None:
+            self._groups_by_backend = {}
+        if backend not in self._groups_by_backend:
+            self._groups_by_backend[backend] = self._groups_of(backend)
+        return self._groups_by_backend[backend]
 
     def _groups_of(self, backend: str) -> tuple[WorkerGroup, ...]:
         """The administrator's default_groups, else what the backend's machines offer (this
