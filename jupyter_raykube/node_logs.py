@@ -28,6 +28,7 @@ _PATH = re.compile(r"(?<![\w.])/[^\s'\"]+")
 LOG_FILE = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")  # a file name in Ray's logs dir, no path
 MAX_LINES = 5000
 FAILURE_LINES = 15  # per file, in a failed node's event
+_TAIL_WINDOW_BYTES = 64 * 1024  # what a failure report reads of each file: its last lines are in there
 
 
 def check_lines(raw: str | None, default: int = 200) -> int:
@@ -119,9 +120,20 @@ def _newest_tail(log_dir: Path, patterns: tuple[str, ...], lines: int) -> list[s
         files = [f for f in log_dir.glob(pattern) if f.stat().st_size > 0]
         if files:
             newest = max(files, key=os.path.getmtime)
-            text = newest.read_text(errors="replace").splitlines()[-lines:]
-            parts.append(f"--- {newest.name} ---\n" + "\n".join(text))
+            parts.append(f"--- {newest.name} ---\n" + "\n".join(last_lines(newest, lines)))
     return parts
+
+
+def last_lines(path: Path, lines: int, window: int = _TAIL_WINDOW_BYTES) -> list[str]:
+    """The last `lines` lines of a log that may be gigabytes: only its last `window` bytes are read."""
+    with path.open("rb") as log:
+        size = log.seek(0, os.SEEK_END)
+        log.seek(max(0, size - window))
+        chunk = log.read(window)
+    text = chunk.decode(errors="replace").splitlines()
+    if size > window and text:
+        text = text[1:]  # the first line of the window is cut
+    return text[-lines:]
 
 
 async def failure_tail(backend: Backend, handle: ClusterHandle, node_name: str,

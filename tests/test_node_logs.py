@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import re
 import shlex
+from pathlib import Path
 
 from jupyter_raykube.backends import processes
 from jupyter_raykube.blocking import BlockingManager
 from jupyter_raykube.jobs import RayJobs
+from jupyter_raykube.node_logs import last_lines
 from jupyter_raykube.spec import ClusterSpec, WorkerGroup
 
 from .conftest import wait_for
@@ -49,3 +51,16 @@ def test_a_node_killed_mid_task_leaves_its_last_log_lines_in_the_events(blocking
         assert "--- raylet.out ---" in message, message
     finally:
         blocking_manager.call(manager.stop, "t-nodelogs")
+
+
+def test_a_failure_report_reads_only_the_end_of_a_huge_log(tmp_path: Path) -> None:
+    """A worker's stdout can be gigabytes: the report reads its last window, whole lines only."""
+    log = tmp_path / "worker-1.out"
+    with log.open("w") as out:
+        for i in range(200_000):  # about 3 MB
+            out.write(f"line {i} of the task's output\n")
+    assert last_lines(log, 3) == [f"line {i} of the task's output" for i in (199_997, 199_998, 199_999)]
+    window = last_lines(log, 10**6, window=1000)
+    assert window[-1] == "line 199999 of the task's output" and window[0].startswith("line ")
+    assert len(window) < 40  # only the window was read
+    assert last_lines(tmp_path / "worker-1.out", 2, window=10**9)[-1].endswith("199999 of the task's output")
