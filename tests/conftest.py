@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
+import yaml
 
 from jupyter_raykube.backends import processes
 
@@ -55,6 +56,20 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             except ProcessLookupError:
                 pass
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture
+def offline_kubeconfig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A kubeconfig whose server nobody answers (context namespace "ray-users"), outside any
+    Pod: enough to build a KubernetesBackend and read its objects and settings without a cluster."""
+    config = tmp_path / "kubeconfig"
+    config.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "k", "cluster": {"server": "https://127.0.0.1:1"}}],
+        "users": [{"name": "u", "user": {"token": "x"}}],
+        "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u", "namespace": "ray-users"}}]}))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    return config
 
 
 @pytest.fixture(scope="session")

@@ -367,18 +367,11 @@ def test_image_versions_and_mismatch_message() -> None:
         check_ray_versions("rayproject/ray:2.60.0-py312", ray_version="2.60.0", python_version="3.11")
 
 
-def test_backend_defaults_need_no_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_backend_defaults_need_no_cluster(offline_kubeconfig: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Configuration is read when a backend is made (never at import): the namespace comes from
     the kubeconfig context, the image from this Python's Ray."""
-    config = tmp_path / "kubeconfig"
-    config.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "c",
-        "clusters": [{"name": "k", "cluster": {"server": "https://127.0.0.1:1"}}],
-        "users": [{"name": "u", "user": {"token": "x"}}],
-        "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u", "namespace": "ray-users"}}]}))
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     monkeypatch.setenv("JUPYTER_POD_NAME", "jupyter-alice")
-    backend = KubernetesBackend(kubeconfig=str(config))
+    backend = KubernetesBackend(kubeconfig=str(offline_kubeconfig))
     assert backend.namespace == "ray-users" and not backend.in_cluster
     python = f"-py{sys.version_info.major}{sys.version_info.minor}"
     assert backend.image.startswith("rayproject/ray:2.60.") and backend.image.endswith(python)

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from jupyter_raykube.backends import k8s_objects as o
 from jupyter_raykube.backends.k8s_settings import choose_images
@@ -96,16 +95,9 @@ def test_the_magic_flags_become_the_groups_scheduling() -> None:
 
 
 @pytest.fixture
-def backend_factory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    config = tmp_path / "kubeconfig"
-    config.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "c",
-        "clusters": [{"name": "k", "cluster": {"server": "https://127.0.0.1:1"}}],
-        "users": [{"name": "u", "user": {"token": "x"}}],
-        "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u", "namespace": "ray-users"}}]}))
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+def backend_factory(offline_kubeconfig: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.delenv("CUDA_VERSION", raising=False)
-    return lambda **traits: KubernetesBackend(kubeconfig=str(config), **traits)
+    return lambda **traits: KubernetesBackend(kubeconfig=str(offline_kubeconfig), **traits)
 
 
 def pod_spec(backend: KubernetesBackend, spec: ClusterSpec, group: str) -> dict[str, Any]:
