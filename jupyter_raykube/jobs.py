@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import quote
 
-from tornado import httpclient
+from tornado.websocket import WebSocketClientConnection
 
+from .dashboard_api import DashboardRefused, RayDashboard, error_line
 from .errors import BackendError, ClusterNotFound, SpecError
 
 JOB_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
@@ -106,8 +107,7 @@ class RayJobs:
     """Ray's Jobs API of one cluster: its dashboard `host:port` and Ray token."""
 
     def __init__(self, dashboard_address: str, token: str) -> None:
-        self.base = f"http://{dashboard_address}"
-        self.token = token
+        self.dashboard = RayDashboard(dashboard_address, token)
 
     async def submit(self, request: Any) -> dict[str, Any]:
         body = submit_body(request)
@@ -124,9 +124,21 @@ class RayJobs:
         return job_json(json.loads(await self._call("GET", f"/api/jobs/{quote(check_job_id(job_id))}")))
 
     async def logs(self, job_id: str) -> str:
-        """Everything the job's driver printed so far (Ray keeps the whole log on its node)."""
+        """Everything the job's driver printed so far, in one answer: Ray reads the whole file
+        each time, so this is for a finished job read once (job_logs.py follows running ones)."""
         answer = await self._call("GET", f"/api/jobs/{quote(check_job_id(job_id))}/logs")
         return str(json.loads(answer).get("logs", ""))
+
+    async def open_log_stream(self, job_id: str, on_text: Callable[[str | bytes | None], None]
+                              ) -> WebSocketClientConnection:
+        """Ray's log tail of the job (`/api/jobs/{id}/logs/tail`, a websocket): the whole log
+        from its first character, then each new piece as the driver writes it; `on_text` gets
+        None when Ray closes it, after the job has ended and its last output was sent."""
+        path = f"/api/jobs/{quote(check_job_id(job_id))}/logs/tail"
+        try:
+            return await self.dashboard.open_websocket(path, on_text)
+        except DashboardRefused as refused:
+            raise self._refusal(refused.code, path, refused.detail) from None
 
     async def stop(self, job_id: str) -> bool:
         answer = await self._call("POST", f"/api/jobs/{quote(check_job_id(job_id))}/stop", b"")
@@ -139,24 +151,16 @@ class RayJobs:
         return f"gcs://{name}"
 
     async def _call(self, method: str, path: str, body: bytes | None = None) -> bytes:
-        request = httpclient.HTTPRequest(
-            self.base + path, method=method, body=body, request_timeout=_REQUEST_TIMEOUT_S,
-            headers={"X-Ray-Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
-            allow_nonstandard_methods=True)
-        response = await httpclient.AsyncHTTPClient().fetch(request, raise_error=False)
-        job = path.split("/")[3] if path.startswith("/api/jobs/") and path.count("/") >= 3 else ""
-        if response.code == 404:
-            raise JobNotFound(f"no job {job!r} on this cluster (see GET .../jobs)" if job else "not found")
-        if response.code == 400:
-            raise SpecError("job", job, _first_line(response.body))
-        if response.code == 599:
-            raise BackendError(f"the cluster's Ray dashboard is not reachable: {response.error}")
+        response = await self.dashboard.fetch(method, path, body, timeout_s=_REQUEST_TIMEOUT_S)
         if response.code >= 300:
-            raise BackendError(f"Ray's Jobs API answered {response.code}: {_first_line(response.body)}")
+            raise self._refusal(response.code, path, error_line(response.body))
         return response.body or b"null"
 
-
-def _first_line(body: bytes | None) -> str:
-    """The gist of one of Ray's error answers (they can be whole tracebacks)."""
-    lines = [line for line in (body or b"").decode(errors="replace").splitlines() if line.strip()]
-    return (lines[-1] if lines else "no details")[:300]
+    @staticmethod
+    def _refusal(code: int, path: str, detail: str) -> Exception:
+        job = path.split("/")[3] if path.startswith("/api/jobs/") and path.count("/") >= 3 else ""
+        if code == 404:
+            return JobNotFound(f"no job {job!r} on this cluster (see GET .../jobs)" if job else "not found")
+        if code == 400:
+            return SpecError("job", job, detail)
+        return BackendError(f"Ray's Jobs API answered {code}: {detail}")

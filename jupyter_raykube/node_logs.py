@@ -12,19 +12,17 @@ import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode
 
 import anyio
-from tornado import httpclient
 
 from .backends.base import Backend, ClusterHandle
+from .dashboard_api import RayDashboard, error_line
 from .errors import BackendError, ClusterNotFound, SpecError
 
 if TYPE_CHECKING:
     from .cluster import Cluster
     from .manager import ClusterManager
 
-_PATH = re.compile(r"(?<![\w.])/[^\s'\"]+")
 LOG_FILE = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")  # a file name in Ray's logs dir, no path
 MAX_LINES = 5000
 FAILURE_LINES = 15  # per file, in a failed node's event
@@ -72,8 +70,7 @@ class RayLogs:
     """Ray's log API of one cluster (its dashboard address and Ray token)."""
 
     def __init__(self, dashboard_address: str, token: str) -> None:
-        self.base = f"http://{dashboard_address}"
-        self.token = token
+        self.dashboard = RayDashboard(dashboard_address, token)
 
     async def files(self, node_id: str) -> dict[str, list[str]]:
         """The node's log files by Ray's category (raylet, worker_out, worker_err, ...)."""
@@ -85,22 +82,14 @@ class RayLogs:
         return (await self._get("/api/v0/logs/file", params)).decode(errors="replace")
 
     async def _get(self, path: str, params: dict[str, object]) -> bytes:
-        request = httpclient.HTTPRequest(f"{self.base}{path}?{urlencode(params)}", request_timeout=30,
-                                         headers={"X-Ray-Authorization": f"Bearer {self.token}"})
-        response = await httpclient.AsyncHTTPClient().fetch(request, raise_error=False)
-        if response.code == 599:
-            raise BackendError(f"the cluster's Ray dashboard is not reachable: {response.error}")
+        response = await self.dashboard.fetch("GET", path, params=params, timeout_s=30)
         if response.code >= 400:
-            text = (response.body or b"").decode(errors="replace")
-            try:
-                text = json.loads(text).get("msg") or text
-            except (ValueError, AttributeError):
-                pass
-            text = _PATH.sub("<path>", text)  # Ray names files by their path on the node
-            if response.code in (400, 404) or "not found" in text.lower():  # Ray 2.60 says so with a 500
+            text = error_line(response.body)
+            said = (response.body or b"").decode(errors="replace").lower()
+            if response.code in (400, 404) or "not found" in said:  # Ray 2.60 says so with a 500
                 raise SpecError("file", params.get("filename", ""), "a log file this node has (GET .../logs "
                                                                     "without file lists them)")
-            raise BackendError(f"Ray's log API answered {response.code}: {text[:300]}")
+            raise BackendError(f"Ray's log API answered {response.code}: {text}")
         return response.body or b""
 
 
