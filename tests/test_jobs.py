@@ -23,10 +23,14 @@ import requests
 from jupyter_client import BlockingKernelClient
 from tornado.httpclient import HTTPClientError
 
+from jupyter_raykube.blocking import BlockingManager
 from jupyter_raykube.errors import SpecError
 from jupyter_raykube.job_client import working_dir_package
-from jupyter_raykube.jobs import submit_body
+from jupyter_raykube.job_logs import JobLogFollowers, LogBuffer, read_job_log
+from jupyter_raykube.jobs import RayJobs, submit_body
+from jupyter_raykube.spec import ClusterSpec, WorkerGroup
 
+from .conftest import wait_for
 from .test_server_process import LiveServer, _start_cluster, _start_server, _stop_server
 
 UPLOAD_LIMIT = 4096  # c.RayKube.max_upload_bytes of the server under test
@@ -183,6 +187,9 @@ def test_rest_refusals_name_the_field(job_server: LiveServer) -> None:
         ("GET", f"{jobs}/raysubmit_doesnotexist", None, 404, "raysubmit_doesnotexist"),
         ("GET", f"{jobs}/bad%20id!", None, 400, "job id"),
         ("GET", f"{jobs}/raysubmit_doesnotexist/logs?offset=-1", None, 400, "offset"),
+        ("GET", f"{jobs}/raysubmit_doesnotexist/logs?offset=0&wait=61", None, 400, "wait"),
+        ("GET", f"{jobs}/raysubmit_doesnotexist/logs?wait=soon", None, 400, "wait"),
+        ("GET", f"{jobs}/raysubmit_doesnotexist/logs?wait=5", None, 404, "raysubmit_doesnotexist"),
         ("POST", f"{jobs}/raysubmit_doesnotexist/stop", None, 404, "raysubmit_doesnotexist"),
         ("GET", "clusters/nosuch/jobs", None, 404, "nosuch"),
         ("GET", f"clusters/{CLUSTER}/nodes/nosuch/logs", None, 404, "nosuch"),
@@ -283,3 +290,88 @@ def test_interrupt_without_stdin_detaches_and_says_how_to_stop(
     assert job_server.api("GET", f"clusters/{CLUSTER}/jobs/{job_id}").json()["state"] == "RUNNING"
     status, out = _execute(client, f"%rayjob stop {job_id}")
     assert status == "ok", out
+
+
+TICKER = ("python -u -c \"import time\nfor i in range(100000):\n    print(f'tick {i}', flush=True)\n"
+          "    time.sleep(0.2)\"")
+
+
+def test_a_running_jobs_log_is_followed_once_and_held_reads_wake_on_new_output(
+        blocking_manager: BlockingManager) -> None:
+    """Real cluster and Ray's own log tail, driven as the logs route drives it."""
+    manager = blocking_manager.manager
+    cluster = blocking_manager.call(manager.create, ClusterSpec(
+        name="t-joblogs", groups=(WorkerGroup("cpu", cpus=1, min=0, max=0),)))
+    followers = blocking_manager.call(_followers, 60.0)
+    forgetful = blocking_manager.call(_followers, 1.0)  # drops a follower nobody read for 1 s
+    try:
+        jobs = RayJobs(cluster.handle.dashboard_address, manager.token)
+        ticker = blocking_manager.call(jobs.submit, {"entrypoint": TICKER})["id"]
+
+        def read(offset: int, wait_s: float, registry: JobLogFollowers = followers) -> dict[str, Any]:
+            return blocking_manager.call(read_job_log, registry, cluster, jobs, ticker, offset=offset, wait_s=wait_s)
+
+        page = read(0, 30)
+        seen = page["logs"]
+        while "tick 2" not in seen:
+            page = read(page["next_offset"], 30)
+            seen += page["logs"]
+        assert page["job"]["state"] == "RUNNING" and page["dropped"] == 0, page
+        assert "\ntick 0\ntick 1\n" in seen, seen
+
+        # A held read answers with the next output, long before its wait is over.
+        started = time.monotonic()
+        following = read(page["next_offset"], 60)
+        assert time.monotonic() - started < 30, "the read was held to its wait"
+        last_tick = int(re.findall(r"^tick (\d+)$", seen, re.M)[-1])
+        assert following["logs"].startswith(f"tick {last_tick + 1}\n"), (seen, following)
+        assert following["next_offset"] == page["next_offset"] + len(following["logs"])
+
+        # Every reader, from any offset, is served by the one follower and its one Ray tail.
+        whole = read(0, 0)
+        assert whole["logs"].startswith(seen + following["logs"]), whole
+        for offset in range(0, whole["next_offset"], max(1, whole["next_offset"] // 20)):
+            assert read(offset, 0)["logs"].startswith(whole["logs"][offset:offset + 8])
+        assert len(followers) == 1 and followers.streams_opened == 1 and followers.tasks == 1
+
+        with pytest.raises(SpecError) as refused:  # past what the job has printed
+            read(whole["next_offset"] + 10**6, 0)
+        assert refused.value.field == "offset"
+
+        # Nobody reads it: the follower goes; a later read starts another that re-reads Ray's tail.
+        assert "\ntick 0\n" in read(0, 0, forgetful)["logs"]
+        wait_for(lambda: len(forgetful) == 0 and forgetful.tasks == 0, 30, "the unread follower to end")
+        assert "\ntick 0\n" in read(0, 0, forgetful)["logs"] and forgetful.streams_opened == 2
+
+        # A finished job: its follower ends once Ray closed the tail; a new read reads it whole.
+        done = blocking_manager.call(jobs.submit, {"entrypoint": "python -c \"print('only line')\""})["id"]
+        first = blocking_manager.call(read_job_log, followers, cluster, jobs, done, offset=0, wait_s=30)
+        while first["job"]["state"] not in ("SUCCEEDED", "FAILED"):
+            first = blocking_manager.call(read_job_log, followers, cluster, jobs, done, offset=0, wait_s=30)
+        assert first["job"]["state"] == "SUCCEEDED" and first["logs"].endswith("\nonly line\n"), first
+        wait_for(lambda: followers.tasks == 1, 30, "the finished job's follower to end")
+        length = first["next_offset"]
+        again = blocking_manager.call(read_job_log, followers, cluster, jobs, done, offset=length - 5, wait_s=30)
+        assert again["logs"] == "line\n" and again["next_offset"] == length, again
+        with pytest.raises(SpecError) as refused:
+            blocking_manager.call(read_job_log, followers, cluster, jobs, done, offset=length + 1, wait_s=0)
+        assert refused.value.field == "offset"
+    finally:
+        blocking_manager.call(manager.stop, "t-joblogs")
+    # Stopping the cluster ends its followers: no task, no open tail.
+    wait_for(lambda: followers.tasks == 0 and len(followers) == 0, 60, "the followers to end with the cluster")
+    wait_for(lambda: forgetful.tasks == 0, 60, "the other follower to end with the cluster")
+
+
+async def _followers(idle_s: float) -> JobLogFollowers:
+    return JobLogFollowers(idle_s=idle_s)
+
+
+def test_the_log_buffer_keeps_the_newest_characters_and_says_what_was_dropped() -> None:
+    buffer = LogBuffer(max_chars=10)
+    for piece in ("0123", "4567", "89ab", "cdef"):
+        buffer.append(piece)
+    assert (buffer.start, buffer.end) == (4, 16)
+    assert buffer.since(0) == ("456789abcdef", 4)  # 4 characters after offset 0 are gone
+    assert buffer.since(6) == ("6789abcdef", 0)
+    assert buffer.since(14) == ("ef", 0) and buffer.since(16) == ("", 0)

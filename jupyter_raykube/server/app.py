@@ -13,10 +13,11 @@ from jupyter_server.utils import url_path_join
 from traitlets import Bool, Int, default
 
 from ..client import SERVER_TOKEN_ENV, SERVER_URL_ENV
+from ..job_logs import JobLogFollowers
 from ..manager import ClusterManager
 from .handlers import ClusterEventsHandler, ClusterHandler, ClustersHandler, InfoHandler
-from .job_handlers import (UPLOAD_LIMIT_SETTING, JobHandler, JobLogsHandler, JobsHandler, JobStopHandler,
-                           NodeLogsHandler, PackageHandler)
+from .job_handlers import (JOB_LOGS_SETTING, UPLOAD_LIMIT_SETTING, JobHandler, JobLogsHandler, JobsHandler,
+                           JobStopHandler, NodeLogsHandler, PackageHandler)
 from .proxy import DashboardProxyHandler
 
 _NAME = r"(?P<name>[^/]+)"
@@ -55,6 +56,7 @@ class RayKube(ExtensionApp):
         self.settings["raykube_manager"] = manager
         self.settings["raykube_restrict_to_owner"] = self.restrict_to_owner
         self.settings[UPLOAD_LIMIT_SETTING] = self.max_upload_bytes
+        self.settings[JOB_LOGS_SETTING] = JobLogFollowers()
         self._serve_task: asyncio.Task[None] | None = None
         # Kernels this server starts inherit these, so `%raycluster` talks to this API. They
         # are put back at shutdown: another server in this process must not inherit a dead URL.
@@ -83,6 +85,7 @@ class RayKube(ExtensionApp):
         self._serve_task = asyncio.ensure_future(manager.serve())
 
     async def stop_extension(self) -> None:
+        await self.settings[JOB_LOGS_SETTING].close()
         for key, value in getattr(self, "_env_before", {}).items():
             if value is None:
                 os.environ.pop(key, None)

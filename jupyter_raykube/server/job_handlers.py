@@ -9,12 +9,14 @@ from __future__ import annotations
 from jupyter_server.auth.decorator import authorized
 from tornado import web
 
+from ..job_logs import WAIT_MAX_S, JobLogFollowers, read_job_log
 from ..jobs import RayJobs, check_package_name
 from ..manager import Cluster
 from ..node_logs import check_lines, check_log_file, read_node_log
 from .handlers import RayKubeHandler, mapped_errors, query_int
 
 UPLOAD_LIMIT_SETTING = "raykube_max_upload_bytes"
+JOB_LOGS_SETTING = "raykube_job_logs"  # the server's JobLogFollowers
 
 
 class ClusterApiHandler(RayKubeHandler):
@@ -24,9 +26,12 @@ class ClusterApiHandler(RayKubeHandler):
         return await self.manager.running(name, "jobs and logs need it running")
 
     async def jobs(self, name: str) -> RayJobs:
-        cluster = await self.running(name)
-        assert cluster.handle is not None
-        return RayJobs(cluster.handle.dashboard_address, self.manager.token)
+        return ray_jobs(await self.running(name), self.manager.token)
+
+
+def ray_jobs(cluster: Cluster, token: str) -> RayJobs:
+    assert cluster.handle is not None
+    return RayJobs(cluster.handle.dashboard_address, token)
 
 
 class JobsHandler(ClusterApiHandler):
@@ -58,16 +63,22 @@ class JobLogsHandler(ClusterApiHandler):
     @authorized
     @mapped_errors
     async def get(self, name: str, job: str) -> None:
-        """`?offset=N`: what the job printed from character N on, the next offset and the job
-        (one call per poll for a live view); `?tail=N`: its last N lines."""
+        """`?offset=N&wait=S`: what the job printed from character N on, at once if there is
+        some, else held up to S seconds for more or for the job's end; with the next offset
+        and the job (job_logs.py). `?tail=N`: its last N lines."""
         tail = self.get_query_argument("tail", None)
         lines = check_lines(tail) if tail is not None else None
         offset = query_int(self, "offset", 0, 10**15) or 0
-        jobs = await self.jobs(name)
+        wait = query_int(self, "wait", 0, WAIT_MAX_S) or 0
+        cluster = await self.running(name)
+        jobs = ray_jobs(cluster, self.manager.token)
+        if lines is None:
+            followers: JobLogFollowers = self.settings[JOB_LOGS_SETTING]
+            self.reply(await read_job_log(followers, cluster, jobs, job, offset=offset, wait_s=wait))
+            return
         record = await jobs.get(job)  # before the logs: a final state means they are complete
         text = await jobs.logs(job)
-        shown = "\n".join(text.splitlines()[-lines:]) if lines else text[min(offset, len(text)):]
-        self.reply({"job": record, "logs": shown, "next_offset": len(text)})
+        self.reply({"job": record, "logs": "\n".join(text.splitlines()[-lines:]), "next_offset": len(text)})
 
 
 class JobStopHandler(ClusterApiHandler):
