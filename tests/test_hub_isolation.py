@@ -127,6 +127,30 @@ def test_users_cannot_reach_each_other_the_hub_or_past_their_quota(
 
 
 @pytest.mark.k8s
+def test_a_chosen_profile_narrows_the_quota_and_the_servers_policy(
+        default_hub: Config, hub_ns: str, kube_admin: ApiClient) -> None:
+    """The admin allows 64 CPUs and 4 GPUs; alice picks the "Small Ray cluster" profile (8 CPUs,
+    no GPUs, 4 workers): the quota the hook writes and the policy her server gets are the
+    profile's, so neither a user-side config nor a direct Pod gets past them."""
+    default_hub.RayKubeHubPolicy.max_cpus = 64
+    default_hub.RayKubeHubPolicy.max_gpus = 4
+    default_hub.RayKubeHubPolicy.max_clusters = 1
+    default_hub.KubeSpawner.profile_list = hub.ray_profile_list()
+
+    async def spawn() -> dict[str, Any]:
+        spawner = make_spawner(default_hub, user="alice", profile="ray-small")
+        await hub.pre_spawn_hook(spawner)
+        return hub.modify_pod_hook(spawner, await spawner.get_pod_manifest()).to_dict()
+
+    pod = run(spawn)
+    hard = CoreV1Api(kube_admin).read_namespaced_resource_quota("raykube", f"{hub_ns}-alice").spec.hard
+    assert hard["requests.cpu"] == "8100m" and hard["requests.nvidia.com/gpu"] == "0"
+    assert hard["pods"] == "6"  # 1 cluster x (head + 4 workers) + the server
+    caps = json.loads(next(e["value"] for e in pod["spec"]["containers"][0]["env"] if e["name"] == hub.ENV_POLICY))
+    assert (caps["max_cpus"], caps["max_gpus"], caps["max_workers"], caps["max_clusters"]) == (8, 0, 4, 1)
+
+
+@pytest.mark.k8s
 def test_a_shared_namespace_is_refused_without_the_opt_in(hub_config: Config, hub_ns: str,
                                                           kube_fault_proxy: FaultProxy) -> None:
     """enable_user_namespaces = False, a profile's namespace, or a user namespace template that
