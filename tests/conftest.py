@@ -17,8 +17,9 @@ import yaml
 from jupyter_raykube.backends import processes
 
 # The Kubernetes fixtures are registered here, once, so every module shares the session's one
-# control plane (a fixture imported into a test module would be that module's own).
-pytest_plugins = ["pytest_jupyter.jupyter_server", "tests.kube.fixtures"]
+# control plane (a fixture imported into a test module would be that module's own); the
+# KubernetesBackend tests' own fixtures (ns, kube_config_file, v1, ray_kubelet...) likewise.
+pytest_plugins = ["pytest_jupyter.jupyter_server", "tests.kube.fixtures", "tests.kube.backend_fixtures"]
 T = TypeVar("T")
 
 _runtime = Path(os.environ.get("RAYKUBE_TEST_RUNTIME", "/tmp")) / f"raykube-tests-{os.getpid()}"

@@ -6,7 +6,7 @@ Client and no port-forward, and runs in the head Pod with the Pod's own Python."
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,14 +15,13 @@ from IPython.core.interactiveshell import InteractiveShell
 
 from jupyter_raykube.job_client import JobClient
 from jupyter_raykube.job_magics import RayJobMagics
+from tests.kube.backend_helpers import RESTRICTED, backend_settings, kubectl_objects
 from tests.kube.controlplane import ControlPlane
 from tests.kube.faultproxy import FaultProxy
-from tests.kube.fixtures import running_kubelet
 from tests.kube.helpers import wait_until
 from tests.kube.identity import backend_kubeconfig
 from tests.kube.kubelet import ProcessKubelet
 
-from .test_kubernetes_backend import RESTRICTED, backend_settings, kubectl_objects, own_ports
 from .test_server_process import _start_cluster, _start_server, _stop_server
 
 pytestmark = pytest.mark.k8s
@@ -31,11 +30,6 @@ pytestmark = pytest.mark.k8s
 @pytest.fixture
 def ns(make_kube_namespace: Callable[..., str]) -> str:
     return make_kube_namespace("rayjob", RESTRICTED)
-
-
-@pytest.fixture
-def ray_kubelet(kube_control_plane: ControlPlane) -> Iterator[ProcessKubelet]:
-    yield from running_kubelet(kube_control_plane, rewrite_argv=own_ports)
 
 
 def test_rayjob_submit_runs_in_the_head_pod_through_the_jupyter_server(

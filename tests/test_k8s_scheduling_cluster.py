@@ -17,25 +17,22 @@ from jupyter_raykube.connect import connect_driver
 from jupyter_raykube.errors import PolicyError, SpecError
 from jupyter_raykube.policy import Policy
 from jupyter_raykube.spec import ClusterSpec
-from tests.kube.controlplane import ControlPlane
-from tests.kube.faultproxy import FaultProxy
-from tests.kube.fixtures import running_kubelet
-from tests.kube.identity import backend_kubeconfig
-from tests.kube.kubelet import ProcessKubelet
-from tests.kube.nodes import NodePool
-
-from .test_kubernetes_backend import (
+from tests.kube.backend_helpers import (
     RESTRICTED,
     SMALL,
-    _manager,
-    _stop_and_check_clean,
     assert_api_use_is_clean,
+    blocking_manager_for,
     close_backend,
     kubectl_objects,
     make_backend,
     own_ports,
-    v1,
+    stop_and_check_clean,
 )
+from tests.kube.controlplane import ControlPlane
+from tests.kube.faultproxy import FaultProxy
+from tests.kube.fixtures import running_kubelet
+from tests.kube.kubelet import ProcessKubelet
+from tests.kube.nodes import NodePool
 
 pytestmark = pytest.mark.k8s
 CAPACITY = "karpenter.sh/capacity-type"
@@ -44,11 +41,6 @@ CAPACITY = "karpenter.sh/capacity-type"
 @pytest.fixture
 def ns(make_kube_namespace: Callable[..., str], request: pytest.FixtureRequest) -> str:
     return make_kube_namespace(request.node.name.removeprefix("test_")[:40], RESTRICTED)
-
-
-@pytest.fixture
-def kube_config_file(kube_control_plane: ControlPlane, ns: str, kube_fault_proxy: FaultProxy, tmp_path: Path) -> Path:
-    return backend_kubeconfig(kube_control_plane, ns, tmp_path / "kubeconfig", server=kube_fault_proxy.url)
 
 
 @pytest.fixture
@@ -79,7 +71,7 @@ def test_a_users_spot_request_and_a_tpu_group_land_on_their_nodes(
     Ray node says ray.io/market-type=spot. A task needing TPU: 1 scales up the tpu group, whose
     Pod requests google.com/tpu: 1 and tolerates its taint, and Ray there offers the TPU."""
     backend = make_backend(kube_config_file)
-    bm = _manager(backend, policy=Policy(user_scheduling=("market_type",)))
+    bm = blocking_manager_for(backend, policy=Policy(user_scheduling=("market_type",)))
     spec = ClusterSpec.from_dict({"name": "k-spot", "backend": "kubernetes", "groups": [
         {"name": "cpu", "cpus": 1, "max": 1, **SMALL, "scheduling": {"market_type": "spot"}},
         {"name": "tpu", "cpus": 1, "custom": {"TPU": 1}, "max": 1, **SMALL}]})
@@ -97,7 +89,7 @@ def test_a_users_spot_request_and_a_tpu_group_land_on_their_nodes(
         assert tpu.startswith("k-spot-tpu-") and pod.spec.node_name == "tpu-pool-0" and len(ids) == 1
         assert pod.spec.containers[0].resources.limits["google.com/tpu"] == "1"
         assert "google.com/tpu" in {t.key for t in pod.spec.tolerations}
-        _stop_and_check_clean(bm, "k-spot", kube_control_plane, ns, market_kubelet)
+        stop_and_check_clean(bm, "k-spot", kube_control_plane, ns, market_kubelet)
     finally:
         ray.shutdown()
         bm.close()
@@ -115,7 +107,8 @@ def test_what_the_api_server_would_refuse_is_a_spec_error_before_anything_exists
         kube_config_file: Path, kube_control_plane: ControlPlane, ns: str,
         scheduling: dict[str, object], said: str) -> None:
     backend = make_backend(kube_config_file)
-    bm = _manager(backend, policy=Policy(user_scheduling=("priority_class_name", "runtime_class_name", "affinity")))
+    bm = blocking_manager_for(backend, policy=Policy(
+        user_scheduling=("priority_class_name", "runtime_class_name", "affinity")))
     spec = ClusterSpec.from_dict({"name": "k-bad", "backend": "kubernetes", "groups": [
         {"name": "cpu", "cpus": 1, "max": 1, **SMALL, "scheduling": scheduling}]})
     try:

@@ -4,33 +4,20 @@ official client: faults and retries through the fault proxy, owner garbage colle
 real collector, Pod states, the scheduler's own messages, quotas, RBAC, and real Ray clusters
 that autoscale, back off and are adopted by a new manager.
 
-Who is who: the backend authenticates as the ServiceAccount of deploy/rbac.yaml (a TokenRequest
-token, through the fault proxy, whose request log the tests read); the test's own setup and
-checks use the admin client. Each test has its own namespace, enforcing Pod Security
-"restricted" as user namespaces often do.
-
-How addresses work here: the kubelet runs every Pod as a local process with its own loopback
-IP (127.0.0.x) and rewrites Service names in a container's command line to the head Pod's IP.
-This test process has no cluster DNS, so backends run with `address_type="pod-ip"`: the
-manager (GCS reads, drains) and the driver (`ray.init`) use the head Pod's IP, as a Jupyter
-server without cluster DNS would. All Pods share one network namespace, so `own_ports` gives
-each Ray node its own ports, which a real Pod does not need.
+Who is who and how addresses work here: see tests/kube/backend_helpers.py.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
-from contextlib import ExitStack, contextmanager
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 import kubernetes
@@ -42,166 +29,58 @@ from kubernetes.client import ApiClient, CoreV1Api, CoreV1Event, V1EventSource, 
 from traitlets.config import Config
 
 from jupyter_raykube.backends.base import BackendError, ClusterNotFound
-from jupyter_raykube.backends.k8s_watch import PodReflector
 from jupyter_raykube.backends.k8s_api import PermissionDenied
+from jupyter_raykube.backends.k8s_watch import PodReflector
 from jupyter_raykube.backends.kubernetes import KubernetesBackend
-from jupyter_raykube.errors import ClusterExistsError
 from jupyter_raykube.backends.registry import BACKEND_ENV, resolve_backend
 from jupyter_raykube.blocking import BlockingManager
-from jupyter_raykube.display import status_lines
-from jupyter_raykube.formatting import quota_text
-from jupyter_raykube.hub_namespace import quota_hard, quota_manifest
-from jupyter_raykube.policy import QUOTA_NAME, Policy
 from jupyter_raykube.client import LocalClient
 from jupyter_raykube.connect import connect_driver
-from jupyter_raykube.manager import Cluster, ClusterManager
+from jupyter_raykube.display import status_lines
+from jupyter_raykube.errors import ClusterExistsError
+from jupyter_raykube.formatting import quota_text
+from jupyter_raykube.hub_namespace import quota_hard, quota_manifest
 from jupyter_raykube.magics import RayClusterMagics
+from jupyter_raykube.manager import ClusterManager
+from jupyter_raykube.policy import Policy, QUOTA_NAME
 from jupyter_raykube.spec import ClusterSpec, SpecError, WorkerGroup, default_groups, detect_gpus
+from tests.kube.backend_helpers import (
+    API_PATH,
+    MiB,
+    RESTRICTED,
+    ROLE,
+    SMALL,
+    assert_api_use_is_clean,
+    autoscaled,
+    backend_settings,
+    blocking_manager_for,
+    calls_made,
+    close_backend,
+    created_pods,
+    events_of,
+    eventually,
+    find_node,
+    hold_gpu,
+    kubectl_objects,
+    make_backend,
+    on_gpu,
+    own_ports,
+    pods_path,
+    snapshot_of,
+    stop_and_check_clean,
+    where,
+    worker_pods,
+)
 from tests.kube.controlplane import ControlPlane
 from tests.kube.faultproxy import FaultProxy
-from tests.kube.helpers import pod as pod_manifest
-from tests.kube.helpers import restricted, wait_until
-from tests.kube.identity import backend_kubeconfig
 from tests.kube.fixtures import running_kubelet
+from tests.kube.helpers import restricted, wait_until
+from tests.kube.helpers import pod as pod_manifest
+from tests.kube.identity import backend_kubeconfig
 from tests.kube.kubelet import ProcessKubelet
 from tests.kube.nodes import NodePool
 
 pytestmark = pytest.mark.k8s
-T = TypeVar("T")
-MiB = 1024**2
-SMALL = {"memory": 512 * MiB, "object_store_memory": 128 * MiB}  # Ray's minimum object store is 75 MiB
-RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted"}
-ROLE = {("pods", v) for v in ("create", "get", "list", "watch", "patch", "delete")} | {("pods/log", "get")} \
-    | {("services", v) for v in ("create", "get", "list", "delete")} \
-    | {("secrets", v) for v in ("create", "get", "delete")} | {("events", "list")} \
-    | {("networkpolicies", v) for v in ("create", "get", "delete")} | {("resourcequotas", "get")}
-_NODE_PORT_FLAGS = ("--node-manager-port", "--object-manager-port", "--dashboard-agent-grpc-port",
-                    "--runtime-env-agent-port", "--metrics-export-port")
-
-
-def pods_path(ns: str) -> str:
-    return rf"^/api/v1/namespaces/{ns}/pods$"
-
-
-def free_ports(count: int) -> list[int]:
-    with ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in socks:
-            sock.bind(("0.0.0.0", 0))
-        return [sock.getsockname()[1] for sock in socks]
-
-
-def own_ports(pod: dict[str, Any], argv: list[str]) -> list[str]:
-    """Every Pod here shares the host's network namespace: give each Ray node its own ports
-    (workers also their own dashboard agent port; the head's comes from the backend config)."""
-    worker = pod["metadata"]["labels"].get("raykube.io/node-type") == "worker"
-    ports = free_ports(len(_NODE_PORT_FLAGS) + 1)
-    argv = [a for a in argv if not (worker and a.startswith("--dashboard-agent-listen-port="))]
-    argv += [f"{flag}={port}" for flag, port in zip(_NODE_PORT_FLAGS, ports)]
-    return argv + ([f"--dashboard-agent-listen-port={ports[-1]}"] if worker else [])
-
-
-@pytest.fixture
-def ns(make_kube_namespace: Callable[..., str], request: pytest.FixtureRequest) -> str:
-    """The test's namespace, enforcing Pod Security "restricted"."""
-    return make_kube_namespace(request.node.name.removeprefix("test_"), RESTRICTED)
-
-
-@pytest.fixture
-def kube_config_file(kube_control_plane: ControlPlane, ns: str, kube_fault_proxy: FaultProxy,
-                     tmp_path: Path) -> Path:
-    """The backend's kubeconfig: deploy/rbac.yaml's ServiceAccount, through the fault proxy."""
-    return backend_kubeconfig(kube_control_plane, ns, tmp_path / "kubeconfig", server=kube_fault_proxy.url)
-
-
-@pytest.fixture
-def v1(kube_admin: ApiClient) -> CoreV1Api:
-    return CoreV1Api(kube_admin)
-
-
-@pytest.fixture
-def ray_kubelet(kube_control_plane: ControlPlane) -> Iterator[ProcessKubelet]:
-    """`process_kubelet` with per-node ports (see `own_ports`), same teardown checks."""
-    yield from running_kubelet(kube_control_plane, rewrite_argv=own_ports)
-
-
-def make_backend(config_file: Path, **traits: Any) -> KubernetesBackend:
-    return KubernetesBackend(**backend_settings(config_file, **traits))
-
-
-def backend_settings(config_file: Path, **traits: Any) -> dict[str, Any]:
-    """KubernetesBackend traits for the test cluster and the process kubelet (free ports each time);
-    the namespace is the kubeconfig context's."""
-    gcs, dashboard, client, agent = free_ports(4)
-    settings: dict[str, Any] = {
-        "kubeconfig": str(config_file), "owner": "alice", "address_type": "pod-ip",
-        "health_probes": "head", "gcs_port": gcs, "dashboard_port": dashboard, "client_port": client,
-        "dashboard_agent_port": agent, "request_timeout": 5.0, "retry_timeout": 30.0,
-        "worker_memory": SMALL["memory"], "worker_object_store_memory": SMALL["object_store_memory"],
-        "head_memory": SMALL["memory"], "head_object_store_memory": SMALL["object_store_memory"],
-        # several raylets start at once on 2 busy cores: give their agents time (as the local backend does)
-        "extra_env": {"RAY_agent_register_timeout_ms": "120000"}}
-    return {**settings, **traits}
-
-
-def close_backend(backend: KubernetesBackend) -> None:
-    anyio.run(backend.close)
-
-
-async def eventually(probe: Callable[[], Awaitable[T]], timeout: float = 60.0, what: str = "") -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; last value {value!r}")
-        await anyio.sleep(0.2)
-
-
-def kubectl_objects(control_plane: ControlPlane, ns: str, cluster: str) -> list[dict[str, Any]]:
-    """What `kubectl get pods,services,secrets -l raykube.io/cluster=NAME` lists."""
-    out = control_plane.kubectl("get", "pods,services,secrets", "-n", ns, "-l", f"raykube.io/cluster={cluster}",
-                                "-o", "json")
-    return json.loads(out.stdout)["items"]
-
-
-_PATH = re.compile(r"^/(?:api/v1|apis/networking\.k8s\.io/v1)/namespaces/[^/]+/(?P<res>[a-z]+)"
-                   r"(?:/(?P<name>[^/]+)(?:/(?P<sub>[a-z]+))?)?$")
-
-
-def calls_made(proxy: FaultProxy) -> set[tuple[str, str]]:
-    """(resource, RBAC verb) of every request the backend made (by its User-Agent)."""
-    calls = set()
-    for record in proxy.requests():
-        if not record.user_agent.startswith("jupyter-raykube/"):
-            continue  # the test's own calls
-        match = _PATH.match(record.path)
-        assert match, f"unexpected API path {record.path}"
-        resource = match["res"] + (f"/{match['sub']}" if match["sub"] else "")
-        if record.method == "GET":
-            verb = "get" if match["name"] else ("watch" if re.search(r"watch=(true|1)", record.query) else "list")
-        else:
-            verb = {"POST": "create", "DELETE": "delete", "PUT": "update", "PATCH": "patch"}[record.method]
-        calls.add((resource, verb))
-    return calls
-
-
-def assert_api_use_is_clean(proxy: FaultProxy) -> None:
-    """The apiserver accepted every object we wrote (no 422) and refused nothing the Role should
-    allow (no 403 it answered itself); every call is one deploy/rbac.yaml grants."""
-    assert not [r for r in proxy.requests() if r.status == 422], "an object failed the API server's validation"
-    assert not [r for r in proxy.requests() if r.status == 403 and not r.fault], "the apiserver refused a call"
-    calls = calls_made(proxy)
-    assert ("pods", "create") in calls and calls <= ROLE, calls - ROLE
-
-
-def created_pods(proxy: FaultProxy, ns: str) -> int:
-    """Pods the apiserver created for the backend (a create whose answer was lost included)."""
-    return len([r for r in proxy.requests("POST", pods_path(ns)) if r.status == 201])
-
-
-# --- the API, without Ray ------------------------------------------------------------------
 
 
 def _pod(name: str, version: int, deleting: bool = False) -> V1Pod:
@@ -351,7 +230,7 @@ def test_deleting_the_server_pod_deletes_the_cluster(kube_config_file: Path, kub
         handle = await backend.create_cluster(spec, owner="alice", token="t0ken")
         workers = [await backend.create_worker(handle, spec.groups[0]) for _ in range(2)]
         # No nodes: kube-scheduler says so on each Pod, and the backend passes its words on.
-        stuck = await eventually(lambda: _node(backend, handle, workers[0].name, "pending", message=True),
+        stuck = await eventually(lambda: find_node(backend, handle, workers[0].name, "pending", message=True),
                                  what="the scheduler's verdict")
         assert stuck.message.startswith("waiting for a node: Unschedulable: no nodes available to schedule pods")
         objects = kubectl_objects(kube_control_plane, ns, "k-owned")
@@ -396,11 +275,6 @@ async def _gone(backend: KubernetesBackend, handle: Any) -> bool:
     except ClusterNotFound:
         return True
     return False
-
-
-async def _node(backend: KubernetesBackend, handle: Any, name: str, phase: str, message: bool = False) -> Any:
-    return next((n for n in await backend.list_nodes(handle)
-                 if n.name == name and n.phase == phase and (n.message or not message)), None)
 
 
 FAKE_RAY = """#!/bin/sh
@@ -464,7 +338,7 @@ def test_pod_states_explain_why_nodes_do_not_run(process_kubelet: ProcessKubelet
         assert await backend.logs(handle, "k-states-cpu-nope") == ""
 
         process_kubelet.oom_kill(ns, names["cpu"])
-        oom = await eventually(lambda: _node(backend, handle, names["cpu"], "exited"), what="the OOM kill")
+        oom = await eventually(lambda: find_node(backend, handle, names["cpu"], "exited"), what="the OOM kill")
         assert oom.message == "container exited with code 137 (OOMKilled)"
 
         # discover(), from a server configured otherwise (other ports): finds the live cluster
@@ -473,7 +347,7 @@ def test_pod_states_explain_why_nodes_do_not_run(process_kubelet: ProcessKubelet
                                     health_probes="none")
         try:
             dead = await dead_backend.create_cluster(dead_spec, owner="alice", token="t0ken")
-            await eventually(lambda: _node(dead_backend, dead, "k-dead-head", "exited"), what="the head to exit")
+            await eventually(lambda: find_node(dead_backend, dead, "k-dead-head", "exited"), what="the head to exit")
             found = await make_backend(kube_config_file).discover()
         finally:
             await dead_backend.close()
@@ -494,70 +368,6 @@ def test_pod_states_explain_why_nodes_do_not_run(process_kubelet: ProcessKubelet
     finally:
         close_backend(backend)
     assert_api_use_is_clean(kube_fault_proxy)
-
-
-# --- real Ray clusters -----------------------------------------------------------------------
-
-
-def _manager(backend: KubernetesBackend, **traits: Any) -> BlockingManager:
-    return BlockingManager(lambda: ClusterManager(backend=backend, owner="alice", autoscale_interval_s=0.5, **traits))
-
-
-@contextmanager
-def autoscaled(config_file: Path, manager: Mapping[str, Any] | None = None, **traits: Any) -> Iterator[BlockingManager]:
-    """A backend with these traits and a manager over it, as a server runs them; afterwards the
-    test's driver, the manager and the backend are closed."""
-    backend = make_backend(config_file, **traits)
-    bm = _manager(backend, **(manager or {}))
-    try:
-        yield bm
-    finally:
-        ray.shutdown()
-        bm.close()
-        close_backend(backend)
-
-
-def _snapshot(bm: BlockingManager, cluster: Cluster) -> dict[str, Any]:
-    async def take() -> dict[str, Any]:
-        return cluster.snapshot()
-
-    return bm.call(take)
-
-
-def _events(bm: BlockingManager, cluster: Cluster, kind: str) -> list[str]:
-    return [e["message"] for e in _snapshot(bm, cluster)["events"] if e["kind"] == kind]
-
-
-def _worker_pods(v1: CoreV1Api, ns: str, cluster: str, group: str | None = None) -> list[Any]:
-    selector = f"raykube.io/cluster={cluster},raykube.io/node-type=worker"
-    if group:
-        selector += f",raykube.io/group={group}"
-    return v1.list_namespaced_pod(ns, label_selector=selector).items
-
-
-@ray.remote(num_cpus=1)
-def where(seconds: float) -> str:
-    time.sleep(seconds)
-    return os.environ["RAY_CLOUD_INSTANCE_ID"]  # the Pod's name, set by the backend
-
-
-@ray.remote(num_cpus=1, num_gpus=1)
-def on_gpu() -> tuple[str, list[Any]]:
-    return os.environ["RAY_CLOUD_INSTANCE_ID"], list(ray.get_gpu_ids())
-
-
-@ray.remote(num_cpus=1, num_gpus=1)
-def hold_gpu(seconds: float) -> str:
-    time.sleep(seconds)
-    return os.environ["RAY_CLOUD_INSTANCE_ID"]
-
-
-def _stop_and_check_clean(bm: BlockingManager, name: str, control_plane: ControlPlane, ns: str,
-                          kubelet: ProcessKubelet) -> None:
-    ray.shutdown()
-    bm.call(bm.manager.stop, name)
-    assert kubectl_objects(control_plane, ns, name) == []
-    wait_until(lambda: not kubelet.leftover_processes(), timeout_s=60, what="every Ray process to exit")
 
 
 def test_magic_starts_a_kubernetes_cluster_that_autoscales_pods_and_stops_clean(
@@ -608,12 +418,12 @@ def test_magic_starts_a_kubernetes_cluster_that_autoscales_pods_and_stops_clean(
 
         # Each launch made exactly one Pod, retried creates included. (On a loaded machine a node
         # can fail to start, be removed and be launched again: launches count, not the group max.)
-        launched = sum(int(m.split()[1]) for m in _events(bm, cluster, "scale_up"))
+        launched = sum(int(m.split()[1]) for m in events_of(bm, cluster, "scale_up"))
         assert created_pods(kube_fault_proxy, ns) == 1 + launched, "a worker Pod was created twice"
-        assert not _events(bm, cluster, "error"), _events(bm, cluster, "error")
+        assert not events_of(bm, cluster, "error"), events_of(bm, cluster, "error")
 
-        wait_until(lambda: not _worker_pods(v1, ns, "k-life"), timeout_s=90, what="idle workers to be removed")
-        scale_down = _events(bm, cluster, "scale_down")
+        wait_until(lambda: not worker_pods(v1, ns, "k-life"), timeout_s=90, what="idle workers to be removed")
+        scale_down = events_of(bm, cluster, "scale_down")
         assert any(m.startswith("draining cpu node") for m in scale_down), scale_down
         assert any(m.startswith("removed idle gpu node") for m in scale_down), scale_down
 
@@ -665,29 +475,29 @@ def test_unschedulable_pods_are_explained_and_their_group_backs_off(
             ref = on_gpu.remote()
 
             def gpu_node() -> dict[str, Any] | None:
-                return next((n for n in _snapshot(bm, cluster)["nodes"] if n["group"] == "gpu" and n["message"]), None)
+                return next((n for n in snapshot_of(bm, cluster)["nodes"] if n["group"] == "gpu" and n["message"]), None)
 
             node = wait_until(gpu_node, timeout_s=60, what="the gpu node's Pending reason")
             assert node["state"] == "starting"
             assert node["message"].startswith("waiting for a node: Unschedulable: 0/2 nodes are available: ")
             why = node["message"].removeprefix("waiting for a node: Unschedulable: ")
             assert "2 Insufficient nvidia.com/gpu" in why  # kube-scheduler's own words
-            backoff = wait_until(lambda: _events(bm, cluster, "backoff"), timeout_s=60, what="the group to back off")
+            backoff = wait_until(lambda: events_of(bm, cluster, "backoff"), timeout_s=60, what="the group to back off")
             assert backoff == [(f"backing off the gpu group for 300 s: gpu node {node['name']} could not start: "
                                 f"Unschedulable: {why} (no scale-up within 6 s)")]
-            assert f"gpu node {node['name']}: waiting for a node" in _events(bm, cluster, "info")
-            wait_until(lambda: not _worker_pods(v1, ns, "k-unsched"), timeout_s=30,
+            assert f"gpu node {node['name']}: waiting for a node" in events_of(bm, cluster, "info")
+            wait_until(lambda: not worker_pods(v1, ns, "k-unsched"), timeout_s=30,
                        what="the Pending Pod to be removed")
 
             def backed_off() -> dict[str, Any] | None:
-                return next((d for d in _snapshot(bm, cluster)["demand"]
+                return next((d for d in snapshot_of(bm, cluster)["demand"]
                              if d["shape"].get("GPU") and "backed off" in d["reason"]), None)
 
             demand = wait_until(backed_off, timeout_s=30, what="the demand to say why it waits")
             assert f"gpu group is backed off: gpu node {node['name']} could not start" in demand["reason"]
             assert created_pods(kube_fault_proxy, ns) == 2, "a backed-off group launched again"  # the head, one gpu Pod
             ray.cancel(ref, force=True)
-            _stop_and_check_clean(bm, "k-unsched", kube_control_plane, ns, cpu_only_kubelet)
+            stop_and_check_clean(bm, "k-unsched", kube_control_plane, ns, cpu_only_kubelet)
     assert_api_use_is_clean(kube_fault_proxy)
 
 
@@ -713,7 +523,7 @@ def test_a_pod_waiting_for_a_pool_to_scale_up_is_not_given_up_on(
             ref = on_gpu.remote()
 
             def waiting() -> dict[str, Any] | None:
-                return next((n for n in _snapshot(bm, cluster)["nodes"]
+                return next((n for n in snapshot_of(bm, cluster)["nodes"]
                              if n["group"] == "gpu" and "scale-up triggered" in n["message"]), None)
 
             node = wait_until(waiting, timeout_s=60, what="the scale-up to show")
@@ -724,13 +534,13 @@ def test_a_pod_waiting_for_a_pool_to_scale_up_is_not_given_up_on(
             host, gpu_ids = ray.get(ref, timeout=240)
             assert host == node["name"] and len(gpu_ids) == 1
             assert v1.read_namespaced_pod(host, ns).spec.node_name == "gpu-pool-0"
-            assert not _events(bm, cluster, "backoff") and not _events(bm, cluster, "node_failed")
-            steps = [m for m in _events(bm, cluster, "info") if m.startswith(f"gpu node {host}")]
+            assert not events_of(bm, cluster, "backoff") and not events_of(bm, cluster, "node_failed")
+            steps = [m for m in events_of(bm, cluster, "info") if m.startswith(f"gpu node {host}")]
             assert f"gpu node {host}: waiting for a node (scale-up triggered)" in steps
             joined = re.fullmatch(rf"gpu node {host} joined Ray (\d+) s after it was created", steps[-1])
             assert joined and int(joined[1]) > 10, steps  # it outlived both 10 s timeouts while its node came
             assert created_pods(kube_fault_proxy, ns) == 2  # the head and the one GPU Pod, never replaced
-            _stop_and_check_clean(bm, "k-late", kube_control_plane, ns, late_gpu_kubelet)
+            stop_and_check_clean(bm, "k-late", kube_control_plane, ns, late_gpu_kubelet)
     assert_api_use_is_clean(kube_fault_proxy)
 
 
@@ -746,16 +556,16 @@ def test_an_image_that_cannot_be_pulled_backs_its_group_off_with_the_reason(
             cluster = bm.call(bm.manager.create, spec)
             connect_driver(cluster.handle.address, bm.manager.token)
             ref = on_gpu.remote()
-            backoff = wait_until(lambda: _events(bm, cluster, "backoff"), timeout_s=90, what="the group to back off")
+            backoff = wait_until(lambda: events_of(bm, cluster, "backoff"), timeout_s=90, what="the group to back off")
             assert len(backoff) == 1 and re.fullmatch(
                 r"backing off the gpu group for 300 s: gpu node k-nopull-gpu-\w{5} could not start: cannot pull image "
                 r"registry\.example/missing:1: (ErrImagePull: rpc error: code = NotFound desc = failed to pull and "
                 r'unpack image: not found|ImagePullBackOff: Back-off pulling image "registry\.example/missing:1")',
                 backoff[0]), backoff
-            wait_until(lambda: not _worker_pods(v1, ns, "k-nopull"), timeout_s=30, what="the Pod to be removed")
+            wait_until(lambda: not worker_pods(v1, ns, "k-nopull"), timeout_s=30, what="the Pod to be removed")
             assert created_pods(kube_fault_proxy, ns) == 2, "a backed-off group launched again"  # the head, one gpu Pod
             ray.cancel(ref, force=True)
-            _stop_and_check_clean(bm, "k-nopull", kube_control_plane, ns, ray_kubelet)
+            stop_and_check_clean(bm, "k-nopull", kube_control_plane, ns, ray_kubelet)
     assert_api_use_is_clean(kube_fault_proxy)
 
 
@@ -778,7 +588,7 @@ def test_a_cpu_only_server_gets_groups_sized_for_the_cluster_and_its_gpu_group_l
             assert pod.spec.node_name == "gpu-pool-0"
             assert pod.spec.containers[0].resources.limits == {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "1"}
             assert v1.read_namespaced_pod("k-sizes-head", ns).spec.containers[0].resources.limits["cpu"] == "2"
-            _stop_and_check_clean(bm, "k-sizes", kube_control_plane, ns, ray_kubelet)
+            stop_and_check_clean(bm, "k-sizes", kube_control_plane, ns, ray_kubelet)
     assert_api_use_is_clean(kube_fault_proxy)
 
 
@@ -799,7 +609,7 @@ def test_a_group_of_amd_gpus_gets_pods_requesting_amd_gpus(
     ray.io/accelerator-type and ray.io/market-type."""
     backend = make_backend(kube_config_file, gpu_resource={"amd": "amd.com/gpu"},
                            accelerator_type={"amd": "MI300X"}, market_type={"amd": "spot"})
-    bm = _manager(backend)
+    bm = blocking_manager_for(backend)
     spec = ClusterSpec(name="k-amd", backend="kubernetes", groups=(WorkerGroup("amd", cpus=1, gpus=1, max=1, **SMALL),))
     try:
         cluster = bm.call(bm.manager.create, spec)
@@ -819,7 +629,7 @@ def test_a_group_of_amd_gpus_gets_pods_requesting_amd_gpus(
                 "raykube.io/group=amd") in container.args
         labels = next(n["Labels"] for n in ray.nodes() if n["Alive"] and n["Labels"].get("raykube.io/group") == "amd")
         assert labels["ray.io/accelerator-type"] == "MI300X" and labels["ray.io/market-type"] == "spot"
-        _stop_and_check_clean(bm, "k-amd", kube_control_plane, ns, amd_kubelet)
+        stop_and_check_clean(bm, "k-amd", kube_control_plane, ns, amd_kubelet)
     finally:
         ray.shutdown()
         bm.close()
@@ -833,7 +643,7 @@ def test_a_new_manager_adopts_a_running_cluster_and_keeps_autoscaling(
     spec = ClusterSpec(name="k-adopt", backend="kubernetes", idle_timeout_s=60, groups=(
         WorkerGroup("cpu", cpus=1, max=1, **SMALL),))
     first_backend = make_backend(kube_config_file)
-    first = _manager(first_backend, stop_clusters_on_close=False)
+    first = blocking_manager_for(first_backend, stop_clusters_on_close=False)
     try:
         created = first.call(first.manager.create, spec)
     finally:
@@ -843,15 +653,15 @@ def test_a_new_manager_adopts_a_running_cluster_and_keeps_autoscaling(
     assert v1.read_namespaced_pod("k-adopt-head", ns).status.phase == "Running"
 
     backend = make_backend(kube_config_file)  # a new server: its own (different) port settings
-    bm = _manager(backend, adopt_on_start=True)  # as RayKube runs when clusters outlive the server
+    bm = blocking_manager_for(backend, adopt_on_start=True)  # as RayKube runs when clusters outlive the server
     try:
         cluster = bm.call(bm.manager.get, "k-adopt")
         assert cluster.handle is not None and cluster.owned
         assert (cluster.handle.address, cluster.spec) == (created.handle.address, spec)
-        assert "this server now autoscales the cluster" in [e["message"] for e in _snapshot(bm, cluster)["events"]]
+        assert "this server now autoscales the cluster" in [e["message"] for e in snapshot_of(bm, cluster)["events"]]
         connect_driver(cluster.handle.address, bm.manager.token)
         host = ray.get(where.remote(0), timeout=240)
-        assert host.startswith("k-adopt-cpu-") and host in [p.metadata.name for p in _worker_pods(v1, ns, "k-adopt")]
+        assert host.startswith("k-adopt-cpu-") and host in [p.metadata.name for p in worker_pods(v1, ns, "k-adopt")]
 
         # Ray Client (ray://), what a notebook outside the cluster uses (through kubectl port-forward),
         # connected the way `%raycluster attach` connects such a kernel
@@ -863,7 +673,7 @@ def test_a_new_manager_adopts_a_running_cluster_and_keeps_autoscaling(
                                 check=False, capture_output=True, text=True, timeout=240,
                                 env={**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": bm.manager.token})
         assert "ran on k-adopt-" in client.stdout, client.stderr[-3000:]
-        _stop_and_check_clean(bm, "k-adopt", kube_control_plane, ns, ray_kubelet)
+        stop_and_check_clean(bm, "k-adopt", kube_control_plane, ns, ray_kubelet)
     finally:
         ray.shutdown()
         bm.close()
@@ -885,7 +695,7 @@ def test_a_worker_over_the_namespace_quota_is_explained_and_not_retried(
             cluster = bm.call(bm.manager.create, spec)
             connect_driver(cluster.handle.address, bm.manager.token)
             ref = where.remote(0)  # demand for a cpu node
-            backoff = wait_until(lambda: _events(bm, cluster, "backoff"), timeout_s=60, what="the group to back off")
+            backoff = wait_until(lambda: events_of(bm, cluster, "backoff"), timeout_s=60, what="the group to back off")
             assert len(backoff) == 1 and backoff[0].startswith(
                 "backing off the cpu group for 300 s: could not create a cpu node: the namespace's ResourceQuota "
                 "refused"), backoff
@@ -894,9 +704,9 @@ def test_a_worker_over_the_namespace_quota_is_explained_and_not_retried(
             time.sleep(3)  # six more autoscaler rounds: none of them asks again
             refused = [r for r in kube_fault_proxy.requests("POST", pods_path(ns)) if r.status == 403]
             assert len(refused) == 1 and created_pods(kube_fault_proxy, ns) == 1  # the head only
-            assert not _events(bm, cluster, "error")
+            assert not events_of(bm, cluster, "error")
             ray.cancel(ref, force=True)
-            _stop_and_check_clean(bm, "k-quota", kube_control_plane, ns, ray_kubelet)
+            stop_and_check_clean(bm, "k-quota", kube_control_plane, ns, ray_kubelet)
             wait_until(lambda: v1.read_namespaced_resource_quota("ray-quota", ns).status.used == {"pods": "0"},
                        timeout_s=30, what="the quota to be free again")
     assert calls_made(kube_fault_proxy) <= ROLE
@@ -920,12 +730,12 @@ def test_a_gpu_quota_of_one_holds_the_second_gpu_worker_whatever_the_users_own_p
                        groups=(WorkerGroup("gpu", cpus=1, gpus=1, max=2, **SMALL),))
     with autoscaled(kube_config_file, manager={"backoff_s": 300.0, "config": raised}) as bm:
         cluster = bm.call(bm.manager.create, spec)
-        assert _snapshot(bm, cluster)["policy"]["max_gpus"] == 8  # the user's server lets it through
+        assert snapshot_of(bm, cluster)["policy"]["max_gpus"] == 8  # the user's server lets it through
         connect_driver(cluster.handle.address, bm.manager.token)
         refs = [hold_gpu.remote(600) for _ in range(2)]
 
         def quoted() -> dict[str, Any] | None:
-            snap = _snapshot(bm, cluster)
+            snap = snapshot_of(bm, cluster)
             pending = [d for d in snap["demand"] if "exceeded quota" in d["reason"]]
             used = quota_text(snap["quota"]).startswith("1 of 1 GPUs used")
             return snap if pending and used and snap["groups"][0]["nodes"] == 1 else None
@@ -940,23 +750,13 @@ def test_a_gpu_quota_of_one_holds_the_second_gpu_worker_whatever_the_users_own_p
         assert snap["quota"]["namespace"] == ns
         assert quota_text(snap["quota"]) == "1 of 1 GPUs used, 2 of 4 pods"  # the head and one gpu worker
         assert "  quota: 1 of 1 GPUs used, 2 of 4 pods" in status_lines(snap)  # %raycluster status
-        assert len(_worker_pods(v1, ns, "k-gpuq", "gpu")) == 1
+        assert len(worker_pods(v1, ns, "k-gpuq", "gpu")) == 1
         refused = [r for r in kube_fault_proxy.requests("POST", pods_path(ns)) if r.status == 403]
         assert len(refused) == 1 and created_pods(kube_fault_proxy, ns) == 2  # the head and one gpu worker
         for ref in refs:
             ray.cancel(ref, force=True)
-        _stop_and_check_clean(bm, "k-gpuq", kube_control_plane, ns, ray_kubelet)
+        stop_and_check_clean(bm, "k-gpuq", kube_control_plane, ns, ray_kubelet)
     assert calls_made(kube_fault_proxy) <= ROLE
-
-
-# --- deploy/rbac.yaml: every rule is needed --------------------------------------------------
-
-
-@pytest.fixture
-def silent_kubelet(kube_control_plane: ControlPlane) -> Iterator[ProcessKubelet]:
-    """One Node whose kubelet never starts its Pods: they stay Pending with nothing in their
-    status, which is when the backend reads their Events."""
-    yield from running_kubelet(kube_control_plane, pools=[NodePool("hung", count=1, serve_pods=False)])
 
 
 def test_a_pod_its_node_never_starts_shows_its_newest_warning_event(
@@ -972,7 +772,7 @@ def test_a_pod_its_node_never_starts_shows_its_newest_warning_event(
         worker = await backend.create_worker(handle, spec.groups[0])
         pod = wait_until(lambda: (lambda p: p if p.spec.node_name else None)(v1.read_namespaced_pod(worker.name, ns)),
                          what="the scheduler to bind the Pod")
-        pending = await _node(backend, handle, worker.name, "pending")
+        pending = await find_node(backend, handle, worker.name, "pending")
         assert pod.spec.node_name == "hung-0" and re.fullmatch(r"pulling image \S+ \(\d+ s so far\)", pending.message)
         v1.create_namespaced_event(ns, CoreV1Event(
             metadata=V1ObjectMeta(name=f"{worker.name}.1"), type="Warning", reason="FailedMount",
@@ -980,7 +780,7 @@ def test_a_pod_its_node_never_starts_shows_its_newest_warning_event(
             involved_object=V1ObjectReference(kind="Pod", namespace=ns, name=worker.name, uid=pod.metadata.uid),
             source=V1EventSource(component="kubelet", host="hung-0"), count=1))
         async def warned() -> Any:
-            node = await _node(backend, handle, worker.name, "pending")
+            node = await find_node(backend, handle, worker.name, "pending")
             return node if node is not None and "FailedMount" in node.message else None
 
         stuck = await eventually(warned, what="the Event to be read")
@@ -1056,7 +856,7 @@ def test_every_rule_of_deploy_rbac_yaml_is_needed(silent_kubelet: ProcessKubelet
     def refused_calls(ns: str) -> set[tuple[str, str]]:
         calls = set()
         for record in kube_fault_proxy.requests():
-            match = _PATH.match(record.path)
+            match = API_PATH.match(record.path)
             if record.status != 403 or record.fault or not match or f"/namespaces/{ns}/" not in record.path:
                 continue
             resource = match["res"] + (f"/{match['sub']}" if match["sub"] else "")

@@ -20,6 +20,9 @@ Modules, one job each:
 * ``identity``     – the code under test's ServiceAccount, bound to deploy/rbac.yaml's Role
 * ``fixtures``     – pytest fixtures (registered by ``tests/conftest.py``)
 * ``helpers``      – manifest builders and ``wait_until`` for the tests
+* ``backend_helpers``  – what the KubernetesBackend tests share: settings, API-use checks, managers
+* ``backend_fixtures`` – their fixtures (``ns``, ``kube_config_file``, ``v1``, ``ray_kubelet``...),
+  registered by ``tests/conftest.py``
 
 See ``README.md`` in this folder for behaviour and limits.
 """

@@ -6,7 +6,7 @@ widget and `%raycluster status` (formatting.quota_text / format.ts formatQuota).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -16,13 +16,12 @@ from kubernetes.client import ApiClient, CoreV1Api
 
 from jupyter_raykube.hub_namespace import quota_hard, quota_manifest
 from jupyter_raykube.policy import QUOTA_NAME, Policy
+from tests.kube.backend_helpers import RESTRICTED, backend_settings, kubectl_objects
 from tests.kube.controlplane import ControlPlane
 from tests.kube.faultproxy import FaultProxy
-from tests.kube.fixtures import running_kubelet
 from tests.kube.helpers import wait_until
 from tests.kube.identity import backend_kubeconfig
 from tests.kube.kubelet import ProcessKubelet
-from tests.test_kubernetes_backend import RESTRICTED, backend_settings, kubectl_objects, own_ports
 
 from .conftest import lab_page, running_lab
 from .helpers import shot
@@ -34,11 +33,6 @@ START_TIMEOUT_MS = 180_000  # the head Pod scheduled, started by the process kub
 @pytest.fixture
 def ns(make_kube_namespace: Callable[..., str]) -> str:
     return make_kube_namespace("uiquota", RESTRICTED)
-
-
-@pytest.fixture
-def ray_kubelet(kube_control_plane: ControlPlane) -> Iterator[ProcessKubelet]:
-    yield from running_kubelet(kube_control_plane, rewrite_argv=own_ports)
 
 
 def test_the_sidebar_card_shows_the_namespace_quota(
