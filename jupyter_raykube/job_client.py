@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import time
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -23,6 +22,7 @@ Job = dict[str, Any]
 CELL_SCRIPT = "_rayjob_cell.py"  # a %%rayjob cell, at the top of its working dir
 _SKIPPED_DIRS = {".git", "__pycache__", ".ipynb_checkpoints", ".venv", "node_modules"}
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed, so equal contents give the same package name
+FOLLOW_WAIT_S = 30  # how long the server holds each read of a followed job's logs for new output
 
 
 def working_dir_package(directory: str | None, extra_files: Mapping[str, str]) -> tuple[str, bytes]:
@@ -81,9 +81,13 @@ class JobClient(RestSession):
     def get(self, cluster: str, job_id: str) -> Job:
         return self._request("GET", f"/clusters/{quote(cluster)}/jobs/{quote(job_id, safe='')}")
 
-    def logs(self, cluster: str, job_id: str, *, offset: int = 0, tail: int | None = None) -> dict[str, Any]:
-        query = f"tail={tail}" if tail is not None else f"offset={offset}"
-        return self._request("GET", f"/clusters/{quote(cluster)}/jobs/{quote(job_id, safe='')}/logs?{query}")
+    def logs(self, cluster: str, job_id: str, *, offset: int = 0, tail: int | None = None,
+             wait_s: int = 0) -> dict[str, Any]:
+        """What the job printed from `offset` on (held up to `wait_s` until there is some), or its
+        last `tail` lines."""
+        query = f"tail={tail}" if tail is not None else f"offset={offset}&wait={wait_s}"
+        return self._request("GET", f"/clusters/{quote(cluster)}/jobs/{quote(job_id, safe='')}/logs?{query}",
+                             timeout=wait_s + 60)
 
     def stop(self, cluster: str, job_id: str) -> Job:
         return self._request("POST", f"/clusters/{quote(cluster)}/jobs/{quote(job_id, safe='')}/stop")["job"]
@@ -98,13 +102,27 @@ class JobClient(RestSession):
         where = f"cluster {cluster!r}" if cluster else "any running cluster"
         raise JobNotFound(f"no job {job_id!r} on {where} (see %rayjob list)")
 
+    def log_pages(self, cluster: str, job_id: str, offset: int = 0) -> Iterator[dict[str, Any]]:
+        """The job's output as it comes, one page per new piece, until a page says it ended: each
+        read waits on the server for more (no polling here; Ctrl-C interrupts the wait)."""
+        while True:
+            page = self.logs(cluster, job_id, offset=offset, wait_s=FOLLOW_WAIT_S)
+            yield page
+            if page["job"]["state"] in FINAL_STATES:  # the server says so once the logs are complete
+                return
+            offset = page["next_offset"]
+
     def follow(self, cluster: str, job_id: str, write: Callable[[str], None], offset: int = 0) -> Job:
         """Write the job's output as it comes until the job ends; returns its final record."""
-        while True:
-            page = self.logs(cluster, job_id, offset=offset)
-            if page["logs"]:
-                write(page["logs"])
-            offset = page["next_offset"]
-            if page["job"]["state"] in FINAL_STATES:  # read before the logs: they are complete
-                return page["job"]
-            time.sleep(self.poll_s)
+        job: Job = {}
+        for page in self.log_pages(cluster, job_id, offset):
+            write(page_text(page))
+            job = page["job"]
+        return job
+
+
+def page_text(page: Mapping[str, Any]) -> str:
+    """A logs page as shown: its output, after a note if the server no longer had some of it."""
+    dropped = int(page.get("dropped") or 0)
+    note = f"[... {dropped} characters of output not kept by the server ...]\n" if dropped else ""
+    return note + page["logs"]

@@ -270,6 +270,15 @@ async def read_job_log(followers: JobLogFollowers, cluster: Cluster, jobs: RayJo
     return whole_log_page(record, await jobs.logs(job_id), offset)
 
 
+async def read_job_tail(followers: JobLogFollowers, cluster: Cluster, jobs: RayJobs, job_id: str,
+                        lines: int) -> dict[str, Any]:
+    """The last `lines` lines a job printed, with the offset to follow it from: a running job's
+    come from its follower, so opening a log view does not read the whole log either."""
+    page = await read_job_log(followers, cluster, jobs, job_id, offset=0, wait_s=0)
+    page["logs"] = "\n".join(page["logs"].splitlines()[-lines:])
+    return page
+
+
 def whole_log_page(record: dict[str, Any], text: str, offset: int) -> dict[str, Any]:
     """A finished job's log read whole (Ray's one-shot answer), from `offset` on."""
     if offset > len(text):

@@ -20,7 +20,7 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 
 from .backends.base import BackendError, ClusterNotFound
 from .formatting import duration
-from .job_client import CELL_SCRIPT, Job, JobClient
+from .job_client import CELL_SCRIPT, Job, JobClient, page_text
 from .magics import _Parser
 
 ERROR_TAIL_LINES = 15
@@ -138,8 +138,7 @@ class RayJobMagics(Magics):
 
     def _logs(self, args: Any) -> None:
         cluster, _ = self.client.find(args.job_id, args.cluster)
-        sys.stdout.write(self.client.logs(cluster, args.job_id, tail=args.tail)["logs"])
-        sys.stdout.flush()
+        _write(page_text(self.client.logs(cluster, args.job_id, tail=args.tail)))
 
     def _stop(self, args: Any) -> None:
         cluster, _ = self.client.find(args.job_id, args.cluster)
@@ -165,13 +164,16 @@ class RayJobMagics(Magics):
 
     def _follow(self, cluster: str, job_id: str) -> Job:
         """Stream the output until the job ends. Ctrl-C (interrupt) asks: stop the job or detach."""
+        offset = 0
         try:
-            job = self.client.follow(cluster, job_id, _write)
+            for page in self.client.log_pages(cluster, job_id):
+                _write(page_text(page))
+                offset, job = page["next_offset"], page["job"]
         except KeyboardInterrupt:
             if self._ask_stop(job_id):
                 job = self.client.stop(cluster, job_id)
                 print(f"\nStopping Ray job {job_id}.")
-                job = self.client.follow(cluster, job_id, lambda _: None)
+                job = self.client.follow(cluster, job_id, lambda _: None, offset=offset)
             else:
                 print(f"\nDetached; Ray job {job_id} keeps running. Follow it with %rayjob attach {job_id}, "
                       f"stop it with %rayjob stop {job_id}.")
@@ -202,8 +204,9 @@ class RayJobMagics(Magics):
 
 
 def _write(text: str) -> None:
-    sys.stdout.write(text)
-    sys.stdout.flush()
+    if text:
+        sys.stdout.write(text)
+        sys.stdout.flush()
 
 
 def _env_pair(item: str) -> tuple[str, str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from jupyter_server.auth.decorator import authorized
 from tornado import web
 
-from ..job_logs import WAIT_MAX_S, JobLogFollowers, read_job_log
+from ..job_logs import WAIT_MAX_S, JobLogFollowers, read_job_log, read_job_tail
 from ..jobs import RayJobs, check_package_name
 from ..manager import Cluster
 from ..node_logs import check_lines, check_log_file, read_node_log
@@ -65,20 +65,18 @@ class JobLogsHandler(ClusterApiHandler):
     async def get(self, name: str, job: str) -> None:
         """`?offset=N&wait=S`: what the job printed from character N on, at once if there is
         some, else held up to S seconds for more or for the job's end; with the next offset
-        and the job (job_logs.py). `?tail=N`: its last N lines."""
+        and the job (job_logs.py). `?tail=N`: its last N lines, and the offset to follow from."""
         tail = self.get_query_argument("tail", None)
         lines = check_lines(tail) if tail is not None else None
         offset = query_int(self, "offset", 0, 10**15) or 0
         wait = query_int(self, "wait", 0, WAIT_MAX_S) or 0
         cluster = await self.running(name)
+        followers: JobLogFollowers = self.settings[JOB_LOGS_SETTING]
         jobs = ray_jobs(cluster, self.manager.token)
         if lines is None:
-            followers: JobLogFollowers = self.settings[JOB_LOGS_SETTING]
             self.reply(await read_job_log(followers, cluster, jobs, job, offset=offset, wait_s=wait))
-            return
-        record = await jobs.get(job)  # before the logs: a final state means they are complete
-        text = await jobs.logs(job)
-        self.reply({"job": record, "logs": "\n".join(text.splitlines()[-lines:]), "next_offset": len(text)})
+        else:
+            self.reply(await read_job_tail(followers, cluster, jobs, job, lines))
 
 
 class JobStopHandler(ClusterApiHandler):
