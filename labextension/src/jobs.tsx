@@ -1,6 +1,6 @@
 /**
  * A running cluster's Ray jobs in its sidebar card: state, entrypoint and start time of each,
- * a log view (the job's last lines, refreshed while it is open) and Stop. Everything goes
+ * a log view (the job's last lines, then its new output as the server hands it) and Stop. Everything goes
  * through the server extension's job routes (server/job_handlers.py), under Jupyter's auth.
  */
 import { Dialog, showDialog } from '@jupyterlab/apputils';
@@ -24,8 +24,10 @@ export interface IJob {
 
 const FINAL: ReadonlySet<string> = new Set(['SUCCEEDED', 'FAILED', 'STOPPED']);
 const LIST_INTERVAL_MS = 3000;
-const LOG_INTERVAL_MS = 2000;
 const LOG_LINES = 200;
+/** How long the server holds each read of a running job's log for new output. */
+const LOG_WAIT_S = 25;
+const LOG_RETRY_MS = 3000;
 
 function jobsPath(cluster: string, ...rest: string[]): string {
   return URLExt.join('clusters', encodeURIComponent(cluster), 'jobs', ...rest.map(encodeURIComponent));
@@ -125,24 +127,74 @@ export function JobList({ cluster }: { cluster: string }): React.ReactElement {
   );
 }
 
-function JobLog(props: { cluster: string; job: string; onClose: () => void }): React.ReactElement {
+/** One answer of the logs route (job_logs.py): what follows the offset asked for. */
+interface ILogPage {
+  job: IJob;
+  logs: string;
+  /** Where the next read starts. */
+  next_offset: number;
+  /** Characters after the offset asked for that the server no longer keeps. */
+  dropped?: number;
+}
+
+/** The last `count` lines of `text` (a trailing newline does not count as a line). */
+function lastLines(text: string, count: number): string {
+  const lines = text.split('\n');
+  return lines.length > count + 1 ? lines.slice(-(count + 1)).join('\n') : text;
+}
+
+/** Resolves after `ms`, or at once when `signal` aborts. */
+function pause(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise(resolve => {
+    const id = window.setTimeout(resolve, ms);
+    signal.addEventListener('abort', () => (window.clearTimeout(id), resolve()), { once: true });
+  });
+}
+
+/**
+ * Follows a job's output: its last lines first, then each read is held by the server until
+ * the job prints more or ends (`?offset=N&wait=S`), so nothing is polled and nothing is read
+ * twice. Stops when the job ends or the view closes (the read in flight is aborted).
+ */
+function useJobLog(cluster: string, job: string): { text: string; state: string; error: string } {
   const [text, setText] = React.useState('');
   const [state, setState] = React.useState('');
-  usePoll(
-    async () => {
-      try {
-        const reply = await requestAPI<{ job: IJob; logs: string }>(
-          `${jobsPath(props.cluster, props.job, 'logs')}?tail=${LOG_LINES}`
-        );
-        setText(reply.logs);
-        setState(reply.job.state);
-      } catch (e) {
-        setText(errorMessage(e));
+  const [error, setError] = React.useState('');
+  React.useEffect(() => {
+    const abort = new AbortController();
+    const logs = jobsPath(cluster, job, 'logs');
+    const follow = async () => {
+      let shown = '';
+      let query = `tail=${LOG_LINES}`;
+      while (!abort.signal.aborted) {
+        try {
+          const page = await requestAPI<ILogPage>(`${logs}?${query}`, { signal: abort.signal });
+          const gap = page.dropped ? `[… ${page.dropped} characters not kept by the server …]\n` : '';
+          shown = lastLines(shown + gap + page.logs, LOG_LINES);
+          setText(shown);
+          setState(page.job.state);
+          setError('');
+          if (FINAL.has(page.job.state)) {
+            return;
+          }
+          query = `offset=${page.next_offset}&wait=${LOG_WAIT_S}`;
+        } catch (e) {
+          if (abort.signal.aborted) {
+            return;
+          }
+          setError(errorMessage(e));
+          await pause(LOG_RETRY_MS, abort.signal);
+        }
       }
-    },
-    LOG_INTERVAL_MS,
-    [props.cluster, props.job]
-  );
+    };
+    void follow();
+    return () => abort.abort();
+  }, [cluster, job]);
+  return { text, state, error };
+}
+
+function JobLog(props: { cluster: string; job: string; onClose: () => void }): React.ReactElement {
+  const { text, state, error } = useJobLog(props.cluster, props.job);
   return (
     <div className="jp-RayKube-jobLog" data-job={props.job} data-state={state} aria-label={`Output of ${props.job}`}>
       <div className="jp-RayKube-jobLogHeader">
@@ -153,6 +205,11 @@ function JobLog(props: { cluster: string; job: string; onClose: () => void }): R
           ×
         </button>
       </div>
+      {error && (
+        <div className="jp-RayKube-cardError" role="alert">
+          <span className="jp-RayKube-errorText">{error}</span>
+        </div>
+      )}
       <pre className="jp-RayKube-jobLogText">{text}</pre>
     </div>
   );
