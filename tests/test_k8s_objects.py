@@ -328,7 +328,7 @@ def test_rbac_manifest_is_valid_and_namespaced(assert_valid: Validate) -> None:
     for document in documents:
         assert_valid(document)
         assert document["metadata"]["namespace"]
-    # The verbs the backend needs; tests/test_kubernetes_backend.py checks that it calls no others.
+    # The verbs the backend needs; tests/test_k8s_quota_rbac.py checks that it calls no others.
     role = documents[1]
     granted = {(r, v) for rule in role["rules"] for r in rule["resources"] for v in rule["verbs"]}
     assert granted == {("pods", v) for v in ("create", "get", "list", "watch", "patch", "delete")} | {("pods/log", "get")} \

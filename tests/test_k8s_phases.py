@@ -1,6 +1,6 @@
 """The phases of a Pod's start and which of them are failures (k8s_phases.py), on Pod objects
 as the apiserver returns them. The same rules against the real control plane are in
-test_kubernetes_backend.py (a pool that scales up late, an image that cannot be pulled)."""
+test_k8s_start_phases.py (a pool that scales up late, an image that cannot be pulled)."""
 
 from __future__ import annotations
 
