@@ -9,12 +9,15 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import pytest
 import yaml
 
 from jupyter_raykube.backends import processes
+
+if TYPE_CHECKING:
+    from jupyter_raykube.blocking import BlockingManager
 
 # The Kubernetes fixtures are registered here, once, so every module shares the session's one
 # control plane (a fixture imported into a test module would be that module's own); the
@@ -107,7 +110,7 @@ def cluster_processes(uid: str) -> list[int]:
 
 
 @pytest.fixture
-def blocking_manager() -> Iterator["BlockingManager"]:  # noqa: F821
+def blocking_manager() -> Iterator[BlockingManager]:
     from jupyter_raykube.blocking import BlockingManager
 
     manager = BlockingManager()

@@ -356,7 +356,7 @@ class ControlPlane:
     def _components(self, bin_dir: Path) -> list[Component]:
         etcd_client, etcd_peer = free_port(), free_port()
         self._cm_port, self._sched_port = free_port(), free_port()
-        pki, logs = self.pki_dir, self.workdir / "logs"
+        logs = self.workdir / "logs"
         logs.mkdir(exist_ok=True)
         etcd = [
             str(bin_dir / "etcd"), "--name=default", f"--data-dir={self.workdir / 'etcd'}",
