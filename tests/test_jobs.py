@@ -296,6 +296,33 @@ TICKER = ("python -u -c \"import time\nfor i in range(100000):\n    print(f'tick
           "    time.sleep(0.2)\"")
 
 
+def test_a_held_logs_read_over_rest_answers_with_the_next_output(job_server: LiveServer) -> None:
+    submitted = job_server.api("POST", f"clusters/{CLUSTER}/jobs", {"entrypoint": TICKER})
+    assert submitted.status_code == 201, submitted.text
+    logs = f"clusters/{CLUSTER}/jobs/{submitted.json()['id']}/logs"
+    try:
+        page = job_server.api("GET", f"{logs}?offset=0&wait=30").json()
+        seen = page["logs"]
+        while "\ntick 1\n" not in seen:
+            page = job_server.api("GET", f"{logs}?offset={page['next_offset']}&wait=30").json()
+            seen += page["logs"]
+        started = time.monotonic()
+        held = job_server.api("GET", f"{logs}?offset={page['next_offset']}&wait=45")
+        assert held.status_code == 200 and time.monotonic() - started < 30, held.text
+        last_tick = int(re.findall(r"^tick (\d+)$", seen, re.M)[-1])
+        assert held.json()["logs"].startswith(f"tick {last_tick + 1}\n"), held.text
+        assert held.json()["next_offset"] > page["next_offset"] and held.json()["dropped"] == 0
+        past = job_server.api("GET", f"{logs}?offset={held.json()['next_offset'] + 10**6}")
+        assert past.status_code == 400 and "offset" in past.json()["message"], past.text
+    finally:
+        stopped = job_server.api("POST", logs.replace("/logs", "/stop"))
+    assert stopped.status_code == 200, stopped.text
+    final = job_server.api("GET", f"{logs}?offset={held.json()['next_offset']}&wait=45").json()
+    while final["job"]["state"] not in ("STOPPED", "FAILED", "SUCCEEDED"):
+        final = job_server.api("GET", f"{logs}?offset={final['next_offset']}&wait=45").json()
+    assert final["job"]["state"] == "STOPPED", final
+
+
 def test_a_running_jobs_log_is_followed_once_and_held_reads_wake_on_new_output(
         blocking_manager: BlockingManager) -> None:
     """Real cluster and Ray's own log tail, driven as the logs route drives it."""
