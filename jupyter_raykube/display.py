@@ -35,7 +35,9 @@ def status_lines(snap: Snapshot) -> list[str]:
     if fmt.quota_text(snap.get("quota")):
         lines.append(f"  quota: {fmt.quota_text(snap['quota'])}")
     for group in snap["groups"]:
-        lines.append(f"  group {group['name']}: {group['nodes']} running, {group['starting']} starting"
+        placement = fmt.placement_text(group.get("labels"))
+        lines.append(f"  group {group['name']}" + (f" [{placement}]" if placement else "")
+                     + f": {group['nodes']} running, {group['starting']} starting"
                      f" (min {group['min']}, max {group['max']})")
     for node in snap["nodes"]:
         idle = fmt.idle_text(node, snap)

@@ -113,7 +113,13 @@ def cost_text(cost: Mapping[str, Any] | None) -> str:
     return text
 
 
+PLACEMENT_LABELS = ("ray.io/accelerator-type", "ray.io/market-type")
 _DEVICE_WORDS = {"gpu": "GPUs", "tpu": "TPUs"}
+
+
+def placement_text(labels: Mapping[str, str] | None) -> str:
+    """``A100, spot``: what a group's nodes run on (its accelerator and market Ray labels), "" if unsaid."""
+    return ", ".join(v for v in ((labels or {}).get(k) for k in PLACEMENT_LABELS) if v)
 
 
 def quota_text(quota: Mapping[str, Any] | None) -> str:

@@ -25,6 +25,7 @@ class GroupJson(TypedDict):
     max: int
     warm: int  # idle nodes kept ready beyond demand
     resources: dict[str, float]  # what one node offers: CPU, GPU, memory (bytes), custom
+    labels: dict[str, str]  # Ray node labels of its nodes: the group's own, ray.io/accelerator-type, ray.io/market-type
     nodes: int  # running
     starting: int
     draining: int
@@ -102,7 +103,7 @@ def cluster_snapshot(cluster: Cluster) -> SnapshotJson:
     for group in cluster.spec.groups:
         mine = [n for n in nodes if n.group == group.name]
         groups.append({"name": group.name, "min": group.min, "max": group.max, "warm": group.warm,
-                       "resources": group.resources,
+                       "resources": group.resources, "labels": cluster.backend.node_labels(cluster.spec, group),
                        "nodes": sum(1 for n in mine if n.state == "running"),
                        "starting": sum(1 for n in mine if n.state == "starting"),
                        "draining": sum(1 for n in mine if n.state == "draining")})

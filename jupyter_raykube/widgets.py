@@ -26,6 +26,7 @@ import ipywidgets as w
 from . import connect
 from .backends.base import ClusterNotFound
 from .display import demand_html, events_html, header_html, nodes_html, status_lines, totals_html
+from .formatting import placement_text
 from .widget_logs import NodeLog, NodeLogPanel
 
 Snapshot = Mapping[str, Any]
@@ -171,6 +172,8 @@ class ClusterWidget(w.VBox):
         for group in snap["groups"]:
             extra = [f"{group[k]} {k}" for k in ("starting", "draining") if group.get(k)]
             counts = f"{group['nodes']} running" + (f", {', '.join(extra)}" if extra else "")
+            placement = placement_text(group.get("labels"))
+            counts += f" · {placement}" if placement else ""
             self._controls(group["name"]).follow(group, _note(counts))
         self.nodes.value = nodes_html(snap, self._anchor_idle_times(snap))
         self.demand.value = demand_html(snap["demand"])

@@ -199,11 +199,9 @@ QUOTA_LINES = [
 LABEXTENSION = Path(__file__).resolve().parents[1] / "labextension"
 
 
-def test_quota_line_is_one_formatter_in_status_totals_and_sidebar() -> None:
-    """formatting.quota_text and the sidebar's formatQuota (format.ts, compiled here with the
-    labextension's own TypeScript) read every quota the same; the text status and the
-    widget's totals show that line, and a snapshot without a quota shows none."""
-    assert [fmt.quota_text(q) for q, _ in QUOTA_LINES] == [line for _, line in QUOTA_LINES]
+def in_typescript(function: str, inputs: list[Any]) -> list[str]:
+    """`function` of the sidebar's format.ts applied to each input, compiled here with the
+    labextension's own TypeScript (skips without node and labextension/node_modules)."""
     typescript = LABEXTENSION / "node_modules" / "typescript"
     if not typescript.exists() or shutil.which("node") is None:
         pytest.skip("needs node and labextension/node_modules (npm install in labextension/)")
@@ -213,18 +211,48 @@ const source = require('fs').readFileSync(process.argv[2], 'utf8');
 const js = ts.transpileModule(source, {compilerOptions: {module: ts.ModuleKind.ESNext,
                                                          target: ts.ScriptTarget.ES2020}}).outputText;
 import('data:text/javascript,' + encodeURIComponent(js)).then(m =>
-  console.log(JSON.stringify(JSON.parse(process.argv[3]).map(q => m.formatQuota(q)))));
+  console.log(JSON.stringify(JSON.parse(process.argv[3]).map(x => m[process.argv[4]](x)))));
 """
     out = subprocess.run(["node", "-e", program, str(typescript), str(LABEXTENSION / "src" / "format.ts"),
-                          json.dumps([q for q, _ in QUOTA_LINES])], capture_output=True, text=True, timeout=60)
+                          json.dumps(inputs), function], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout) == [line for _, line in QUOTA_LINES]
+    return list(json.loads(out.stdout))
+
+
+def test_quota_line_is_one_formatter_in_status_totals_and_sidebar() -> None:
+    """formatting.quota_text and the sidebar's formatQuota read every quota the same; the text
+    status and the widget's totals show that line, and a snapshot without a quota shows none."""
+    assert [fmt.quota_text(q) for q, _ in QUOTA_LINES] == [line for _, line in QUOTA_LINES]
+    assert in_typescript("formatQuota", [q for q, _ in QUOTA_LINES]) == [line for _, line in QUOTA_LINES]
 
     snap = {**_snapshot(), "quota": QUOTA_LINES[0][0]}
     assert "  quota: 2 of 4 GPUs used, 6 of 16 CPUs, 20 of 64 GiB memory, 3 of 20 pods" in status_lines(snap)
     assert "2 of 4 GPUs used, 6 of 16 CPUs" in totals_html(snap) and "namespace jhub-alice" in totals_html(snap)
     local = {**_snapshot(), "quota": None}
     assert not [line for line in status_lines(local) if "quota" in line] and "quota" not in totals_html(local)
+
+
+PLACEMENTS = [
+    ({"ray.io/market-type": "spot", "ray.io/accelerator-type": "A100", "team": "ml"}, "A100, spot"),
+    ({"ray.io/market-type": "on-demand"}, "on-demand"),
+    ({"team": "ml"}, ""),
+    ({}, ""),
+]
+
+
+def test_a_groups_placement_reads_the_same_in_status_widget_and_sidebar() -> None:
+    """What a group's nodes run on (its accelerator and market Ray labels): one formatter in
+    Python and TypeScript, shown beside the group in the status text and the widget's row."""
+    assert [fmt.placement_text(labels) for labels, _ in PLACEMENTS] == [text for _, text in PLACEMENTS]
+    assert in_typescript("formatPlacement", [labels for labels, _ in PLACEMENTS]) == [t for _, t in PLACEMENTS]
+    snap = _snapshot()
+    snap["groups"][0]["labels"] = PLACEMENTS[0][0]
+    assert any(line.startswith(f"  group {snap['groups'][0]['name']} [A100, spot]: ") for line in status_lines(snap))
+    widget = ClusterWidget(snap["name"], lambda name: snap, initial=snap)
+    try:
+        assert "A100, spot" in widget.group_controls(snap["groups"][0]["name"]).counts.value
+    finally:
+        widget.close()
 
 
 def test_widget_follows_a_scale_up_and_the_stop(blocking_manager: BlockingManager) -> None:

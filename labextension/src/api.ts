@@ -21,6 +21,8 @@ export interface IGroup {
   max: number;
   /** What one node of the group offers (memory only when the group sets it). */
   resources: Resources;
+  /** Ray node labels of its nodes (ray.io/accelerator-type, ray.io/market-type, its own). */
+  labels: Record<string, string>;
   /** Nodes of the group that are running. */
   nodes: number;
   starting: number;

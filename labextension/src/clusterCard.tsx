@@ -20,6 +20,7 @@ import {
   formatCost,
   formatDuration,
   formatNumber,
+  formatPlacement,
   formatQuota,
   formatResources,
   formatTime,
@@ -287,7 +288,12 @@ function GroupRow(props: IGroupRowProps): React.ReactElement {
         data-starting={group.starting}
         title={formatResources(group.resources)}
       >
-        <td className="jp-RayKube-groupName">{group.name}</td>
+        <td className="jp-RayKube-groupName">
+          {group.name}
+          {formatPlacement(group.labels) && (
+            <div className="jp-RayKube-hint jp-RayKube-placement">{formatPlacement(group.labels)}</div>
+          )}
+        </td>
         <td className="jp-RayKube-nodeCounts">
           <span className="jp-RayKube-running">{group.nodes}</span>
           {extra.length > 0 && <div className="jp-RayKube-hint">{extra.join(', ')}</div>}

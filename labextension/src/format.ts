@@ -108,6 +108,15 @@ export function formatCost(cost: ICost | null | undefined): string {
   return text;
 }
 
+const PLACEMENT_LABELS = ['ray.io/accelerator-type', 'ray.io/market-type'];
+
+/** `A100, spot`: what a group's nodes run on (formatting.py `placement_text`); '' if unsaid. */
+export function formatPlacement(labels: Record<string, string> | undefined): string {
+  return PLACEMENT_LABELS.map(k => labels?.[k] ?? '')
+    .filter(v => v)
+    .join(', ');
+}
+
 const DEVICE_WORDS: Record<string, string> = { gpu: 'GPUs', tpu: 'TPUs' };
 
 /**
