@@ -35,10 +35,25 @@ async def wait_for_head(cluster: Cluster, log: logging.Logger | logging.LoggerAd
                 reader = await anyio.to_thread.run_sync(GcsReader, cluster.handle.address)
             state = await anyio.to_thread.run_sync(reader.read)
             if any(n.instance_id == head_name and n.status != "dead" for n in state.nodes):
-                return
+                if not backend.drivers_use_ray_client or await _accepts(cluster.handle.client_address):
+                    return
         except Exception as exc:  # the GCS is not listening yet  # noqa: BLE001
             log.debug("head of %s not ready: %s", cluster.name, exc)
         await anyio.sleep(0.2)
+
+
+async def _accepts(address: str) -> bool:
+    """Does the head's Ray Client server (`host:port`) accept connections yet? It starts
+    seconds after the GCS, and a notebook connecting to it before then waits out Ray Client's
+    own timeouts and warnings ("Ray Client connection timed out")."""
+    host, _, port = address.rpartition(":")
+    try:
+        with anyio.fail_after(1.0):
+            stream = await anyio.connect_tcp(host.strip("[]"), int(port))
+    except (OSError, TimeoutError):
+        return False
+    await stream.aclose()
+    return True
 
 async def wait_for_groups(cluster: Cluster) -> None:
     for group in cluster.spec.groups:

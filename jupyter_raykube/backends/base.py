@@ -103,6 +103,9 @@ class Backend(LoggingConfigurable, metaclass=_AbstractTraitsMeta):
     """Base class; subclasses are chosen by the `backend_class` trait and configured by traitlets."""
 
     name: ClassVar[str] = ""
+    # Drivers in notebooks reach this backend's clusters through Ray Client (a notebook Pod is
+    # not a Ray node), so a cluster is ready for them only once its Ray Client server listens.
+    drivers_use_ray_client: ClassVar[bool] = False
 
     def default_groups(self) -> tuple[WorkerGroup, ...]:
         """Worker groups of a new cluster when the administrator configured none: sized for

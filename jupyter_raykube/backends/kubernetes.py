@@ -71,6 +71,7 @@ class KubernetesBackend(KubernetesSettings):
     environment live in `KubernetesSettings` (k8s_settings.py)."""
 
     name = "kubernetes"
+    drivers_use_ray_client = True
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
