@@ -129,11 +129,13 @@ class RayClusterMagics(Magics):
         return self._view(name, snap)
 
     def _stop(self, args: Any) -> None:
+        """The driver lets go first: a Ray Client driver whose server vanishes under it tries to
+        reconnect, and warns that the connection timed out, until it is shut down."""
         name = self._name(args.name)
-        self.client.stop(name)
         if name == self._current:
             self._current = None
             disconnect_driver()
+        self.client.stop(name)
         print(f"Ray cluster {name} stopped.")
 
     def _list(self, args: Any) -> ClusterTable:

@@ -245,6 +245,7 @@ class ClusterWidget(w.VBox):
     def _on_stop(self) -> None:
         assert self._stop is not None
         self.confirm_button.disabled = True
+        _disconnect_driver_from(self.snapshot)  # first, as %raycluster stop does
         try:
             self._stop(self.cluster_name)
         except ClusterNotFound:
@@ -253,7 +254,6 @@ class ClusterWidget(w.VBox):
             self.confirm_button.disabled = False
             self.message.value = _error(f"could not stop: {exc}")
             return
-        _disconnect_driver_from(self.snapshot)
         self._show_stopped()
         self.confirm_button.disabled = False
 
