@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from traitlets import TraitError, TraitType
 
-from .errors import PolicyError, SpecError
+from .errors import PolicyError, SpecError, echo
 from .scheduling import SCHEDULING_FIELDS
 from .spec import ClusterSpec
 
@@ -138,7 +138,7 @@ class Policy:
                 if key not in self.user_scheduling:
                     allowed = (f"only {', '.join(self.user_scheduling)}" if self.user_scheduling
                                else "none of them")
-                    raise PolicyError(f"groups.{group.name}.scheduling.{key} = {_short(value)}: your administrator "
+                    raise PolicyError(f"groups.{group.name}.scheduling.{key}={echo(value)}: your administrator "
                                       f"lets users set {allowed} (c.RayKubeHubPolicy.user_scheduling); the "
                                       f"group's Pods are placed as the admin configured")
 
@@ -193,11 +193,6 @@ def _at_most(per_node: Iterable[tuple[float, int]], nodes: int) -> float:
         total += amount * take
         left -= take
     return total
-
-
-def _short(value: Any) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _num(value: float) -> str:

@@ -52,7 +52,7 @@ def test_a_bad_scheduling_request_names_the_field_and_what_is_allowed(scheduling
 def test_only_the_fields_the_admin_opened_pass_the_policy() -> None:
     spec = spec_with({"accelerator_type": "A100", "market_type": "spot"})
     Policy(user_scheduling=("accelerator_type", "market_type")).check(spec, [])
-    with pytest.raises(PolicyError, match=r'groups\.gpu\.scheduling\.market_type = "spot": your administrator lets '
+    with pytest.raises(PolicyError, match=r"groups\.gpu\.scheduling\.market_type='spot': your administrator lets "
                                           r"users set only accelerator_type \(c\.RayKubeHubPolicy\.user_scheduling\)"):
         Policy(user_scheduling=("accelerator_type",)).check(spec, [])
     with pytest.raises(PolicyError, match="lets users set none of them"):

@@ -60,7 +60,7 @@ async def test_info_and_empty_list(jp_fetch: Any) -> None:
      "groups.cpu.scheduling.market_type='cheap'"),
     # the admin's policy (none here) opens no scheduling field to users
     (json.dumps({"name": "a", "groups": {"cpu": {"scheduling": {"market_type": "spot"}}}}), 403,
-     'groups.cpu.scheduling.market_type = "spot": your administrator lets users set none of them'),
+     "groups.cpu.scheduling.market_type='spot': your administrator lets users set none of them"),
 ])
 async def test_post_rejects_bad_bodies(jp_fetch: Any, body: str, status: int, fragment: str,
                                        jp_runtime_dir: Any) -> None:
